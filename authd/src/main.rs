@@ -1,0 +1,71 @@
+//! `authd`: the gRPC identity service.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "authd", version, about = "kube-authd identity service (gRPC)")]
+struct Cli {
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true, env = "AUTHD_LOG_JSON")]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gRPC server.
+    Serve {
+        /// Configuration file (TOML).
+        #[arg(long, env = "AUTHD_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    authd::init_tracing(cli.log_json);
+    authd::install_crypto_provider();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("authd: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { config } => {
+            let cfg = authd::config::Config::load(&config)?;
+            let service = authd::server::build(&cfg)?;
+            let listeners = authd::server::Listeners::bind(cfg.listen, cfg.admin_listen).await?;
+            let grpc = listeners
+                .grpc
+                .local_addr()
+                .context("gRPC listener address")?;
+            let admin = listeners.admin.as_ref().and_then(|l| l.local_addr().ok());
+            tracing::info!(%grpc, ?admin, sources = cfg.sources.len(), "authd serving");
+            // One machine-readable line on stdout, for supervisors and tests.
+            println!(
+                "authd ready grpc={grpc} admin={}",
+                admin.map(|a| a.to_string()).unwrap_or_else(|| "-".into())
+            );
+            authd::server::serve(
+                service,
+                listeners,
+                cfg.shutdown_grace,
+                authd::server::shutdown_signal(),
+            )
+            .await?;
+            tracing::info!("authd stopped");
+            Ok(())
+        }
+    }
+}

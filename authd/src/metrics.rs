@@ -1,0 +1,133 @@
+//! authd's Prometheus metrics. Labels carry source, cluster and result names only: never a
+//! token, a password or a fingerprint.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerdictLabels {
+    pub cluster: String,
+    /// authenticated | rejected | denied_by_policy | undecided
+    pub result: &'static str,
+    /// hit_local | hit_shared | miss | stale
+    pub cache: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: String,
+    /// authenticated | rejected | not_mine | undecided
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LevelLabels {
+    /// local | shared
+    pub level: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClientLabels {
+    /// The caller's identity (client certificate name) or "anonymous".
+    pub client: String,
+    pub method: &'static str,
+}
+
+/// Every metric authd exports, registered once.
+pub struct Metrics {
+    pub verdicts: Family<VerdictLabels, Counter>,
+    pub source_calls: Family<SourceLabels, Counter>,
+    pub source_latency: Family<SourceLabels, Histogram>,
+    pub cache_hits: Family<LevelLabels, Counter>,
+    pub cache_misses: Family<LevelLabels, Counter>,
+    pub coalesced: Counter,
+    pub grpc_requests: Family<ClientLabels, Counter>,
+    pub latency: Histogram,
+    pub registry: Registry,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("authd");
+        let verdicts = Family::<VerdictLabels, Counter>::default();
+        registry.register(
+            "verdicts",
+            "Verdicts returned, by cluster, result and cache level",
+            verdicts.clone(),
+        );
+        let source_calls = Family::<SourceLabels, Counter>::default();
+        registry.register(
+            "source_calls",
+            "Identity source lookups, by source and outcome",
+            source_calls.clone(),
+        );
+        let source_latency =
+            Family::<SourceLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> _);
+        registry.register(
+            "source_latency_seconds",
+            "Identity source lookup latency",
+            source_latency.clone(),
+        );
+        let cache_hits = Family::<LevelLabels, Counter>::default();
+        registry.register(
+            "cache_hits",
+            "Fresh cache hits by level",
+            cache_hits.clone(),
+        );
+        let cache_misses = Family::<LevelLabels, Counter>::default();
+        registry.register(
+            "cache_misses",
+            "Cache misses by level",
+            cache_misses.clone(),
+        );
+        let coalesced = Counter::default();
+        registry.register(
+            "coalesced_lookups",
+            "Lookups that waited for a concurrent identical lookup instead of calling a source",
+            coalesced.clone(),
+        );
+        let grpc_requests = Family::<ClientLabels, Counter>::default();
+        registry.register(
+            "grpc_requests",
+            "gRPC calls by client identity and method",
+            grpc_requests.clone(),
+        );
+        let latency = latency_histogram();
+        registry.register(
+            "authenticate_latency_seconds",
+            "Time to produce a verdict",
+            latency.clone(),
+        );
+        Self {
+            verdicts,
+            source_calls,
+            source_latency,
+            cache_hits,
+            cache_misses,
+            coalesced,
+            grpc_requests,
+            latency,
+            registry,
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

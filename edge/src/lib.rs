@@ -1,0 +1,122 @@
+//! authd-edge: the HTTPS endpoint kube-apiserver calls. It turns TokenReview JSON into
+//! `Authenticate` calls and back, and holds no identity logic.
+
+pub mod admin;
+pub mod backend;
+pub mod config;
+pub mod metrics;
+pub mod review;
+pub mod server;
+pub mod tls;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+pub use backend::{Backend, BackendError, Reachability};
+pub use config::Config;
+
+/// A bound, configured edge, ready to serve.
+pub struct Edge {
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    acceptor: tokio_rustls::TlsAcceptor,
+    handler: Arc<server::Handler>,
+    settings: server::ConnSettings,
+    admin_state: admin::AdminState,
+}
+
+impl Edge {
+    /// Loads TLS material and binds both listeners; nothing is served yet.
+    /// `extra_metrics` are appended to `/metrics` (the all-in-one binary adds authd's).
+    pub async fn bind(
+        config: &Config,
+        backend: Backend,
+        reachability: Reachability,
+        extra_metrics: Vec<admin::Encoder>,
+    ) -> anyhow::Result<Self> {
+        let tls = tls::server_config(&config.tls.cert, &config.tls.key)?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("listen: cannot bind {}", config.listen))?;
+        let admin = match config.admin_listen {
+            Some(a) => Some(
+                TcpListener::bind(a)
+                    .await
+                    .with_context(|| format!("admin_listen: cannot bind {a}"))?,
+            ),
+            None => None,
+        };
+        let metrics = Arc::new(metrics::Metrics::new());
+        let m = metrics.clone();
+        let mut encoders: Vec<admin::Encoder> = vec![Arc::new(move || m.encode())];
+        encoders.extend(extra_metrics);
+        Ok(Self {
+            listener,
+            admin,
+            acceptor: tokio_rustls::TlsAcceptor::from(tls),
+            handler: Arc::new(server::Handler::new(config, backend, metrics)),
+            settings: config.into(),
+            admin_state: admin::AdminState {
+                accepting: Arc::new(AtomicBool::new(true)),
+                authd: reachability,
+                encoders,
+            },
+        })
+    }
+
+    pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.listener.local_addr()?)
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Serves until `shutdown` resolves; then readiness goes false first, open connections
+    /// finish their in-flight reviews, and this returns.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+        let admin_task = self
+            .admin
+            .map(|l| tokio::spawn(admin::serve(l, self.admin_state.clone())));
+        let accepting = self.admin_state.accepting.clone();
+        let shutdown = async move {
+            shutdown.await;
+            accepting.store(false, Ordering::SeqCst);
+        };
+        server::serve(
+            self.listener,
+            self.acceptor,
+            self.handler,
+            self.settings,
+            shutdown,
+        )
+        .await;
+        if let Some(t) = admin_task {
+            t.abort();
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot install SIGTERM handler");
+                std::future::pending::<()>().await
+            }
+        }
+    };
+    tokio::select! {
+        _ = term => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+}

@@ -1,0 +1,454 @@
+//! The HTTPS TokenReview endpoint.
+//!
+//! Routing is on the path only (kube-apiserver appends `?timeout=30s`); there are no
+//! redirects. HTTP/2 or HTTP/1.1 is chosen by ALPN. Every connection holds a clone of a
+//! drain sender, so shutdown can wait for the last one to finish (as in mini-redis).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use authd_proto::v1::{AuthenticateRequest, AuthenticateResponse};
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+
+use crate::backend::{Backend, BackendError};
+use crate::config::Config;
+use crate::metrics::{Metrics, ReviewLabels};
+use crate::review::{self, ApiVersion, ReviewError};
+
+/// Everything a request handler needs; shared by all connections.
+pub struct Handler {
+    backend: Backend,
+    default_cluster: String,
+    clusters: std::collections::BTreeSet<String>,
+    max_body_bytes: usize,
+    body_read_timeout: Duration,
+    review_timeout: Duration,
+    metrics: Arc<Metrics>,
+}
+
+/// How a request was answered, for the metric and the log line.
+struct Answer {
+    status: StatusCode,
+    body: Vec<u8>,
+    result: &'static str,
+    api_version: &'static str,
+}
+
+impl Answer {
+    fn failure(status: StatusCode, reason: &str, result: &'static str, message: &str) -> Self {
+        Self {
+            status,
+            body: review::status_body(status.as_u16(), reason, message),
+            result,
+            api_version: "unknown",
+        }
+    }
+}
+
+impl Handler {
+    pub fn new(config: &Config, backend: Backend, metrics: Arc<Metrics>) -> Self {
+        Self {
+            backend,
+            default_cluster: config.default_cluster.clone(),
+            clusters: config.clusters.keys().cloned().collect(),
+            max_body_bytes: config.max_body_bytes,
+            body_read_timeout: config.body_read_timeout,
+            review_timeout: config.review_timeout,
+            metrics,
+        }
+    }
+
+    /// `/authenticate` → default cluster; `/clusters/{name}/authenticate` → a configured one.
+    fn route<'p>(&'p self, path: &'p str) -> Option<&'p str> {
+        if path == "/authenticate" {
+            return Some(&self.default_cluster);
+        }
+        let name = path
+            .strip_prefix("/clusters/")?
+            .strip_suffix("/authenticate")?;
+        self.clusters.contains(name).then_some(name)
+    }
+
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let started = Instant::now();
+        let request_id = format!("{:016x}", rand::random::<u64>());
+        let path = req.uri().path().to_owned();
+        let cluster = self.route(&path).map(str::to_owned);
+        let answer = match &cluster {
+            None => Answer::failure(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                "not_found",
+                &format!("no TokenReview endpoint at {}", clip_path(&path)),
+            ),
+            Some(cluster) => self.review(req, cluster, &request_id).await,
+        };
+        let code = answer.status.as_u16();
+        self.metrics
+            .reviews
+            .get_or_create(&ReviewLabels {
+                cluster: cluster.clone().unwrap_or_else(|| "unknown".into()),
+                api_version: answer.api_version,
+                result: answer.result,
+                code,
+            })
+            .inc();
+        let elapsed = started.elapsed();
+        self.metrics.latency.observe(elapsed.as_secs_f64());
+        tracing::debug!(
+            request_id,
+            cluster = cluster.as_deref().unwrap_or("-"),
+            api_version = answer.api_version,
+            result = answer.result,
+            code,
+            micros = elapsed.as_micros() as u64,
+            "review answered"
+        );
+        let mut resp = Response::new(Full::new(Bytes::from(answer.body)));
+        *resp.status_mut() = answer.status;
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Ok(v) = HeaderValue::from_str(&request_id) {
+            h.insert("x-request-id", v);
+        }
+        if answer.status == StatusCode::METHOD_NOT_ALLOWED {
+            h.insert(header::ALLOW, HeaderValue::from_static("POST"));
+        }
+        resp
+    }
+
+    async fn review(&self, req: Request<Incoming>, cluster: &str, request_id: &str) -> Answer {
+        if req.method() != Method::POST {
+            return Answer::failure(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                "method_not_allowed",
+                &format!("{} is not allowed; TokenReviews are POSTed", req.method()),
+            );
+        }
+        let too_large = || {
+            Answer::failure(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestEntityTooLarge",
+                "too_large",
+                &format!("request body is larger than {} bytes", self.max_body_bytes),
+            )
+        };
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.max_body_bytes as u64) {
+            return too_large();
+        }
+        let body = Limited::new(req.into_body(), self.max_body_bytes);
+        let body = match tokio::time::timeout(self.body_read_timeout, body.collect()).await {
+            Err(_) => {
+                return Answer::failure(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "Timeout",
+                    "body_timeout",
+                    &format!(
+                        "request body was not received within {:?}",
+                        self.body_read_timeout
+                    ),
+                )
+            }
+            Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => return too_large(),
+            Ok(Err(e)) => {
+                return Answer::failure(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    "bad_request",
+                    &format!("could not read request body: {e}"),
+                )
+            }
+            Ok(Ok(collected)) => collected.to_bytes(),
+        };
+        let parsed = match review::parse(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                let message = match &e {
+                    ReviewError::Json(m) => format!(
+                        "request body is not valid JSON for a TokenReview: {}",
+                        redact_quoted(m)
+                    ),
+                    other => other.to_string(),
+                };
+                return Answer::failure(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    "bad_request",
+                    &message,
+                );
+            }
+        };
+        let api_version = parsed.api_version.label();
+        let request = AuthenticateRequest {
+            token: parsed.token.to_string(),
+            audiences: parsed.audiences.clone(),
+            cluster: cluster.to_owned(),
+            request_id: request_id.to_owned(),
+        };
+        let verdict =
+            tokio::time::timeout(self.review_timeout, self.backend.clone().oneshot(request))
+                .await
+                .unwrap_or(Err(BackendError::Timeout(self.review_timeout)));
+        match verdict {
+            Ok(v) if v.error.is_empty() => ok_answer(&parsed.api_version, &parsed, &v),
+            Ok(v) => undecided(
+                api_version,
+                request_id,
+                &format!("authd could not decide: {}", v.error),
+            ),
+            Err(e) => undecided(api_version, request_id, &e.to_string()),
+        }
+    }
+}
+
+fn ok_answer(
+    version: &ApiVersion,
+    parsed: &review::Review<'_>,
+    v: &AuthenticateResponse,
+) -> Answer {
+    Answer {
+        status: StatusCode::OK,
+        body: review::render(parsed, v),
+        result: if v.authenticated {
+            "authenticated"
+        } else {
+            "rejected"
+        },
+        api_version: version.label(),
+    }
+}
+
+/// "Could not decide": HTTP 500 with a Status body and no Retry-After, which kube-apiserver
+/// retries with its own backoff and never caches.
+fn undecided(api_version: &'static str, request_id: &str, message: &str) -> Answer {
+    tracing::warn!(
+        request_id,
+        error = message,
+        "review could not be decided; answering 500"
+    );
+    let mut a = Answer::failure(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "InternalError",
+        "undecided",
+        message,
+    );
+    a.api_version = api_version;
+    a
+}
+
+/// Replaces every double-quoted span with `"…"`: serde_json puts offending string values in
+/// its messages, and a misplaced token must not come back in an error.
+fn redact_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut inside = false;
+    for c in message.chars() {
+        if c == '"' {
+            if inside {
+                out.push_str("…\"");
+            } else {
+                out.push('"');
+            }
+            inside = !inside;
+        } else if !inside {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn clip_path(path: &str) -> String {
+    path.chars().take(128).collect()
+}
+
+/// Connection-level settings.
+#[derive(Clone)]
+pub struct ConnSettings {
+    pub handshake_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub shutdown_grace: Duration,
+}
+
+impl From<&Config> for ConnSettings {
+    fn from(c: &Config) -> Self {
+        Self {
+            handshake_timeout: c.handshake_timeout,
+            header_read_timeout: c.header_read_timeout,
+            shutdown_grace: c.shutdown_grace,
+        }
+    }
+}
+
+/// Accepts TLS connections until `shutdown` resolves, then stops accepting, lets open
+/// connections finish their in-flight reviews (up to the grace) and returns.
+pub async fn serve(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    handler: Arc<Handler>,
+    settings: ConnSettings,
+    shutdown: impl Future<Output = ()>,
+) {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (drain_tx, mut drain_rx) = mpsc::channel::<()>(1);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (tcp, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = tcp.set_nodelay(true);
+                tokio::spawn(connection(
+                    tcp,
+                    peer,
+                    acceptor.clone(),
+                    handler.clone(),
+                    settings.clone(),
+                    stop_rx.clone(),
+                    drain_tx.clone(),
+                ));
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    tracing::info!("edge: no longer accepting; draining open connections");
+    let _ = stop_tx.send(true);
+    drop(drain_tx);
+    if tokio::time::timeout(settings.shutdown_grace, drain_rx.recv())
+        .await
+        .is_err()
+    {
+        tracing::warn!(grace = ?settings.shutdown_grace, "edge: connections still open after the shutdown grace");
+    } else {
+        tracing::info!("edge: all connections drained");
+    }
+}
+
+async fn connection(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    handler: Arc<Handler>,
+    settings: ConnSettings,
+    mut stop: watch::Receiver<bool>,
+    _drain: mpsc::Sender<()>,
+) {
+    let tls = match tokio::time::timeout(settings.handshake_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::info!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%peer, "TLS handshake not completed within the handshake timeout; closing");
+            return;
+        }
+    };
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let seen_request = Arc::new(AtomicBool::new(false));
+    let seen = seen_request.clone();
+    let svc = hyper::service::service_fn(move |req| {
+        seen.store(true, Ordering::Relaxed);
+        let handler = handler.clone();
+        async move { Ok::<_, Infallible>(handler.handle(req).await) }
+    });
+    let io = TokioIo::new(tls);
+    if h2 {
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .max_concurrent_streams(512)
+            .serve_connection(io, svc);
+        drive(conn, peer, &settings, &seen_request, &mut stop).await;
+    } else {
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(settings.header_read_timeout)
+            .keep_alive(true)
+            .serve_connection(io, svc);
+        drive(conn, peer, &settings, &seen_request, &mut stop).await;
+    }
+}
+
+/// Runs one HTTP connection: closes it if no request arrives within the header timeout
+/// (a client holding a connection open without sending), and shuts it down gracefully
+/// (finishing in-flight requests) when the server stops.
+async fn drive<C>(
+    conn: C,
+    peer: SocketAddr,
+    settings: &ConnSettings,
+    seen_request: &AtomicBool,
+    stop: &mut watch::Receiver<bool>,
+) where
+    C: hyper_util::server::graceful::GracefulConnection,
+    C::Error: std::fmt::Display,
+{
+    tokio::pin!(conn);
+    let first_request_deadline = tokio::time::sleep(settings.header_read_timeout);
+    tokio::pin!(first_request_deadline);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = &mut first_request_deadline, if !closing && !seen_request.load(Ordering::Relaxed) => {
+                tracing::info!(%peer, timeout = ?settings.header_read_timeout,
+                    "client sent no request within the header read timeout; closing");
+                break;
+            }
+            _ = stop.changed(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+    // Idle, silent client: ask nicely, then drop the socket.
+    conn.as_mut().graceful_shutdown();
+    let _ = tokio::time::timeout(Duration::from_secs(1), conn.as_mut()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_quoted_values() {
+        assert_eq!(
+            redact_quoted("invalid type: string \"s3cret\", expected a sequence at line 1"),
+            "invalid type: string \"…\", expected a sequence at line 1"
+        );
+    }
+}

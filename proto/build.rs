@@ -1,0 +1,12 @@
+//! Compiles the .proto files with protox (pure Rust), so no system protoc is needed.
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=kubeauthd");
+    let fds = protox::compile(["kubeauthd/v1/authd.proto"], ["."])?;
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out.join("kubeauthd_descriptor.bin"),
+        prost::Message::encode_to_vec(&fds),
+    )?;
+    tonic_prost_build::configure().compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,191 @@
+//! `kube-authd up`: edge and authd in one process, for one machine and the quick start.
+//!
+//! The edge calls authd's tower service in-process (no loopback socket on the hot path);
+//! authd's gRPC port is still served for internal clients.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::watch;
+use tower::ServiceExt;
+
+use crate::kubeconfig::WebhookKubeconfig;
+use crate::pki::{self, Ca};
+
+pub struct UpArgs {
+    pub state_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub advertise: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub authd_config: Option<PathBuf>,
+    pub grpc_listen: SocketAddr,
+    pub admin_listen: Option<SocketAddr>,
+}
+
+/// The host put in the certificate and the kubeconfig: the listen IP unless it is a
+/// wildcard, in which case `localhost` (override with --advertise).
+fn advertise_host(args: &UpArgs) -> String {
+    match &args.advertise {
+        Some(h) => h.clone(),
+        None if args.listen.ip().is_unspecified() => "localhost".into(),
+        None => args.listen.ip().to_string(),
+    }
+}
+
+fn demo_tokens(path: &Path) -> anyhow::Result<()> {
+    let token = || {
+        let bytes: [u8; 24] = rand::random();
+        format!("kad_{}", hex::encode(bytes))
+    };
+    let text = format!(
+        "# kube-authd demo tokens: token,user,uid,\"groups\"\n\
+         {},demo-admin,1000,\"demo:admins,demo:users\"\n\
+         {},demo-viewer,1001,\"demo:users\"\n",
+        token(),
+        token()
+    );
+    pki::write_private(path, text.as_bytes())
+}
+
+fn authd_config(args: &UpArgs, token_file: &Path) -> anyhow::Result<authd::config::Config> {
+    match &args.authd_config {
+        Some(path) => Ok(authd::config::Config::load(path)?),
+        None => {
+            let text = format!(
+                "listen = \"{}\"\n[[sources]]\nname = \"static\"\ntype = \"token_file\"\npath = {:?}\n",
+                args.grpc_listen,
+                token_file.display().to_string()
+            );
+            authd::config::Config::parse(&text, Path::new("."))
+                .map_err(|e| anyhow::anyhow!("built-in authd configuration: {e}"))
+        }
+    }
+}
+
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.state_dir)
+        .with_context(|| format!("--state-dir {}: cannot create", args.state_dir.display()))?;
+    let dir = args.state_dir.canonicalize()?;
+    let ca = Ca::load_or_create(&dir)?;
+    let host = advertise_host(&args);
+    let mut hosts = vec![host.clone()];
+    for h in ["localhost", "127.0.0.1"] {
+        if !hosts.iter().any(|x| x == h) {
+            hosts.push(h.into());
+        }
+    }
+    ca.issue_server("kube-authd edge", &hosts)?
+        .write(&dir, "edge")?;
+
+    let token_file = match &args.token_file {
+        Some(f) => f.clone(),
+        None => {
+            let f = dir.join("tokens.csv");
+            if !f.exists() {
+                demo_tokens(&f)?;
+                tracing::info!(path = %f.display(), "wrote demo token file");
+            }
+            f
+        }
+    };
+    let authd_cfg = authd_config(&args, &token_file)?;
+    let authd = authd::server::build(&authd_cfg)?;
+    let grpc = authd::server::Listeners::bind(authd_cfg.listen, None).await?;
+    let grpc_addr = grpc.grpc.local_addr()?;
+
+    let edge_cfg = authd_edge::Config::parse(
+        &format!(
+            "listen = \"{}\"\n{}[tls]\ncert = {:?}\nkey = {:?}\n",
+            args.listen,
+            args.admin_listen
+                .map(|a| format!("admin_listen = \"{a}\"\n"))
+                .unwrap_or_default(),
+            dir.join("edge.crt").display().to_string(),
+            dir.join("edge.key").display().to_string(),
+        ),
+        &dir,
+    )
+    .map_err(|e| anyhow::anyhow!("built-in edge configuration: {e}"))?;
+    let backend = tower::util::BoxCloneSyncService::new(
+        authd
+            .clone()
+            .map_err(|never: std::convert::Infallible| match never {}),
+    );
+    let metrics = authd.metrics().clone();
+    let edge = authd_edge::Edge::bind(
+        &edge_cfg,
+        backend,
+        authd_edge::Reachability::always(),
+        vec![std::sync::Arc::new(move || metrics.encode())],
+    )
+    .await?;
+    let edge_addr = edge.local_addr()?;
+    let server = format!(
+        "https://{}/authenticate",
+        host_port(&host, edge_addr.port())
+    );
+    let kubeconfig_path = dir.join("webhook-kubeconfig.yaml");
+    let kubeconfig = WebhookKubeconfig {
+        server: &server,
+        ca_pem: &ca.pem.cert,
+        client_cert_pem: None,
+        client_key_pem: None,
+    };
+    std::fs::write(&kubeconfig_path, kubeconfig.render())
+        .with_context(|| format!("writing {}", kubeconfig_path.display()))?;
+
+    let admin = edge.admin_addr();
+    tracing::info!(%edge_addr, %grpc_addr, ?admin, "kube-authd up");
+    println!(
+        "kube-authd ready https={server} grpc={grpc_addr} admin={}",
+        admin.map(|a| a.to_string()).unwrap_or_else(|| "-".into())
+    );
+    println!("webhook kubeconfig: {}", kubeconfig_path.display());
+    println!(
+        "  kube-apiserver --authentication-token-webhook-config-file={}",
+        kubeconfig_path.display()
+    );
+    println!(
+        "try a review (uses the first token in {}):",
+        token_file.display()
+    );
+    println!(
+        "  curl --cacert {ca} -H 'Content-Type: application/json' {server} -d \"{{\\\"apiVersion\\\":\\\"authentication.k8s.io/v1\\\",\\\"kind\\\":\\\"TokenReview\\\",\\\"spec\\\":{{\\\"token\\\":\\\"$(grep -v '^#' {tokens} | head -n1 | cut -d, -f1)\\\"}}}}\"",
+        ca = dir.join("ca.crt").display(),
+        tokens = token_file.display(),
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        authd::server::shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let grace = authd_cfg.shutdown_grace;
+    let authd_task = tokio::spawn(authd::server::serve(
+        authd,
+        grpc,
+        grace,
+        stopped(stop_rx.clone()),
+    ));
+    edge.serve(stopped(stop_rx)).await;
+    match tokio::time::timeout(grace + Duration::from_secs(1), authd_task).await {
+        Ok(Ok(r)) => r?,
+        Ok(Err(e)) => anyhow::bail!("authd task failed: {e}"),
+        Err(_) => tracing::warn!("authd did not stop within the grace period"),
+    }
+    tracing::info!("kube-authd stopped");
+    Ok(())
+}
+
+fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
