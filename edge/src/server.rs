@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use authd_proto::v1::{AuthenticateRequest, AuthenticateResponse};
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
@@ -150,16 +150,8 @@ impl Handler {
                 &format!("request body is larger than {} bytes", self.max_body_bytes),
             )
         };
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > self.max_body_bytes as u64) {
-            return too_large();
-        }
-        let body = Limited::new(req.into_body(), self.max_body_bytes);
-        let body = match tokio::time::timeout(self.body_read_timeout, body.collect()).await {
+        let read = read_body(req.into_body(), self.max_body_bytes);
+        let body = match tokio::time::timeout(self.body_read_timeout, read).await {
             Err(_) => {
                 return Answer::failure(
                     StatusCode::REQUEST_TIMEOUT,
@@ -171,8 +163,8 @@ impl Handler {
                     ),
                 )
             }
-            Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => return too_large(),
-            Ok(Err(e)) => {
+            Ok(BodyRead::TooLarge) => return too_large(),
+            Ok(BodyRead::Failed(e)) => {
                 return Answer::failure(
                     StatusCode::BAD_REQUEST,
                     "BadRequest",
@@ -180,7 +172,7 @@ impl Handler {
                     &format!("could not read request body: {e}"),
                 )
             }
-            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(BodyRead::Complete(bytes)) => bytes,
         };
         let parsed = match review::parse(&body) {
             Ok(r) => r,
@@ -237,6 +229,45 @@ fn ok_answer(
             "rejected"
         },
         api_version: version.label(),
+    }
+}
+
+/// Past the limit the body is still read and discarded up to this many bytes, so an
+/// HTTP/1.1 client that is still writing gets to read the 413 instead of a broken pipe.
+const DRAIN_CAP: usize = 8 * 1024 * 1024;
+
+enum BodyRead {
+    Complete(Bytes),
+    TooLarge,
+    Failed(hyper::Error),
+}
+
+async fn read_body(mut body: Incoming, limit: usize) -> BodyRead {
+    let declared = hyper::body::Body::size_hint(&body).exact();
+    if declared.is_some_and(|n| n > DRAIN_CAP as u64) {
+        return BodyRead::TooLarge;
+    }
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => return BodyRead::Failed(e),
+        };
+        if let Ok(data) = frame.into_data() {
+            seen += data.len();
+            if seen > DRAIN_CAP {
+                return BodyRead::TooLarge;
+            }
+            if seen <= limit {
+                buf.extend_from_slice(&data);
+            }
+        }
+    }
+    if seen > limit {
+        BodyRead::TooLarge
+    } else {
+        BodyRead::Complete(buf.freeze())
     }
 }
 

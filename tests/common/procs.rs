@@ -1,0 +1,185 @@
+//! Child processes for tests: real binaries from the workspace's target dir, stdout read
+//! for a ready line, stderr kept in a file for log assertions, killed on drop.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Path of a workspace binary next to the test executable's deps folder.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "binary {} not found: build the workspace binaries first (`cargo build --workspace --bins`)",
+        p.display()
+    );
+    p
+}
+
+pub struct Proc {
+    pub name: String,
+    child: Option<Child>,
+    stdout_lines: Arc<Mutex<Vec<String>>>,
+    pub stderr_path: PathBuf,
+    ready_line: String,
+}
+
+impl Proc {
+    pub fn start(binary: &str, args: &[&str], dir: &Path, ready_prefix: &str) -> Proc {
+        Self::start_named(binary, binary, args, dir, ready_prefix)
+    }
+
+    pub fn start_named(name: &str, binary: &str, args: &[&str], dir: &Path, ready_prefix: &str) -> Proc {
+        Self::start_env(name, binary, args, dir, ready_prefix, &[])
+    }
+
+    pub fn start_env(
+        name: &str,
+        binary: &str,
+        args: &[&str],
+        dir: &Path,
+        ready_prefix: &str,
+        env: &[(&str, &str)],
+    ) -> Proc {
+        let mut p = Self::spawn(name, binary, args, dir, env);
+        p.wait_ready(ready_prefix);
+        p
+    }
+
+    /// Spawns without waiting for a ready line (for start-up failure tests).
+    pub fn spawn(name: &str, binary: &str, args: &[&str], dir: &Path, env: &[(&str, &str)]) -> Proc {
+        let stderr_path = dir.join(format!("{name}.stderr"));
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&stderr_path)
+            .unwrap();
+        let mut cmd = Command::new(bin(binary));
+        cmd.args(args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr);
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "debug");
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {binary}: {e}"));
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Proc {
+            name: name.to_owned(),
+            child: Some(child),
+            stdout_lines: lines,
+            stderr_path,
+            ready_line: String::new(),
+        }
+    }
+
+    pub fn wait_ready(&mut self, prefix: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(l) = self
+                .stdout_lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.starts_with(prefix))
+            {
+                self.ready_line = l.clone();
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "{} exited ({status}) before it was ready; stderr:\n{}",
+                    self.name,
+                    self.stderr()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} not ready within 30s; stderr:\n{}",
+                self.name,
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A `key=value` field of the ready line.
+    pub fn ready_field(&self, key: &str) -> String {
+        self.ready_line
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("{} ready line has no {key}: {}", self.name, self.ready_line))
+            .to_owned()
+    }
+
+    pub fn stdout(&self) -> String {
+        self.stdout_lines.lock().unwrap().join("\n")
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+
+    /// Waits for exit; returns the exit code (None if killed by a signal).
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        let child = self.child.as_mut().unwrap();
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                return s.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit within {within:?}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SIGCONT first in case a test left it stopped, then kill.
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGCONT);
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
