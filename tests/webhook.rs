@@ -38,7 +38,10 @@ async fn check_answers(client: &reqwest::Client, url: &str, t: &Tokens, proto: P
             Proto::H2 => reqwest::Version::HTTP_2,
         };
         assert_eq!(a.version, expected_version);
-        assert_eq!(a.body["apiVersion"], v, "answer in the request's apiVersion");
+        assert_eq!(
+            a.body["apiVersion"], v,
+            "answer in the request's apiVersion"
+        );
         assert_eq!(a.body["kind"], "TokenReview");
         assert_eq!(
             a.body["status"],
@@ -46,7 +49,10 @@ async fn check_answers(client: &reqwest::Client, url: &str, t: &Tokens, proto: P
             "no audiences, no error for a source that is not audience-aware"
         );
         assert_eq!(a.content_type.as_deref(), Some("application/json"));
-        assert!(a.body["spec"].get("token").is_none(), "the token is never echoed");
+        assert!(
+            a.body["spec"].get("token").is_none(),
+            "the token is never echoed"
+        );
 
         let b = review(client, url, v, &t.bob_hashed).await;
         assert!(b.authenticated(), "hashed token: {b:?}");
@@ -61,16 +67,25 @@ async fn check_answers(client: &reqwest::Client, url: &str, t: &Tokens, proto: P
         let aud = post_raw(
             client,
             url,
-            review_body(v, &t.alice, &["https://kubernetes.default.svc.cluster.local"]),
+            review_body(
+                v,
+                &t.alice,
+                &["https://kubernetes.default.svc.cluster.local"],
+            ),
         )
         .await;
         assert!(aud.authenticated());
         assert!(aud.body["status"].get("audiences").is_none(), "{aud:?}");
     }
     // A hashed entry's digest is not itself a token.
-    review(client, url, V1, &format!("sha256:{}", sha256_hex(&t.bob_hashed)))
-        .await
-        .assert_denied();
+    review(
+        client,
+        url,
+        V1,
+        &format!("sha256:{}", sha256_hex(&t.bob_hashed)),
+    )
+    .await
+    .assert_denied();
 }
 
 async fn check_bad_requests(client: &reqwest::Client, url: &str, t: &Tokens) {
@@ -79,10 +94,17 @@ async fn check_bad_requests(client: &reqwest::Client, url: &str, t: &Tokens) {
         assert_eq!(a.body["kind"], "Status", "{a:?}");
         assert_eq!(a.body["code"], code);
         let msg = a.body["message"].as_str().unwrap();
-        assert!(msg.contains(needle), "message {msg:?} should mention {needle:?}");
+        assert!(
+            msg.contains(needle),
+            "message {msg:?} should mention {needle:?}"
+        );
         assert!(!msg.contains(&t.alice), "token echoed in an error");
     };
-    bad(&post_raw(client, url, "{\"kind\":").await, 400, "not valid JSON");
+    bad(
+        &post_raw(client, url, "{\"kind\":").await,
+        400,
+        "not valid JSON",
+    );
     bad(&post_raw(client, url, "").await, 400, "not valid JSON");
     let pod = json!({"kind":"Pod","apiVersion":V1,"spec":{"token":t.alice}}).to_string();
     bad(&post_raw(client, url, pod).await, 400, "kind");
@@ -95,13 +117,16 @@ async fn check_bad_requests(client: &reqwest::Client, url: &str, t: &Tokens) {
     bad(&post_raw(client, url, cased).await, 400, "kind");
     // The token in the wrong place: the JSON error must not quote it back.
     let misplaced = json!({"kind":"TokenReview","apiVersion":V1,"spec":t.alice}).to_string();
-    bad(&post_raw(client, url, misplaced).await, 400, "not valid JSON");
+    bad(
+        &post_raw(client, url, misplaced).await,
+        400,
+        "not valid JSON",
+    );
     // Over the 1 MiB default: 413, declared or streamed.
     let big = review_body(V1, &"x".repeat(2 * 1024 * 1024), &[]);
     bad(&post_raw(client, url, big).await, 413, "larger than");
-    let chunks = futures::stream::iter(
-        (0..40).map(|_| Ok::<_, std::io::Error>(vec![b' '; 64 * 1024])),
-    );
+    let chunks =
+        futures::stream::iter((0..40).map(|_| Ok::<_, std::io::Error>(vec![b' '; 64 * 1024])));
     bad(
         &post_raw(client, url, reqwest::Body::wrap_stream(chunks)).await,
         413,
@@ -113,8 +138,18 @@ async fn check_bad_requests(client: &reqwest::Client, url: &str, t: &Tokens) {
     assert_eq!(r.headers()["allow"], "POST");
     // Unknown cluster and unknown path: 404, never a redirect.
     let base = url.trim_end_matches("/authenticate");
-    for path in ["/clusters/nope/authenticate", "/authenticate/", "/", "/clusters//authenticate"] {
-        let a = post_raw(client, &format!("{base}{path}"), review_body(V1, &t.alice, &[])).await;
+    for path in [
+        "/clusters/nope/authenticate",
+        "/authenticate/",
+        "/",
+        "/clusters//authenticate",
+    ] {
+        let a = post_raw(
+            client,
+            &format!("{base}{path}"),
+            review_body(V1, &t.alice, &[]),
+        )
+        .await;
         bad(&a, 404, "no TokenReview endpoint");
     }
 }
@@ -143,12 +178,33 @@ async fn all_in_one_speaks_the_contract_over_http1_and_http2() {
     let admin = up.ready_field("admin");
     let (code, metrics) = admin_get(&admin, "/metrics").await;
     assert_eq!(code, 200);
-    let ok = metric_sum(&metrics, "edge_reviews_total", &[("cluster", "default"), ("api_version", "v1"), ("result", "authenticated"), ("code", "200")]);
-    assert!(ok >= 4.0, "edge_reviews_total authenticated v1: {ok}\n{metrics}");
-    assert!(metric_sum(&metrics, "edge_reviews_total", &[("result", "bad_request"), ("code", "400")]) >= 7.0);
+    let ok = metric_sum(
+        &metrics,
+        "edge_reviews_total",
+        &[
+            ("cluster", "default"),
+            ("api_version", "v1"),
+            ("result", "authenticated"),
+            ("code", "200"),
+        ],
+    );
+    assert!(
+        ok >= 4.0,
+        "edge_reviews_total authenticated v1: {ok}\n{metrics}"
+    );
+    assert!(
+        metric_sum(
+            &metrics,
+            "edge_reviews_total",
+            &[("result", "bad_request"), ("code", "400")]
+        ) >= 7.0
+    );
     assert!(metric_sum(&metrics, "edge_reviews_total", &[("code", "413")]) >= 2.0);
     assert!(metrics.contains("edge_review_duration_seconds_bucket"));
-    assert!(metrics.contains("authd_verdicts_total"), "all-in-one exports authd's metrics too");
+    assert!(
+        metrics.contains("authd_verdicts_total"),
+        "all-in-one exports authd's metrics too"
+    );
     assert_eq!(metrics.matches("# EOF").count(), 1);
     assert_eq!(admin_get(&admin, "/healthz").await.0, 200);
     assert_eq!(admin_get(&admin, "/readyz").await.0, 200);
@@ -204,9 +260,11 @@ async fn authd_down_is_a_retryable_500_and_recovery_needs_no_edge_restart() {
             review(&c, &split.url, v, tok).await.assert_undecided();
         }
     }
-    eventually(Duration::from_secs(5), "readyz false while authd is down", || async {
-        admin_get(&admin, "/readyz").await.0 == 503
-    })
+    eventually(
+        Duration::from_secs(5),
+        "readyz false while authd is down",
+        || async { admin_get(&admin, "/readyz").await.0 == 503 },
+    )
     .await;
 
     // authd back on the same address: the edge reconnects by itself.
@@ -249,16 +307,22 @@ async fn sigterm_finishes_in_flight_reviews() {
     for i in 0..20 {
         let c = clients[i % 2].clone();
         let url = split.url.clone();
-        let tok = if i % 3 == 0 { t.nobody.clone() } else { t.alice.clone() };
+        let tok = if i % 3 == 0 {
+            t.nobody.clone()
+        } else {
+            t.alice.clone()
+        };
         inflight.push(tokio::spawn(async move {
             (tok.starts_with("alice"), review(&c, &url, V1, &tok).await)
         }));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     split.edge.signal(libc::SIGTERM);
-    eventually(Duration::from_secs(5), "readyz goes false first", || async {
-        admin_get(&admin, "/readyz").await.0 == 503
-    })
+    eventually(
+        Duration::from_secs(5),
+        "readyz goes false first",
+        || async { admin_get(&admin, "/readyz").await.0 == 503 },
+    )
     .await;
     // New connections are refused once draining has begun.
     let fresh = client(&split.ca_pem, Proto::H1, None);
@@ -290,9 +354,15 @@ async fn no_raw_token_in_any_log_line() {
         "up",
         "kube-authd",
         &[
-            "up", "--state-dir", dir.path().join("state").to_str().unwrap(),
-            "--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0",
-            "--token-file", tokens.to_str().unwrap(),
+            "up",
+            "--state-dir",
+            dir.path().join("state").to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--token-file",
+            tokens.to_str().unwrap(),
         ],
         dir.path(),
         "kube-authd ready",
@@ -301,26 +371,50 @@ async fn no_raw_token_in_any_log_line() {
     certs_init(dir.path(), &[]);
     let authd = {
         let cfg = write(dir.path(), "a.toml", "listen = \"127.0.0.1:0\"\n[[sources]]\nname = \"static\"\ntype = \"token_file\"\npath = \"tokens.csv\"\n");
-        Proc::start_env("authd", "authd", &["serve", "--config", cfg.to_str().unwrap()], dir.path(), "authd ready", &env)
+        Proc::start_env(
+            "authd",
+            "authd",
+            &["serve", "--config", cfg.to_str().unwrap()],
+            dir.path(),
+            "authd ready",
+            &env,
+        )
     };
     let edge = {
         let cfg = write(dir.path(), "e.toml", &format!("listen = \"127.0.0.1:0\"\n[tls]\ncert = \"edge.crt\"\nkey = \"edge.key\"\n[authd]\nendpoint = \"http://{}\"\n", authd.ready_field("grpc")));
-        Proc::start_env("edge", "authd-edge", &["serve", "--config", cfg.to_str().unwrap()], dir.path(), "authd-edge ready", &env)
+        Proc::start_env(
+            "edge",
+            "authd-edge",
+            &["serve", "--config", cfg.to_str().unwrap()],
+            dir.path(),
+            "authd-edge ready",
+            &env,
+        )
     };
     let targets = [
-        (up.ready_field("https"), std::fs::read(dir.path().join("state/ca.crt")).unwrap()),
-        (format!("{}/authenticate", edge.ready_field("https")), std::fs::read(dir.path().join("ca.crt")).unwrap()),
+        (
+            up.ready_field("https"),
+            std::fs::read(dir.path().join("state/ca.crt")).unwrap(),
+        ),
+        (
+            format!("{}/authenticate", edge.ready_field("https")),
+            std::fs::read(dir.path().join("ca.crt")).unwrap(),
+        ),
     ];
     let garbage = token("garbage");
     for (url, ca) in &targets {
         for proto in [Proto::H1, Proto::H2] {
             let c = client(ca, proto, None);
             assert!(review(&c, url, V1, &t.alice).await.authenticated());
-            assert!(review(&c, url, V1BETA1, &t.bob_hashed).await.authenticated());
+            assert!(review(&c, url, V1BETA1, &t.bob_hashed)
+                .await
+                .authenticated());
             review(&c, url, V1, &t.nobody).await.assert_denied();
-            let misplaced = json!({"kind":"TokenReview","apiVersion":V1,"spec":garbage}).to_string();
+            let misplaced =
+                json!({"kind":"TokenReview","apiVersion":V1,"spec":garbage}).to_string();
             assert_eq!(post_raw(&c, url, misplaced).await.status, 400);
-            let wrong_kind = json!({"kind":"Nope","apiVersion":V1,"spec":{"token":garbage}}).to_string();
+            let wrong_kind =
+                json!({"kind":"Nope","apiVersion":V1,"spec":{"token":garbage}}).to_string();
             assert_eq!(post_raw(&c, url, wrong_kind).await.status, 400);
         }
     }
@@ -332,9 +426,17 @@ async fn no_raw_token_in_any_log_line() {
         let p = entry.unwrap().path();
         if p.extension().is_some_and(|e| e == "stderr") {
             let logs = std::fs::read_to_string(&p).unwrap();
-            assert!(logs.lines().count() > 10, "{} logged too little to prove anything", p.display());
+            assert!(
+                logs.lines().count() > 10,
+                "{} logged too little to prove anything",
+                p.display()
+            );
             for secret in [&t.alice, &t.bob_hashed, &t.nobody, &garbage] {
-                assert!(!logs.contains(secret.as_str()), "{} contains a raw token", p.display());
+                assert!(
+                    !logs.contains(secret.as_str()),
+                    "{} contains a raw token",
+                    p.display()
+                );
             }
             checked += 1;
         }
@@ -352,32 +454,106 @@ async fn bad_configuration_stops_startup_naming_file_line_and_field() {
         assert_eq!(code, Some(1), "{name} should fail to start");
         let err = p.stderr();
         for n in needles {
-            assert!(err.contains(n), "{name}: stderr should mention {n:?}:\n{err}");
+            assert!(
+                err.contains(n),
+                "{name}: stderr should mention {n:?}:\n{err}"
+            );
         }
     };
     // Missing token file.
-    write(d, "missing.toml", "[[sources]]\nname = \"s\"\ntype = \"token_file\"\npath = \"nope.csv\"\n");
-    fails("missing", "authd", &["serve", "--config", "missing.toml"], &["nope.csv", "sources[0]", "cannot read"]);
+    write(
+        d,
+        "missing.toml",
+        "[[sources]]\nname = \"s\"\ntype = \"token_file\"\npath = \"nope.csv\"\n",
+    );
+    fails(
+        "missing",
+        "authd",
+        &["serve", "--config", "missing.toml"],
+        &["nope.csv", "sources[0]", "cannot read"],
+    );
     // Bad CSV line: file, line and field.
     write(d, "bad.csv", "tok1,alice,1\ntok2,,2\n");
-    write(d, "badcsv.toml", "[[sources]]\nname = \"s\"\ntype = \"token_file\"\npath = \"bad.csv\"\n");
-    fails("badcsv", "authd", &["serve", "--config", "badcsv.toml"], &["bad.csv", "line 2", "user name (column 2)"]);
+    write(
+        d,
+        "badcsv.toml",
+        "[[sources]]\nname = \"s\"\ntype = \"token_file\"\npath = \"bad.csv\"\n",
+    );
+    fails(
+        "badcsv",
+        "authd",
+        &["serve", "--config", "badcsv.toml"],
+        &["bad.csv", "line 2", "user name (column 2)"],
+    );
     write(d, "short.csv", "tok1,alice\n");
-    fails("short", "kube-authd", &["up", "--state-dir", "st", "--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0", "--token-file", "short.csv"], &["short.csv", "line 1", "at least 3 columns"]);
+    fails(
+        "short",
+        "kube-authd",
+        &[
+            "up",
+            "--state-dir",
+            "st",
+            "--listen",
+            "127.0.0.1:0",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--token-file",
+            "short.csv",
+        ],
+        &["short.csv", "line 1", "at least 3 columns"],
+    );
     // Unknown and malformed fields.
     write(d, "typo.toml", "lisen = \"127.0.0.1:1\"\n[[sources]]\nname = \"s\"\ntype = \"token_file\"\npath = \"bad.csv\"\n");
-    fails("typo", "authd", &["serve", "--config", "typo.toml"], &["typo.toml", "lisen"]);
-    fails("noconfig", "authd", &["serve", "--config", "absent.toml"], &["absent.toml", "cannot read"]);
+    fails(
+        "typo",
+        "authd",
+        &["serve", "--config", "typo.toml"],
+        &["typo.toml", "lisen"],
+    );
+    fails(
+        "noconfig",
+        "authd",
+        &["serve", "--config", "absent.toml"],
+        &["absent.toml", "cannot read"],
+    );
     // Unreadable certificate and key for the edge.
     write(d, "garbage.crt", "not a certificate\n");
     write(d, "edge-bad-cert.toml", "[tls]\ncert = \"garbage.crt\"\nkey = \"garbage.crt\"\n[authd]\nendpoint = \"http://127.0.0.1:1\"\n");
-    fails("badcert", "authd-edge", &["serve", "--config", "edge-bad-cert.toml"], &["tls.cert", "garbage.crt"]);
+    fails(
+        "badcert",
+        "authd-edge",
+        &["serve", "--config", "edge-bad-cert.toml"],
+        &["tls.cert", "garbage.crt"],
+    );
     write(d, "edge-missing.toml", "[tls]\ncert = \"none.crt\"\nkey = \"none.key\"\n[authd]\nendpoint = \"http://127.0.0.1:1\"\n");
-    fails("missingcert", "authd-edge", &["serve", "--config", "edge-missing.toml"], &["tls.cert", "none.crt"]);
-    write(d, "edge-noauthd.toml", "[tls]\ncert = \"none.crt\"\nkey = \"none.key\"\n");
-    fails("noauthd", "authd-edge", &["serve", "--config", "edge-noauthd.toml"], &["authd.endpoint"]);
-    write(d, "edge-size.toml", "max_body_bytes = 0\n[tls]\ncert = \"a\"\nkey = \"b\"\n");
-    fails("size", "authd-edge", &["serve", "--config", "edge-size.toml"], &["max_body_bytes"]);
+    fails(
+        "missingcert",
+        "authd-edge",
+        &["serve", "--config", "edge-missing.toml"],
+        &["tls.cert", "none.crt"],
+    );
+    write(
+        d,
+        "edge-noauthd.toml",
+        "[tls]\ncert = \"none.crt\"\nkey = \"none.key\"\n",
+    );
+    fails(
+        "noauthd",
+        "authd-edge",
+        &["serve", "--config", "edge-noauthd.toml"],
+        &["authd.endpoint"],
+    );
+    write(
+        d,
+        "edge-size.toml",
+        "max_body_bytes = 0\n[tls]\ncert = \"a\"\nkey = \"b\"\n",
+    );
+    fails(
+        "size",
+        "authd-edge",
+        &["serve", "--config", "edge-size.toml"],
+        &["max_body_bytes"],
+    );
 }
 
 #[test]
@@ -385,18 +561,31 @@ fn webhook_config_prints_a_kubeconfig_with_client_certificate() {
     let dir = temp_dir();
     certs_init(dir.path(), &["dev"]);
     let out = std::process::Command::new(bin("kube-authd"))
-        .args(["webhook-config", "--server", "https://authn.example.com:8443/clusters/dev/authenticate"])
-        .arg("--ca").arg(dir.path().join("ca.crt"))
-        .arg("--client-cert").arg(dir.path().join("apiserver-dev.crt"))
-        .arg("--client-key").arg(dir.path().join("apiserver-dev.key"))
+        .args([
+            "webhook-config",
+            "--server",
+            "https://authn.example.com:8443/clusters/dev/authenticate",
+        ])
+        .arg("--ca")
+        .arg(dir.path().join("ca.crt"))
+        .arg("--client-cert")
+        .arg(dir.path().join("apiserver-dev.crt"))
+        .arg("--client-key")
+        .arg(dir.path().join("apiserver-dev.key"))
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8(out.stdout).unwrap();
     let kc = Kubeconfig::parse(&text);
-    assert_eq!(kc.server, "https://authn.example.com:8443/clusters/dev/authenticate");
+    assert_eq!(
+        kc.server,
+        "https://authn.example.com:8443/clusters/dev/authenticate"
+    );
     assert_eq!(kc.ca_pem, std::fs::read(dir.path().join("ca.crt")).unwrap());
-    assert_eq!(kc.client_cert_pem.unwrap(), std::fs::read(dir.path().join("apiserver-dev.crt")).unwrap());
+    assert_eq!(
+        kc.client_cert_pem.unwrap(),
+        std::fs::read(dir.path().join("apiserver-dev.crt")).unwrap()
+    );
     assert!(text.contains("current-context: webhook"));
     let bad = std::process::Command::new(bin("kube-authd"))
         .args(["webhook-config", "--server", "http://x", "--ca", "nope"])

@@ -101,7 +101,9 @@ impl Answer {
         self.body["status"]["authenticated"] == json!(true)
     }
     pub fn username(&self) -> &str {
-        self.body["status"]["user"]["username"].as_str().unwrap_or("")
+        self.body["status"]["user"]["username"]
+            .as_str()
+            .unwrap_or("")
     }
     pub fn groups(&self) -> Vec<String> {
         self.body["status"]["user"]["groups"]
@@ -112,20 +114,35 @@ impl Answer {
     /// A definitive denial: 200, authenticated false, no error, no user.
     pub fn assert_denied(&self) {
         assert_eq!(self.status, 200, "{self:?}");
-        assert_eq!(self.body["status"], json!({"authenticated": false}), "{self:?}");
+        assert_eq!(
+            self.body["status"],
+            json!({"authenticated": false}),
+            "{self:?}"
+        );
     }
     /// The retryable "could not decide" answer: 500, a Status body, no Retry-After.
     pub fn assert_undecided(&self) {
         assert_eq!(self.status, 500, "{self:?}");
         assert_eq!(self.body["kind"], "Status", "{self:?}");
         assert_eq!(self.body["reason"], "InternalError", "{self:?}");
-        assert!(self.retry_after.is_none(), "no Retry-After on 500: {self:?}");
-        assert!(self.body.get("status").and_then(|s| s.get("authenticated")).is_none());
+        assert!(
+            self.retry_after.is_none(),
+            "no Retry-After on 500: {self:?}"
+        );
+        assert!(self
+            .body
+            .get("status")
+            .and_then(|s| s.get("authenticated"))
+            .is_none());
     }
 }
 
 /// POSTs a raw body to `url` (the kube-apiserver `?timeout=30s` is appended).
-pub async fn post_raw(client: &reqwest::Client, url: &str, body: impl Into<reqwest::Body>) -> Answer {
+pub async fn post_raw(
+    client: &reqwest::Client,
+    url: &str,
+    body: impl Into<reqwest::Body>,
+) -> Answer {
     let resp = client
         .post(format!("{url}?timeout=30s"))
         .header("content-type", "application/json")
@@ -140,7 +157,11 @@ pub async fn post_raw(client: &reqwest::Client, url: &str, body: impl Into<reqwe
 pub async fn answer(resp: reqwest::Response) -> Answer {
     let status = resp.status().as_u16();
     let version = resp.version();
-    let header = |n: &str| resp.headers().get(n).map(|v| v.to_str().unwrap().to_owned());
+    let header = |n: &str| {
+        resp.headers()
+            .get(n)
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
     let retry_after = header("retry-after");
     let content_type = header("content-type");
     let bytes = resp.bytes().await.expect("body");

@@ -33,7 +33,13 @@ impl Proc {
         Self::start_named(binary, binary, args, dir, ready_prefix)
     }
 
-    pub fn start_named(name: &str, binary: &str, args: &[&str], dir: &Path, ready_prefix: &str) -> Proc {
+    pub fn start_named(
+        name: &str,
+        binary: &str,
+        args: &[&str],
+        dir: &Path,
+        ready_prefix: &str,
+    ) -> Proc {
         Self::start_env(name, binary, args, dir, ready_prefix, &[])
     }
 
@@ -51,7 +57,13 @@ impl Proc {
     }
 
     /// Spawns without waiting for a ready line (for start-up failure tests).
-    pub fn spawn(name: &str, binary: &str, args: &[&str], dir: &Path, env: &[(&str, &str)]) -> Proc {
+    pub fn spawn(
+        name: &str,
+        binary: &str,
+        args: &[&str],
+        dir: &Path,
+        env: &[(&str, &str)],
+    ) -> Proc {
         let stderr_path = dir.join(format!("{name}.stderr"));
         let stderr = std::fs::OpenOptions::new()
             .create(true)
@@ -70,7 +82,9 @@ impl Proc {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {binary}: {e}"));
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {binary}: {e}"));
         let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = lines.clone();
         let stdout = child.stdout.take().unwrap();
