@@ -66,10 +66,25 @@ enum Command {
         #[arg(long, requires = "client_cert")]
         client_key: Option<PathBuf>,
     },
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Certificate management.
     Certs {
         #[command(subcommand)]
         command: CertsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate an authd configuration (builds every source without contacting remote
+    /// services) and run its [[examples]] through mapping and cluster policy.
+    Check {
+        /// The authd configuration (TOML).
+        file: PathBuf,
     },
 }
 
@@ -153,6 +168,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => config_check(&file),
         Command::Certs {
             command:
                 CertsCommand::Init {
@@ -177,4 +195,38 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `config check`: exits non-zero (an error) on an invalid file or any failing example.
+fn config_check(file: &std::path::Path) -> anyhow::Result<()> {
+    let config = authd::config::Config::load(file)?;
+    authd::verifiers::build_all(&config.sources)
+        .with_context(|| format!("config file {}", file.display()))?;
+    println!(
+        "{}: valid ({} sources, {} clusters)",
+        file.display(),
+        config.sources.len(),
+        config.clusters.len()
+    );
+    let results = authd::check::run(&config);
+    let mut failed = Vec::new();
+    for r in &results {
+        match &r.outcome {
+            Ok(what) => println!("ok   {}: {what}", r.label),
+            Err(why) => {
+                println!("FAIL {}: {why}", r.label);
+                failed.push(r.label.clone());
+            }
+        }
+    }
+    if !failed.is_empty() {
+        anyhow::bail!(
+            "{} of {} examples failed: {}",
+            failed.len(),
+            results.len(),
+            failed.join("; ")
+        );
+    }
+    println!("{} examples passed", results.len());
+    Ok(())
 }

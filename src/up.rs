@@ -49,13 +49,17 @@ fn demo_tokens(path: &Path) -> anyhow::Result<()> {
     pki::write_private(path, text.as_bytes())
 }
 
-fn authd_config(args: &UpArgs, token_file: &Path) -> anyhow::Result<authd::config::Config> {
-    match &args.authd_config {
+fn authd_config(
+    authd_config: Option<&Path>,
+    grpc_listen: SocketAddr,
+    token_file: &Path,
+) -> anyhow::Result<authd::config::Config> {
+    match authd_config {
         Some(path) => Ok(authd::config::Config::load(path)?),
         None => {
             let text = format!(
                 "listen = \"{}\"\n[[sources]]\nname = \"static\"\ntype = \"token_file\"\npath = {:?}\n",
-                args.grpc_listen,
+                grpc_listen,
                 token_file.display().to_string()
             );
             authd::config::Config::parse(&text, Path::new("."))
@@ -90,8 +94,22 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             f
         }
     };
-    let authd_cfg = authd_config(&args, &token_file)?;
+    let authd_cfg = authd_config(args.authd_config.as_deref(), args.grpc_listen, &token_file)?;
     let authd = authd::server::build(&authd_cfg)?;
+    {
+        let (config, grpc_listen, tokens) = (
+            args.authd_config.clone(),
+            args.grpc_listen,
+            token_file.clone(),
+        );
+        authd::reload::spawn(
+            authd.clone(),
+            args.authd_config.clone(),
+            Box::new(move || authd_config(config.as_deref(), grpc_listen, &tokens)),
+            authd_cfg.clone(),
+            authd::reload::POLL_INTERVAL,
+        );
+    }
     let grpc = authd::server::Listeners::bind(authd_cfg.listen, None).await?;
     let grpc_addr = grpc.grpc.local_addr()?;
 

@@ -8,7 +8,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::check::Example;
+use crate::mapping::Mapping;
 use crate::policy::ClusterPolicy;
+use crate::verifiers::basic_auth::BasicAuthConfig;
+use crate::verifiers::jwt::JwtConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -39,6 +43,10 @@ pub struct Config {
     /// Per-cluster policy. A cluster not listed here has no restrictions.
     #[serde(default)]
     pub clusters: BTreeMap<String, ClusterPolicy>,
+    /// Example identities `kube-authd config check` runs through mapping and policy;
+    /// ignored by `authd serve`.
+    #[serde(default)]
+    pub examples: Vec<Example>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -80,6 +88,10 @@ impl Default for CacheConfig {
 pub enum SourceConfig {
     /// kube-apiserver `--token-auth-file` CSV.
     TokenFile(TokenFileConfig),
+    /// External HTTP Basic-auth service for `user:password` tokens.
+    BasicAuth(BasicAuthConfig),
+    /// JWTs from one issuer (OIDC ID tokens, service tokens).
+    Jwt(JwtConfig),
 }
 
 impl SourceConfig {
@@ -87,6 +99,26 @@ impl SourceConfig {
     pub fn name(&self) -> &str {
         match self {
             SourceConfig::TokenFile(c) => &c.name,
+            SourceConfig::BasicAuth(c) => &c.name,
+            SourceConfig::Jwt(c) => &c.name,
+        }
+    }
+
+    /// How this source's answers map to Kubernetes users.
+    pub fn mapping(&self) -> &Mapping {
+        match self {
+            SourceConfig::TokenFile(c) => &c.mapping,
+            SourceConfig::BasicAuth(c) => &c.mapping,
+            SourceConfig::Jwt(c) => &c.mapping,
+        }
+    }
+
+    /// Local files this source reads; a change to any of them triggers a reload.
+    pub fn files(&self) -> Vec<PathBuf> {
+        match self {
+            SourceConfig::TokenFile(c) => vec![c.path.clone()],
+            SourceConfig::BasicAuth(c) => c.ca_file.iter().cloned().collect(),
+            SourceConfig::Jwt(c) => c.files(),
         }
     }
 }
@@ -98,6 +130,8 @@ pub struct TokenFileConfig {
     pub path: PathBuf,
     /// Only tokens starting with this are looked up; a miss is then a definitive no.
     pub prefix: Option<String>,
+    #[serde(default)]
+    pub mapping: Mapping,
 }
 
 fn default_listen() -> SocketAddr {
@@ -150,6 +184,8 @@ impl Config {
         for s in &mut self.sources {
             match s {
                 SourceConfig::TokenFile(c) => fix(&mut c.path),
+                SourceConfig::BasicAuth(c) => c.ca_file.iter_mut().for_each(fix),
+                SourceConfig::Jwt(c) => c.resolve_paths(&fix),
             }
         }
     }
@@ -175,7 +211,14 @@ impl Config {
                         return Err(format!("sources[{i}].prefix: must not be empty when set"));
                     }
                 }
+                SourceConfig::BasicAuth(c) => {
+                    c.validate().map_err(|e| format!("sources[{i}].{e}"))?
+                }
+                SourceConfig::Jwt(c) => c.validate().map_err(|e| format!("sources[{i}].{e}"))?,
             }
+            s.mapping()
+                .validate()
+                .map_err(|e| format!("sources[{i}].{e}"))?;
         }
         if self.cache.positive_ttl.is_zero() && !self.cache.stale_if_error.is_zero() {
             return Err("cache.stale_if_error: needs a non-zero cache.positive_ttl".into());
@@ -199,6 +242,7 @@ mod tests {
         assert_eq!(c.cache.positive_ttl, Duration::from_secs(120));
         match &c.sources[0] {
             SourceConfig::TokenFile(t) => assert_eq!(t.path, Path::new("/etc/authd/t.csv")),
+            other => panic!("not a token file: {other:?}"),
         }
     }
 

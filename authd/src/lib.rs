@@ -3,12 +3,15 @@
 
 pub mod admin;
 pub mod cache;
+pub mod check;
 pub mod config;
 pub mod fingerprint;
 pub mod grpc;
 pub mod identity;
+pub mod mapping;
 pub mod metrics;
 pub mod policy;
+pub mod reload;
 pub mod server;
 pub mod service;
 pub mod verifiers;

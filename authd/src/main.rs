@@ -45,6 +45,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { config } => {
             let cfg = authd::config::Config::load(&config)?;
             let service = authd::server::build(&cfg)?;
+            let path = config.clone();
+            authd::reload::spawn(
+                service.clone(),
+                Some(config.clone()),
+                Box::new(move || Ok(authd::config::Config::load(&path)?)),
+                cfg.clone(),
+                authd::reload::POLL_INTERVAL,
+            );
             let listeners = authd::server::Listeners::bind(cfg.listen, cfg.admin_listen).await?;
             let grpc = listeners
                 .grpc

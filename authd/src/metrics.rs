@@ -36,6 +36,12 @@ pub struct ClientLabels {
     pub method: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// success | failure
+    pub result: &'static str,
+}
+
 /// Every metric authd exports, registered once.
 pub struct Metrics {
     pub verdicts: Family<VerdictLabels, Counter>,
@@ -46,6 +52,7 @@ pub struct Metrics {
     pub coalesced: Counter,
     pub grpc_requests: Family<ClientLabels, Counter>,
     pub latency: Histogram,
+    pub config_reloads: Family<ReloadLabels, Counter>,
     pub registry: Registry,
 }
 
@@ -105,6 +112,12 @@ impl Metrics {
             "Time to produce a verdict",
             latency.clone(),
         );
+        let config_reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Configuration reloads after a change to the config or a file it references, by result",
+            config_reloads.clone(),
+        );
         Self {
             verdicts,
             source_calls,
@@ -114,6 +127,7 @@ impl Metrics {
             coalesced,
             grpc_requests,
             latency,
+            config_reloads,
             registry,
         }
     }

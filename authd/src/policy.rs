@@ -1,9 +1,30 @@
 //! Per-cluster policy: who may authenticate at each cluster's endpoint, and groups added
 //! there. Applied after the cache, so one cached verdict serves every cluster.
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 
 use crate::identity::Identity;
+use crate::mapping::EXTRA_CLUSTER;
+
+/// Applies `cluster`'s policy (none when not listed) and records the cluster in `extra`.
+pub fn admit(
+    clusters: &BTreeMap<String, ClusterPolicy>,
+    cluster: &str,
+    identity: Identity,
+) -> Result<Identity, String> {
+    let mut identity = match clusters.get(cluster) {
+        Some(policy) => policy.apply(identity)?,
+        None => identity,
+    };
+    if !cluster.is_empty() {
+        identity
+            .extra
+            .insert(EXTRA_CLUSTER.to_owned(), vec![cluster.to_owned()]);
+    }
+    Ok(identity)
+}
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]

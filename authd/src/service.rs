@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
@@ -38,6 +39,8 @@ struct Inner {
     /// Lookups in progress, so concurrent misses for one key make one source call.
     inflight: Mutex<HashMap<Fingerprint, Shared<BoxFuture<'static, Lookup>>>>,
     metrics: Arc<Metrics>,
+    /// Bumped by each reload; a lookup that started under an older pipeline does not cache.
+    generation: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -61,6 +64,7 @@ impl Authd {
                 ttls,
                 inflight: Mutex::new(HashMap::new()),
                 metrics,
+                generation: AtomicU64::new(0),
             }),
         }
     }
@@ -76,6 +80,14 @@ impl Authd {
             .pipeline
             .write()
             .unwrap_or_else(|e| e.into_inner()) = Arc::new(pipeline);
+    }
+
+    /// Swaps in a reloaded pipeline and drops every cached verdict, so a token removed from
+    /// a source stops working at once rather than after its TTL.
+    pub fn reload(&self, pipeline: Pipeline) {
+        self.inner.generation.fetch_add(1, Ordering::SeqCst);
+        self.swap_pipeline(pipeline);
+        self.inner.local.clear();
     }
 
     fn pipeline(&self) -> Arc<Pipeline> {
@@ -189,17 +201,14 @@ impl Authd {
             return rejected("rejected");
         };
         let pipeline = self.pipeline();
-        let identity = match pipeline.clusters.get(&req.cluster) {
-            None => identity,
-            Some(policy) => match policy.apply(identity) {
-                Ok(identity) => identity,
-                Err(why) => {
-                    tracing::info!(request_id = %req.request_id, cluster = %req.cluster,
-                        fingerprint = %fp.short(), source = %verdict.source,
-                        reason = %why, "refused by cluster policy");
-                    return rejected("denied_by_policy");
-                }
-            },
+        let identity = match crate::policy::admit(&pipeline.clusters, &req.cluster, identity) {
+            Ok(identity) => identity,
+            Err(why) => {
+                tracing::info!(request_id = %req.request_id, cluster = %req.cluster,
+                    fingerprint = %fp.short(), source = %verdict.source,
+                    reason = %why, "refused by cluster policy");
+                return rejected("denied_by_policy");
+            }
         };
         tracing::debug!(request_id = %req.request_id, cluster = %req.cluster,
             fingerprint = %fp.short(), source = %verdict.source, user = %identity.username,
@@ -262,13 +271,16 @@ impl Authd {
     }
 
     async fn lookup(&self, fp: Fingerprint, token: &str, audiences: &[String]) -> Lookup {
+        let generation = self.inner.generation.load(Ordering::SeqCst);
         let verdict = self.ask_sources(token, audiences).await?;
         let entry = Arc::new(CachedVerdict::new(
             verdict,
             SystemTime::now(),
             &self.inner.ttls,
         ));
-        self.inner.local.insert(fp, entry.clone()).await;
+        if generation == self.inner.generation.load(Ordering::SeqCst) {
+            self.inner.local.insert(fp, entry.clone()).await;
+        }
         Ok(entry)
     }
 

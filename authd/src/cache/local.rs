@@ -63,6 +63,11 @@ impl LocalCache {
         self.cache.invalidate(key).await;
     }
 
+    /// Drops every entry (after a configuration reload).
+    pub fn clear(&self) {
+        self.cache.invalidate_all();
+    }
+
     /// Drops every entry whose verdict names this user; returns how many.
     pub async fn remove_user(&self, username: &str) -> usize {
         let keys: Vec<Fingerprint> = self

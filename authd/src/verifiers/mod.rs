@@ -4,6 +4,8 @@
 //! ever shown to sources that own it, so a user's LDAP password is never sent to another
 //! source because an earlier one said "not mine".
 
+pub mod basic_auth;
+pub mod jwt;
 pub mod token_file;
 
 use futures::future::BoxFuture;
@@ -26,8 +28,10 @@ pub trait Verifier: Send + Sync {
 use std::sync::Arc;
 
 use crate::config::SourceConfig;
+use crate::mapping::Mapped;
 
-/// Builds every configured source, in order. Errors name the source and its field.
+/// Builds every configured source, in order, each behind its identity mapping. Errors name
+/// the source and its field. Nothing remote is contacted here.
 pub fn build_all(configs: &[SourceConfig]) -> anyhow::Result<Vec<Arc<dyn Verifier>>> {
     configs
         .iter()
@@ -39,10 +43,15 @@ pub fn build_all(configs: &[SourceConfig]) -> anyhow::Result<Vec<Arc<dyn Verifie
 fn build(index: usize, config: &SourceConfig) -> anyhow::Result<Arc<dyn Verifier>> {
     let context =
         |e: &dyn std::fmt::Display| anyhow::anyhow!("sources[{index}] ({:?}): {e}", config.name());
-    Ok(match config {
+    let source: Arc<dyn Verifier> = match config {
         SourceConfig::TokenFile(c) => Arc::new(
             token_file::TokenFile::open(&c.name, &c.path, c.prefix.clone())
                 .map_err(|e| context(&e))?,
         ),
-    })
+        SourceConfig::BasicAuth(c) => {
+            Arc::new(basic_auth::BasicAuth::new(c).map_err(|e| context(&e))?)
+        }
+        SourceConfig::Jwt(c) => Arc::new(jwt::Jwt::new(c).map_err(|e| context(&e))?),
+    };
+    Ok(Arc::new(Mapped::new(source, config.mapping().clone())))
 }

@@ -1,0 +1,330 @@
+//! External HTTP Basic-auth service: a `user:password` token is checked by a GET to a
+//! configured URL (a template that may hold the percent-encoded user) with HTTP Basic
+//! credentials. 200 is yes, 401/403 is no, anything else (a redirect, a 5xx, a connection
+//! error, a timeout) is "could not decide".
+//!
+//! The client is built once per source: pooled keep-alive connections, rustls trusting only
+//! `ca_file` when given, one timeout for the whole call, no redirects (a redirect would
+//! re-send the password elsewhere) and no proxy from the environment.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures::future::{BoxFuture, FutureExt};
+use serde::Deserialize;
+
+use super::Verifier;
+use crate::identity::{Identity, Outcome};
+use crate::mapping::Mapping;
+
+/// Longest user name sent to the service; longer ones are rejected without a call.
+pub const MAX_USER_BYTES: usize = 256;
+/// Longest password sent to the service.
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+/// Most response-body bytes read (and discarded) so the connection can be reused.
+const MAX_BODY_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuthConfig {
+    pub name: String,
+    /// `https://idp.example/basic-auth/{user}`; `{user}` (optional, path only) is
+    /// replaced by the percent-encoded user name.
+    pub url: String,
+    /// Between user and password in the token; the first occurrence splits.
+    #[serde(default = "default_separator")]
+    pub separator: String,
+    /// Only tokens starting with this are owned; it is stripped before splitting.
+    pub prefix: Option<String>,
+    /// PEM CA bundle; when set it is the only trust anchor for the service's certificate.
+    pub ca_file: Option<PathBuf>,
+    /// Limit for the whole call (connect, TLS, request, response headers).
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Groups given to every user this source authenticates.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub mapping: Mapping,
+}
+
+fn default_separator() -> String {
+    ":".into()
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+impl BasicAuthConfig {
+    /// Checks the fields; errors start with the field name.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.separator.is_empty() {
+            return Err("separator: must not be empty".into());
+        }
+        if self.prefix.as_deref() == Some("") {
+            return Err("prefix: must not be empty when set".into());
+        }
+        if self.timeout.is_zero() {
+            return Err("timeout: must be more than zero".into());
+        }
+        let Some(scheme_end) = self.url.find("://") else {
+            return Err(format!(
+                "url: {:?} has no scheme (use https://...)",
+                self.url
+            ));
+        };
+        let scheme = &self.url[..scheme_end];
+        if scheme != "https" && scheme != "http" {
+            return Err(format!("url: scheme {scheme:?} is not http or https"));
+        }
+        let query_at = self.url.find(['?', '#']).unwrap_or(self.url.len());
+        if let Some(at) = self.url.find("{user}") {
+            let host_end = self.url[scheme_end + 3..]
+                .find('/')
+                .map(|i| i + scheme_end + 3);
+            if host_end.is_none_or(|h| at < h) || at > query_at {
+                return Err(format!(
+                    "url: {{user}} may only appear in the path of {:?}",
+                    self.url
+                ));
+            }
+        }
+        let sample = reqwest::Url::parse(&self.url.replace("{user}", "x"))
+            .map_err(|e| format!("url: {:?} is not a valid URL: {e}", self.url))?;
+        if !sample.username().is_empty() || sample.password().is_some() {
+            return Err("url: must not hold credentials; the token's are sent instead".into());
+        }
+        if self.url.replace("{user}", "").contains(['{', '}']) {
+            return Err(format!(
+                "url: {:?} has an unknown placeholder (only {{user}})",
+                self.url
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BasicAuthError {
+    #[error("ca_file {path}: {message}")]
+    Ca { path: PathBuf, message: String },
+    #[error("cannot build the HTTP client: {0}")]
+    Client(String),
+}
+
+pub struct BasicAuth {
+    name: String,
+    url: String,
+    separator: String,
+    prefix: Option<String>,
+    groups: Vec<String>,
+    timeout: Duration,
+    /// Shared keep-alive pool for every call of this source.
+    client: reqwest::Client,
+    /// Scheme and host only, for log messages that must not carry user names.
+    service: String,
+}
+
+impl BasicAuth {
+    /// Builds the client (reads `ca_file`); does not contact the service.
+    pub fn new(c: &BasicAuthConfig) -> Result<Self, BasicAuthError> {
+        let mut b = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .timeout(c.timeout)
+            .connect_timeout(c.timeout)
+            .pool_idle_timeout(Duration::from_secs(90));
+        if let Some(path) = &c.ca_file {
+            let ca_err = |message: String| BasicAuthError::Ca {
+                path: path.clone(),
+                message,
+            };
+            let pem = std::fs::read(path).map_err(|e| ca_err(format!("cannot read: {e}")))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| ca_err(format!("not a PEM certificate bundle: {e}")))?;
+            if certs.is_empty() {
+                return Err(ca_err("holds no certificate".into()));
+            }
+            b = b.tls_certs_only(certs);
+        }
+        let client = b
+            .build()
+            .map_err(|e| BasicAuthError::Client(e.to_string()))?;
+        let service = reqwest::Url::parse(&c.url.replace("{user}", "x"))
+            .map(|u| format!("{}://{}", u.scheme(), u.authority()))
+            .unwrap_or_else(|_| "the Basic-auth service".into());
+        Ok(Self {
+            name: c.name.clone(),
+            url: c.url.clone(),
+            separator: c.separator.clone(),
+            prefix: c.prefix.clone(),
+            groups: c.groups.clone(),
+            timeout: c.timeout,
+            client,
+            service,
+        })
+    }
+
+    /// The `user`, `password` parts of an owned token.
+    fn split<'t>(&self, token: &'t str) -> Option<(&'t str, &'t str)> {
+        let rest = match &self.prefix {
+            Some(p) => token.strip_prefix(p.as_str())?,
+            None => token,
+        };
+        let (user, password) = rest.split_once(self.separator.as_str())?;
+        (!user.is_empty()).then_some((user, password))
+    }
+
+    async fn check(&self, user: &str, password: &str) -> Outcome {
+        // Checks that need no call: these can never be valid, and some would change the
+        // request (a `.`/`..` segment is resolved away by URL parsing, NUL and other
+        // controls are refused by many servers in odd ways).
+        if password.is_empty()
+            || user.len() > MAX_USER_BYTES
+            || password.len() > MAX_PASSWORD_BYTES
+            || user == "."
+            || user == ".."
+            || user.chars().any(char::is_control)
+        {
+            return Outcome::Rejected;
+        }
+        let url = self.url.replace("{user}", &encode_segment(user));
+        let response = self
+            .client
+            .get(&url)
+            .basic_auth(user, Some(password))
+            .send()
+            .await;
+        let mut response = match response {
+            Ok(r) => r,
+            Err(e) => return Outcome::Undecided(self.describe(&e)),
+        };
+        let status = response.status();
+        // Drain a bounded body so the keep-alive connection can be reused.
+        let mut read = 0usize;
+        while read < MAX_BODY_BYTES {
+            match response.chunk().await {
+                Ok(Some(chunk)) => read += chunk.len(),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        match status.as_u16() {
+            200 => Outcome::Authenticated(Identity {
+                username: user.to_owned(),
+                uid: user.to_owned(),
+                groups: self.groups.clone(),
+                ..Identity::default()
+            }),
+            401 | 403 => Outcome::Rejected,
+            300..=399 => Outcome::Undecided(format!(
+                "{} answered a redirect ({status}); redirects are never followed",
+                self.service
+            )),
+            _ => Outcome::Undecided(format!("{} answered {status}", self.service)),
+        }
+    }
+
+    /// A log-safe description: no URL (it holds the user), never the password.
+    fn describe(&self, e: &reqwest::Error) -> String {
+        let kind = if e.is_timeout() {
+            format!("timed out after {:?}", self.timeout)
+        } else if e.is_connect() {
+            "cannot connect".to_owned()
+        } else {
+            "request failed".to_owned()
+        };
+        let mut cause = String::new();
+        let mut source = std::error::Error::source(e);
+        // The innermost cause names the I/O or TLS problem; reqwest's own message would
+        // quote the URL.
+        while let Some(s) = source {
+            cause = s.to_string();
+            source = s.source();
+        }
+        if cause.is_empty() {
+            format!("{}: {kind}", self.service)
+        } else {
+            format!("{}: {kind}: {cause}", self.service)
+        }
+    }
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters, so a user name can
+/// never add a path segment, a query or a fragment.
+fn encode_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl Verifier for BasicAuth {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn owns(&self, token: &str) -> bool {
+        self.split(token).is_some()
+    }
+
+    fn verify<'a>(&'a self, token: &'a str, _audiences: &'a [String]) -> BoxFuture<'a, Outcome> {
+        async move {
+            match self.split(token) {
+                Some((user, password)) => self.check(user, password).await,
+                None => Outcome::NotMine,
+            }
+        }
+        .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(url: &str) -> BasicAuthConfig {
+        toml::from_str(&format!("name = 'b'\nurl = {url:?}\n")).unwrap()
+    }
+
+    #[test]
+    fn url_templates_are_checked() {
+        assert!(config("https://idp.example/basic-auth/{user}")
+            .validate()
+            .is_ok());
+        assert!(config("https://idp.example/check").validate().is_ok());
+        for bad in [
+            "idp.example/basic-auth/{user}",
+            "ftp://idp.example/{user}",
+            "https://{user}.idp.example/",
+            "https://idp.example/a?u={user}",
+            "https://me:pw@idp.example/{user}",
+            "https://idp.example/{username}",
+        ] {
+            let e = config(bad).validate().unwrap_err();
+            assert!(e.starts_with("url:"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn routing_and_encoding() {
+        let mut c = config("https://idp.example/u/{user}");
+        let b = BasicAuth::new(&c).unwrap();
+        assert!(b.owns("alice:pw"));
+        assert_eq!(b.split("alice:p:w"), Some(("alice", "p:w")));
+        assert!(!b.owns(":pw"));
+        assert!(!b.owns("kad_0123"));
+        c.prefix = Some("ba/".into());
+        let b = BasicAuth::new(&c).unwrap();
+        assert!(!b.owns("alice:pw"));
+        assert!(b.owns("ba/alice:pw"));
+        assert_eq!(
+            encode_segment("a/b?c#d e*)(\\\0"),
+            "a%2Fb%3Fc%23d%20e%2A%29%28%5C%00"
+        );
+    }
+}
