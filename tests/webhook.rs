@@ -45,8 +45,9 @@ async fn check_answers(client: &reqwest::Client, url: &str, t: &Tokens, proto: P
         assert_eq!(a.body["kind"], "TokenReview");
         assert_eq!(
             a.body["status"],
-            json!({"authenticated": true, "user": {"username": "alice", "uid": "uid-alice", "groups": ["dev", "ops"]}}),
-            "no audiences, no error for a source that is not audience-aware"
+            json!({"authenticated": true, "user": {"username": "alice", "uid": "uid-alice", "groups": ["dev", "ops"],
+                "extra": {"authd.kube-authd.io/source": ["static"], "authd.kube-authd.io/cluster": ["default"]}}}),
+            "no audiences, no error for a source that is not audience-aware; extra names source and cluster"
         );
         assert_eq!(a.content_type.as_deref(), Some("application/json"));
         assert!(
