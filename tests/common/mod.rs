@@ -3,6 +3,8 @@
 //! CA from the generated kubeconfig, as kube-apiserver does.
 #![allow(dead_code)]
 
+pub mod basic_auth;
+pub mod jwks;
 pub mod procs;
 
 use std::path::{Path, PathBuf};

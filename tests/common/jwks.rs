@@ -1,0 +1,127 @@
+//! Keys generated in the test (rcgen), JWTs signed with them (jsonwebtoken), and a local
+//! JWKS endpoint serving their public halves (on the recording test HTTP server).
+
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+
+use super::basic_auth::{HttpServer, Recorded};
+
+/// A signing key pair.
+pub struct TestKey {
+    pub kid: String,
+    pub alg: Algorithm,
+    encoding: EncodingKey,
+    /// SPKI PEM of the public key, for static `keys` files.
+    pub public_pem: String,
+    /// The public key as a JWK.
+    pub jwk: Value,
+}
+
+fn b64(b: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+impl TestKey {
+    pub fn es256(kid: &str) -> TestKey {
+        let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let raw = kp.public_key_raw();
+        assert_eq!(raw.len(), 65, "uncompressed P-256 point");
+        TestKey {
+            kid: kid.into(),
+            alg: Algorithm::ES256,
+            encoding: EncodingKey::from_ec_pem(kp.serialize_pem().as_bytes()).unwrap(),
+            public_pem: kp.public_key_pem(),
+            jwk: json!({"kty": "EC", "crv": "P-256", "kid": kid, "use": "sig", "alg": "ES256",
+                        "x": b64(&raw[1..33]), "y": b64(&raw[33..])}),
+        }
+    }
+
+    pub fn ed25519(kid: &str) -> TestKey {
+        let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        TestKey {
+            kid: kid.into(),
+            alg: Algorithm::EdDSA,
+            encoding: EncodingKey::from_ed_pem(kp.serialize_pem().as_bytes()).unwrap(),
+            public_pem: kp.public_key_pem(),
+            jwk: json!({"kty": "OKP", "crv": "Ed25519", "kid": kid, "use": "sig", "alg": "EdDSA",
+                        "x": b64(kp.public_key_raw())}),
+        }
+    }
+
+    /// Signs `claims` with this key (header names its kid).
+    pub fn sign(&self, claims: &Value) -> String {
+        let mut h = Header::new(self.alg);
+        h.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&h, claims, &self.encoding).unwrap()
+    }
+
+    /// Signs with this key but claims another kid in the header.
+    pub fn sign_as(&self, kid: &str, claims: &Value) -> String {
+        let mut h = Header::new(self.alg);
+        h.kid = Some(kid.into());
+        jsonwebtoken::encode(&h, claims, &self.encoding).unwrap()
+    }
+}
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Standard claims: issued now, valid for `ttl` seconds.
+pub fn claims(iss: &str, aud: &str, sub: &str, ttl: i64) -> Value {
+    let now = now() as i64;
+    json!({"iss": iss, "aud": aud, "sub": sub, "iat": now, "nbf": now, "exp": now + ttl})
+}
+
+/// An unsigned-looking token with the given header and claims (for `alg` attacks).
+pub fn forge(header: &Value, claims: &Value, signature: &[u8]) -> String {
+    format!(
+        "{}.{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes()),
+        b64(signature)
+    )
+}
+
+/// A JWKS endpoint at `/jwks` serving the keys currently published.
+pub struct JwksServer {
+    pub http: HttpServer,
+    keys: Arc<Mutex<Vec<Value>>>,
+}
+
+impl JwksServer {
+    pub fn start(keys: &[&TestKey]) -> JwksServer {
+        let published = Arc::new(Mutex::new(keys.iter().map(|k| k.jwk.clone()).collect()));
+        let p = published.clone();
+        let http = HttpServer::start(Arc::new(move |r: &Recorded| {
+            if r.target == "/jwks" {
+                (200, json!({"keys": *p.lock().unwrap()}).to_string())
+            } else {
+                (404, String::new())
+            }
+        }));
+        JwksServer {
+            http,
+            keys: published,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        self.http.url("/jwks")
+    }
+
+    pub fn publish(&self, key: &TestKey) {
+        self.keys.lock().unwrap().push(key.jwk.clone());
+    }
+
+    pub fn fetches(&self) -> usize {
+        self.http.requests().len()
+    }
+}

@@ -1,0 +1,577 @@
+//! Issue 4 end to end for the HTTP Basic-auth and JWT sources, identity mapping, per-cluster
+//! policy, hot reload and `kube-authd config check`: edge + authd as real processes, a real
+//! Basic-auth server and a real JWKS endpoint started by the test, reviews over HTTPS.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::basic_auth::{percent_decode, BasicAuthServer, Mode};
+use common::jwks::{claims, forge, JwksServer, TestKey};
+use common::*;
+use serde_json::json;
+
+const ISS: &str = "https://issuer.test";
+const PARTNER_ISS: &str = "https://partner.test";
+
+async fn review_aud(c: &reqwest::Client, url: &str, token: &str, auds: &[&str]) -> Answer {
+    post_raw(c, url, review_body(V1, token, auds)).await
+}
+
+fn extra(a: &Answer, key: &str) -> serde_json::Value {
+    a.body["status"]["user"]["extra"][key].clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn basic_auth_source_routing_mapping_injection_and_policy() {
+    let long_ok = "l".repeat(200);
+    let ba = BasicAuthServer::start(&[
+        ("alice", "s3cret"),
+        ("*", "pw"),
+        (")(", "pw"),
+        ("\\", "pw"),
+        ("a/b?c#d", "pw"),
+        (&long_ok, "pw"),
+    ]);
+    let key = TestKey::es256("k1");
+    let jwks = JwksServer::start(&[&key]);
+    let dir = temp_dir();
+    let st = token("st");
+    let root = token("root");
+    write(
+        dir.path(),
+        "tokens.csv",
+        &format!("{st},carol,uid-carol,\"ops\"\n{root},system:admin,0\n"),
+    );
+    let authd_toml = format!(
+        r#"
+[[sources]]
+name = "corp"
+type = "basic_auth"
+url = "{}"
+timeout = "1s"
+groups = ["corp-users", "system:masters"]
+mapping = {{ username = "corp:{{user}}" }}
+[[sources]]
+name = "static"
+type = "token_file"
+path = "tokens.csv"
+[[sources]]
+name = "oidc"
+type = "jwt"
+issuer = "{ISS}"
+audiences = ["k8s"]
+algorithms = ["ES256"]
+jwks_url = "{}"
+[clusters.prod]
+allow_groups = ["sre"]
+[clusters.dev]
+add_groups = ["dev-users"]
+"#,
+        ba.template(),
+        jwks.url()
+    );
+    let split = Split::start(dir.path(), &authd_toml, "[clusters.dev]\n[clusters.prod]\n");
+    let c = client(&split.ca_pem, Proto::H2, None);
+    let url = &split.url;
+    let base = url.trim_end_matches("/authenticate");
+
+    // Success, mapped: username template, configured groups minus the reserved one.
+    let a = review(&c, url, V1, "alice:s3cret").await;
+    assert!(a.authenticated(), "{a:?}");
+    assert_eq!(a.username(), "corp:alice");
+    assert_eq!(a.body["status"]["user"]["uid"], "alice");
+    assert_eq!(a.groups(), vec!["corp-users"], "system:masters is reserved");
+    assert_eq!(
+        extra(&a, "authd.kube-authd.io/source"),
+        json!(["corp"]),
+        "{a:?}"
+    );
+    assert_eq!(extra(&a, "authd.kube-authd.io/cluster"), json!(["default"]));
+    // Wrong password, unknown user: definitive denials.
+    review(&c, url, V1, "alice:wrong").await.assert_denied();
+    review(&c, url, V1, "mallory:pw").await.assert_denied();
+    // Empty password: rejected without a call (the unauthenticated-bind trap's cousin).
+    review(&c, url, V1, "alice:").await.assert_denied();
+    assert!(
+        ba.http
+            .requests()
+            .iter()
+            .all(|r| r.password.as_deref() != Some("")),
+        "an empty password was sent"
+    );
+    // A source may not mint a reserved username: rejected, and logged.
+    review(&c, url, V1, &root).await.assert_denied();
+    assert!(split
+        .authd
+        .stderr()
+        .contains("identity mapping refused the source's answer"));
+
+    // Injection: each name reaches the service only as one percent-encoded path segment.
+    for user in ["*", ")(", "\\", "a/b?c#d", long_ok.as_str()] {
+        let a = review(&c, url, V1, &format!("{user}:pw")).await;
+        assert!(a.authenticated(), "{user:?}: {a:?}");
+        assert_eq!(a.username(), format!("corp:{user}"));
+    }
+    for user in ["..", ".", "nul\0byte", &"x".repeat(300)] {
+        review(&c, url, V1, &format!("{user}:pw"))
+            .await
+            .assert_denied();
+    }
+    let seen = ba.http.requests();
+    for r in &seen {
+        let seg = r
+            .target
+            .strip_prefix("/basic-auth/")
+            .unwrap_or_else(|| panic!("request outside the template path: {r:?}"));
+        assert!(
+            !seg.contains('/') && !seg.contains('?') && !seg.contains('#'),
+            "{r:?}"
+        );
+        assert_eq!(
+            Some(percent_decode(seg)),
+            r.user,
+            "path names the Basic user"
+        );
+        let user = r.user.as_deref().unwrap();
+        assert!(
+            user.len() <= 256 && !user.contains('\0') && user != ".." && user != ".",
+            "{r:?} should have been refused before any call"
+        );
+    }
+
+    // Routing: a static-file token and a JWT are never shown to the Basic-auth service.
+    let before = ba.http.requests().len();
+    let s = review(&c, url, V1, &st).await;
+    assert!(s.authenticated(), "{s:?}");
+    assert_eq!(s.username(), "carol");
+    assert_eq!(extra(&s, "authd.kube-authd.io/source"), json!(["static"]));
+    let jwt = key.sign(&claims(ISS, "k8s", "dave", 300));
+    let j = review(&c, url, V1, &jwt).await;
+    assert!(j.authenticated(), "{j:?}");
+    assert_eq!(j.username(), "dave");
+    assert_eq!(
+        ba.http.requests().len(),
+        before,
+        "Basic-auth server saw other tokens"
+    );
+    for r in ba.http.requests() {
+        for secret in [&st, &jwt] {
+            assert!(!r.target.contains(secret.as_str()));
+            assert!(r.user.as_deref() != Some(secret.as_str()));
+            assert!(!r
+                .password
+                .clone()
+                .unwrap_or_default()
+                .contains(secret.as_str()));
+        }
+    }
+    // A Basic-shaped token is never sent to the JWKS endpoint either.
+    assert!(jwks.http.requests().iter().all(|r| r.user.is_none()));
+
+    // Per-cluster policy: alice may use dev (gets dev's groups), not prod (and it is logged).
+    let dev = review(
+        &c,
+        &format!("{base}/clusters/dev/authenticate"),
+        V1,
+        "alice:s3cret",
+    )
+    .await;
+    assert!(dev.authenticated(), "{dev:?}");
+    assert_eq!(dev.groups(), vec!["corp-users", "dev-users"]);
+    assert_eq!(extra(&dev, "authd.kube-authd.io/cluster"), json!(["dev"]));
+    review(
+        &c,
+        &format!("{base}/clusters/prod/authenticate"),
+        V1,
+        "alice:s3cret",
+    )
+    .await
+    .assert_denied();
+    let log = split.authd.stderr();
+    assert!(log.contains("refused by cluster policy"), "{log}");
+    assert!(!log.contains("s3cret"), "a password reached the log");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn basic_auth_faults_are_retryable_500s_never_cached() {
+    let ba = BasicAuthServer::start(&[
+        ("bob", "pw1"),
+        ("carol", "pw2"),
+        ("dave", "pw3"),
+        ("erin", "pw4"),
+    ]);
+    let dir = temp_dir();
+    let authd_toml = format!(
+        "[[sources]]\nname = \"corp\"\ntype = \"basic_auth\"\nurl = \"{}\"\ntimeout = \"1s\"\n",
+        ba.template()
+    );
+    let split = Split::start(dir.path(), &authd_toml, "review_timeout = \"5s\"\n");
+    let c = client(&split.ca_pem, Proto::H1, None);
+    let url = &split.url;
+
+    for (mode, token) in [
+        (Mode::Down, "bob:pw1"),
+        (Mode::Fail, "carol:pw2"),
+        (Mode::Redirect, "dave:pw3"),
+        (Mode::Slow(Duration::from_secs(3)), "erin:pw4"),
+    ] {
+        ba.http.set_mode(mode);
+        let started = Instant::now();
+        let a = review(&c, url, V1, token).await;
+        a.assert_undecided();
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{mode:?}: the source timeout, not the server, ended the call"
+        );
+        let msg = a.body["message"].as_str().unwrap_or_default();
+        assert!(!msg.contains("pw"), "password in an error: {msg}");
+        ba.http.set_mode(Mode::Normal);
+        // The failure was not cached: the same token is accepted once the service is back.
+        let a = review(&c, url, V1, token).await;
+        assert!(a.authenticated(), "{mode:?} then back: {a:?}");
+    }
+    let log = split.authd.stderr();
+    for pw in ["pw1", "pw2", "pw3", "pw4"] {
+        assert!(!log.contains(pw), "password {pw} in the log");
+    }
+    let (_, metrics) = admin_get(&split.authd.ready_field("admin"), "/metrics").await;
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "authd_source_calls_total",
+            &[("source", "corp"), ("outcome", "undecided")]
+        ),
+        4.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jwt_sources_verify_signatures_claims_and_keys() {
+    let k1 = TestKey::es256("k1");
+    let k2 = TestKey::es256("k2");
+    let k3 = TestKey::es256("k3");
+    let evil = TestKey::es256("k1");
+    let ed = TestKey::ed25519("ed");
+    let jwks = JwksServer::start(&[&k1]);
+    let dir = temp_dir();
+    write(dir.path(), "partner.pem", &ed.public_pem);
+    let authd_toml = format!(
+        r#"
+[[sources]]
+name = "oidc"
+type = "jwt"
+issuer = "{ISS}"
+audiences = ["k8s"]
+audience_aware = true
+algorithms = ["ES256"]
+jwks_url = "{}"
+jwks_min_refresh = "1s"
+leeway = "1s"
+groups_claim = "groups"
+[[sources]]
+name = "partner"
+type = "jwt"
+issuer = "{PARTNER_ISS}"
+audiences = ["k8s"]
+algorithms = ["EdDSA"]
+keys = ["partner.pem"]
+username_claim = "email"
+username_prefix = "partner:"
+groups_claim = "groups"
+groups_prefix = "partner:"
+"#,
+        jwks.url()
+    );
+    let split = Split::start(dir.path(), &authd_toml, "");
+    let c = client(&split.ca_pem, Proto::H2, None);
+    let url = &split.url;
+
+    let mut cl = claims(ISS, "k8s", "alice", 300);
+    cl["groups"] = json!(["dev", "ops"]);
+    let good = k1.sign(&cl);
+    let a = review(&c, url, V1, &good).await;
+    assert!(a.authenticated(), "{a:?}");
+    assert_eq!(a.username(), "alice");
+    assert_eq!(a.groups(), vec!["dev", "ops"]);
+    assert!(a.body["status"].get("audiences").is_none(), "{a:?}");
+    // Audience-aware: the intersection with the review's audiences comes back.
+    let a = review_aud(&c, url, &good, &["k8s", "other"]).await;
+    assert!(a.authenticated(), "{a:?}");
+    assert_eq!(a.body["status"]["audiences"], json!(["k8s"]));
+    review_aud(&c, url, &good, &["other"]).await.assert_denied();
+
+    // Wrong token: audience, expiry, signature, alg none, HMAC with the public key, unknown
+    // issuer, no username claim.
+    review(&c, url, V1, &k1.sign(&claims(ISS, "nope", "alice", 300)))
+        .await
+        .assert_denied();
+    review(&c, url, V1, &k1.sign(&claims(ISS, "k8s", "alice", -120)))
+        .await
+        .assert_denied();
+    review(&c, url, V1, &evil.sign(&claims(ISS, "k8s", "alice", 300)))
+        .await
+        .assert_denied();
+    let none = forge(
+        &json!({"alg": "none", "kid": "k1"}),
+        &claims(ISS, "k8s", "root", 300),
+        b"x",
+    );
+    review(&c, url, V1, &none).await.assert_denied();
+    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    h.kid = Some("k1".into());
+    let hs = jsonwebtoken::encode(
+        &h,
+        &claims(ISS, "k8s", "root", 300),
+        &jsonwebtoken::EncodingKey::from_secret(k1.public_pem.as_bytes()),
+    )
+    .unwrap();
+    review(&c, url, V1, &hs).await.assert_denied();
+    review(
+        &c,
+        url,
+        V1,
+        &k1.sign(&claims("https://elsewhere", "k8s", "alice", 300)),
+    )
+    .await
+    .assert_denied();
+    review(
+        &c,
+        url,
+        V1,
+        &ed.sign(&claims(PARTNER_ISS, "k8s", "bob", 300)),
+    )
+    .await
+    .assert_denied();
+
+    // Second issuer, static PEM key, claim mappings with prefixes.
+    let mut pc = claims(PARTNER_ISS, "k8s", "bob", 300);
+    pc["email"] = json!("bob@partner.test");
+    pc["groups"] = json!("eng");
+    let p = review(&c, url, V1, &ed.sign(&pc)).await;
+    assert!(p.authenticated(), "{p:?}");
+    assert_eq!(p.username(), "partner:bob@partner.test");
+    assert_eq!(p.groups(), vec!["partner:eng"]);
+    assert_eq!(extra(&p, "authd.kube-authd.io/source"), json!(["partner"]));
+
+    // Key rotation: an unknown kid refreshes the JWKS.
+    jwks.publish(&k2);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let a = review(&c, url, V1, &k2.sign(&claims(ISS, "k8s", "carol", 300))).await;
+    assert!(a.authenticated(), "rotated key: {a:?}");
+
+    // JWKS down: cached keys still verify; an unknown kid cannot be decided (500), and once
+    // the JWKS is back the same token is accepted.
+    jwks.http.set_mode(Mode::Down);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let new_kid = k3.sign(&claims(ISS, "k8s", "erin", 300));
+    review(&c, url, V1, &new_kid).await.assert_undecided();
+    let a = review(&c, url, V1, &k1.sign(&claims(ISS, "k8s", "frank", 300))).await;
+    assert!(a.authenticated(), "cached key while JWKS is down: {a:?}");
+    jwks.publish(&k3);
+    jwks.http.set_mode(Mode::Normal);
+    let (c2, u2, t2) = (c.clone(), url.clone(), new_kid.clone());
+    eventually(
+        Duration::from_secs(10),
+        "new kid accepted after JWKS recovery",
+        move || {
+            let (c, u, t) = (c2.clone(), u2.clone(), t2.clone());
+            async move { review(&c, &u, V1, &t).await.authenticated() }
+        },
+    )
+    .await;
+    // Refreshes were rate-limited: a handful of fetches, not one per review.
+    assert!(jwks.fetches() <= 8, "{} JWKS fetches", jwks.fetches());
+
+    // A cached verdict never outlives the token's exp (positive TTL is 2m here).
+    let short = k1.sign(&claims(ISS, "k8s", "gina", 2));
+    assert!(review(&c, url, V1, &short).await.authenticated());
+    // exp + 1s leeway, compared in whole seconds, has passed after 4.5s.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    review(&c, url, V1, &short).await.assert_denied();
+}
+
+const HEADER: &str =
+    "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nshutdown_grace = \"20s\"\n";
+
+fn static_config(template: &str) -> String {
+    format!(
+        "{HEADER}[[sources]]\nname = \"static\"\ntype = \"token_file\"\npath = \"tokens.csv\"\n\
+         mapping = {{ username = \"{template}\" }}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hot_reload_of_token_file_and_config_keeps_last_good_on_error() {
+    let dir = temp_dir();
+    let (t1, t2) = (token("one"), token("two"));
+    write(dir.path(), "tokens.csv", &format!("{t1},ann,1,\"dev\"\n"));
+    let body = static_config("{user}");
+    let split = Split::start(dir.path(), body.strip_prefix(HEADER).unwrap(), "");
+    let cfg = dir.path().join("authd.toml");
+    let c = client(&split.ca_pem, Proto::H1, None);
+    let url = split.url.clone();
+    assert!(review(&c, &url, V1, &t1).await.authenticated());
+    review(&c, &url, V1, &t2).await.assert_denied();
+
+    // Edit the token file: the removed token stops working (cache cleared), the new one works.
+    write(dir.path(), "tokens.csv", &format!("{t2},ben,2,\"dev\"\n"));
+    let (cc, uu, tt) = (c.clone(), url.clone(), t2.clone());
+    eventually(Duration::from_secs(10), "added token accepted", move || {
+        let (c, u, t) = (cc.clone(), uu.clone(), tt.clone());
+        async move { review(&c, &u, V1, &t).await.authenticated() }
+    })
+    .await;
+    review(&c, &url, V1, &t1).await.assert_denied();
+
+    // Edit the config: a new username template applies without a restart.
+    write(dir.path(), "authd.toml", &static_config("static:{user}"));
+    let (cc, uu, tt) = (c.clone(), url.clone(), t2.clone());
+    eventually(Duration::from_secs(10), "new mapping applied", move || {
+        let (c, u, t) = (cc.clone(), uu.clone(), tt.clone());
+        async move { review(&c, &u, V1, &t).await.username() == "static:ben" }
+    })
+    .await;
+
+    // A bad config (typo'd field) and a bad token file: both refused, old config kept.
+    std::fs::write(
+        &cfg,
+        static_config("static:{user}").replace("path =", "pathh ="),
+    )
+    .unwrap();
+    let authd = &split.authd;
+    eventually(Duration::from_secs(10), "failed reload logged", || async {
+        authd.stderr().contains("configuration reload failed")
+    })
+    .await;
+    assert!(authd.stderr().contains("pathh"), "error names the field");
+    let a = review(&c, &url, V1, &t2).await;
+    assert_eq!(a.username(), "static:ben", "{a:?}");
+    std::fs::write(&cfg, static_config("static:{user}")).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    write(
+        dir.path(),
+        "tokens.csv",
+        &format!("{t2},ben,2,\"dev\"\n{t2},dup,3\n"),
+    );
+    eventually(
+        Duration::from_secs(10),
+        "duplicate token refused",
+        || async { authd.stderr().contains("duplicate token") },
+    )
+    .await;
+    assert!(review(&c, &url, V1, &t2).await.authenticated());
+    let (_, m) = admin_get(&authd.ready_field("admin"), "/metrics").await;
+    assert!(
+        metric_sum(&m, "authd_config_reloads_total", &[("result", "failure")]) >= 2.0,
+        "{m}"
+    );
+    assert!(metric_sum(&m, "authd_config_reloads_total", &[("result", "success")]) >= 2.0);
+}
+
+fn config_check(path: &Path) -> std::process::Output {
+    std::process::Command::new(bin("kube-authd"))
+        .args(["config", "check", path.to_str().unwrap()])
+        .output()
+        .expect("run kube-authd config check")
+}
+
+#[test]
+fn config_check_runs_examples_through_mapping_and_policy() {
+    let dir = temp_dir();
+    let key = TestKey::ed25519("ed");
+    write(dir.path(), "tokens.csv", "tok,ann,1\n");
+    write(dir.path(), "partner.pem", &key.public_pem);
+    let good = format!(
+        r#"
+[[sources]]
+name = "corp"
+type = "basic_auth"
+url = "https://127.0.0.1:1/basic-auth/{{user}}"
+mapping = {{ username = "corp:{{user}}", group_prefix = "corp:", group_renames = {{ admins = "sre" }} }}
+[[sources]]
+name = "static"
+type = "token_file"
+path = "tokens.csv"
+[[sources]]
+name = "partner"
+type = "jwt"
+issuer = "{PARTNER_ISS}"
+audiences = ["k8s"]
+algorithms = ["EdDSA"]
+keys = ["partner.pem"]
+jwks_url = "https://127.0.0.1:1/jwks"
+[clusters.prod]
+allow_groups = ["corp:sre"]
+[[examples]]
+source = "corp"
+user = "alice"
+groups = ["admins"]
+cluster = "prod"
+expect = "allowed"
+expect_username = "corp:alice"
+expect_groups = ["corp:sre"]
+[[examples]]
+name = "devs stay out of prod"
+source = "corp"
+user = "bob"
+groups = ["dev"]
+cluster = "prod"
+expect = "denied"
+[[examples]]
+source = "static"
+user = "system:admin"
+expect = "denied"
+"#
+    );
+    let ok = write(dir.path(), "good.toml", &good);
+    let out = config_check(&ok);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.contains("ok   examples[1] devs stay out of prod"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("3 examples passed"), "{stdout}");
+
+    // A typo in an allow list's group: the example that relies on it fails, named.
+    let typo = write(
+        dir.path(),
+        "typo.toml",
+        &good.replace(
+            "allow_groups = [\"corp:sre\"]",
+            "allow_groups = [\"corp:ser\"]",
+        ),
+    );
+    let out = config_check(&typo);
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("FAIL examples[0]"), "{stdout}");
+    assert!(stdout.contains("expected allowed, got denied"), "{stdout}");
+    assert!(
+        stderr.contains("1 of 3 examples failed: examples[0]"),
+        "{stderr}"
+    );
+
+    // A typo'd source name, and a configuration error, are named too.
+    let bad_source = write(
+        dir.path(),
+        "src.toml",
+        &good.replace("source = \"static\"", "source = \"statc\""),
+    );
+    let out = config_check(&bad_source);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("FAIL examples[2]"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"statc\" is not configured"));
+    let hs = write(
+        dir.path(),
+        "hs.toml",
+        &good.replace("[\"EdDSA\"]", "[\"HS256\"]"),
+    );
+    let out = config_check(&hs);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("sources[2].algorithms"), "{stderr}");
+}
