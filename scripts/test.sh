@@ -11,6 +11,7 @@ cd "$(dirname "$0")/.."
 declare -A need=(
   [redis-server]=redis-server
   [redis-cli]=redis-tools
+  [openssl]=openssl
 )
 missing=()
 for cmd in "${!need[@]}"; do

@@ -256,7 +256,9 @@ async fn jwt_sources_verify_signatures_claims_and_keys() {
     let ed = TestKey::ed25519("ed");
     let jwks = JwksServer::start(&[&k1]);
     let dir = temp_dir();
+    let rsa = TestKey::rs256("rsa", dir.path());
     write(dir.path(), "partner.pem", &ed.public_pem);
+    write(dir.path(), "rsa.pem", &rsa.public_pem);
     let authd_toml = format!(
         r#"
 [[sources]]
@@ -265,8 +267,9 @@ type = "jwt"
 issuer = "{ISS}"
 audiences = ["k8s"]
 audience_aware = true
-algorithms = ["ES256"]
+algorithms = ["ES256", "RS256"]
 jwks_url = "{}"
+keys = ["rsa.pem"]
 jwks_min_refresh = "1s"
 leeway = "1s"
 groups_claim = "groups"
@@ -301,6 +304,23 @@ groups_prefix = "partner:"
     assert!(a.authenticated(), "{a:?}");
     assert_eq!(a.body["status"]["audiences"], json!(["k8s"]));
     review_aud(&c, url, &good, &["other"]).await.assert_denied();
+
+    // RS256 from a static PEM key next to the JWKS.
+    let r = review(&c, url, V1, &rsa.sign(&claims(ISS, "k8s", "rita", 300))).await;
+    assert!(r.authenticated(), "{r:?}");
+    assert_eq!(r.username(), "rita");
+    // An RSA key that is not configured: its token is refused, whatever kid it claims.
+    let stranger = TestKey::rs256("stranger", dir.path());
+    for kid in ["rsa", "k1", "stranger"] {
+        review(
+            &c,
+            url,
+            V1,
+            &stranger.sign_as(kid, &claims(ISS, "k8s", "rita", 300)),
+        )
+        .await
+        .assert_denied();
+    }
 
     // Wrong token: audience, expiry, signature, alg none, HMAC with the public key, unknown
     // issuer, no username claim.

@@ -52,6 +52,38 @@ impl TestKey {
         }
     }
 
+    /// RS256 (2048-bit), made with the `openssl` CLI (the test build of rcgen cannot make
+    /// RSA keys); served only as a static PEM key.
+    pub fn rs256(kid: &str, dir: &std::path::Path) -> TestKey {
+        let key = dir.join(format!("{kid}.key"));
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("openssl")
+                .args(args)
+                .output()
+                .expect("`openssl` is needed to generate an RSA test key: apt-get install openssl");
+            assert!(out.status.success(), "openssl {args:?}: {out:?}");
+            out.stdout
+        };
+        run(&[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            key.to_str().unwrap(),
+        ]);
+        let public = run(&["pkey", "-in", key.to_str().unwrap(), "-pubout"]);
+        let private = std::fs::read(&key).unwrap();
+        TestKey {
+            kid: kid.into(),
+            alg: Algorithm::RS256,
+            encoding: EncodingKey::from_rsa_pem(&private).unwrap(),
+            public_pem: String::from_utf8(public).unwrap(),
+            jwk: Value::Null,
+        }
+    }
+
     /// Signs `claims` with this key (header names its kid).
     pub fn sign(&self, claims: &Value) -> String {
         let mut h = Header::new(self.alg);

@@ -136,6 +136,9 @@ impl JwtConfig {
                     url.scheme()
                 ));
             }
+            if !url.username().is_empty() || url.password().is_some() {
+                return Err("jwks_url: must not hold credentials".into());
+            }
         }
         if self.leeway > Duration::from_secs(300) {
             return Err("leeway: at most 5m".into());
