@@ -490,6 +490,25 @@ async fn hot_reload_of_token_file_and_config_keeps_last_good_on_error() {
     assert!(metric_sum(&m, "authd_config_reloads_total", &[("result", "success")]) >= 2.0);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn all_in_one_reloads_its_token_file() {
+    let dir = temp_dir();
+    let (t1, t2) = (token("one"), token("two"));
+    let tokens = write(dir.path(), "tokens.csv", &format!("{t1},ann,1\n"));
+    let _up = start_up(dir.path(), &tokens);
+    let kc = Kubeconfig::load(&dir.path().join("state/webhook-kubeconfig.yaml"));
+    let c = client(&kc.ca_pem, Proto::H2, None);
+    assert!(review(&c, &kc.server, V1, &t1).await.authenticated());
+    write(dir.path(), "tokens.csv", &format!("{t2},ben,2\n"));
+    let (cc, uu, tt) = (c.clone(), kc.server.clone(), t2.clone());
+    eventually(Duration::from_secs(10), "added token accepted", move || {
+        let (c, u, t) = (cc.clone(), uu.clone(), tt.clone());
+        async move { review(&c, &u, V1, &t).await.authenticated() }
+    })
+    .await;
+    review(&c, &kc.server, V1, &t1).await.assert_denied();
+}
+
 fn config_check(path: &Path) -> std::process::Output {
     std::process::Command::new(bin("kube-authd"))
         .args(["config", "check", path.to_str().unwrap()])

@@ -87,6 +87,12 @@ impl Authd {
     pub fn reload(&self, pipeline: Pipeline) {
         self.inner.generation.fetch_add(1, Ordering::SeqCst);
         self.swap_pipeline(pipeline);
+        // New requests must not join a lookup still running against the old sources.
+        self.inner
+            .inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         self.inner.local.clear();
     }
 
