@@ -83,6 +83,10 @@ add_groups = ["dev-users"]
     assert_eq!(a.username(), "corp:alice");
     assert_eq!(a.body["status"]["user"]["uid"], "alice");
     assert_eq!(a.groups(), vec!["corp-users"], "system:masters is reserved");
+    assert!(split
+        .authd
+        .stderr()
+        .contains("dropped a group with a reserved prefix"));
     assert_eq!(
         extra(&a, "authd.kube-authd.io/source"),
         json!(["corp"]),
@@ -465,7 +469,15 @@ async fn hot_reload_of_token_file_and_config_keeps_last_good_on_error() {
         authd.stderr().contains("configuration reload failed")
     })
     .await;
-    assert!(authd.stderr().contains("pathh"), "error names the field");
+    let log = authd.stderr();
+    let line = log
+        .lines()
+        .find(|l| l.contains("configuration reload failed"))
+        .unwrap();
+    assert!(
+        line.contains("pathh") && line.contains("authd.toml"),
+        "error names file and field: {line}"
+    );
     let a = review(&c, &url, V1, &t2).await;
     assert_eq!(a.username(), "static:ben", "{a:?}");
     std::fs::write(&cfg, static_config("static:{user}")).unwrap();
@@ -481,6 +493,10 @@ async fn hot_reload_of_token_file_and_config_keeps_last_good_on_error() {
         || async { authd.stderr().contains("duplicate token") },
     )
     .await;
+    assert!(
+        authd.stderr().contains("tokens.csv, line 2"),
+        "error names file and line"
+    );
     assert!(review(&c, &url, V1, &t2).await.authenticated());
     let (_, m) = admin_get(&authd.ready_field("admin"), "/metrics").await;
     assert!(

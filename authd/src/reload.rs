@@ -89,7 +89,14 @@ pub fn spawn(
                     good = config;
                 }
                 Err(e) => {
-                    tracing::error!(changed = ?changed, error = %format!("{e:#}"),
+                    // TOML errors span lines (source excerpt, caret); keep one log line.
+                    let error = format!("{e:#}")
+                        .lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty())
+                        .collect::<Vec<_>>()
+                        .join(" ");
+                    tracing::error!(changed = ?changed, error = %error,
                         "configuration reload failed; keeping the last good configuration");
                     authd
                         .metrics()
