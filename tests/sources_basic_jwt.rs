@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::basic_auth::{percent_decode, BasicAuthServer, Mode};
-use common::jwks::{claims, forge, JwksServer, TestKey};
+use common::jwks::{claims, forge, now as jwks_now, JwksServer, TestKey};
 use common::*;
 use serde_json::json;
 
@@ -252,6 +252,42 @@ async fn basic_auth_faults_are_retryable_500s_never_cached() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn basic_auth_over_https_trusts_only_its_ca_file() {
+    let dir = temp_dir();
+    certs_init(dir.path(), &[]);
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    certs_init(&other, &[]);
+    let read = |name: &str| std::fs::read(dir.path().join(name)).unwrap();
+    let ba = BasicAuthServer::start_tls(&[("alice", "pw")], &read("edge.crt"), &read("edge.key"));
+    let template = ba.template();
+    assert!(template.starts_with("https://"));
+    // Two sources on one server: the right CA, and a CA that did not sign its certificate.
+    let authd_toml = format!(
+        "[[sources]]\nname = \"right\"\ntype = \"basic_auth\"\nurl = \"{template}\"\n\
+         ca_file = \"ca.crt\"\nprefix = \"r/\"\n\
+         [[sources]]\nname = \"wrong\"\ntype = \"basic_auth\"\nurl = \"{template}\"\n\
+         ca_file = \"other/ca.crt\"\nprefix = \"w/\"\n"
+    );
+    let split = Split::start(dir.path(), &authd_toml, "");
+    let c = client(&split.ca_pem, Proto::H1, None);
+    let a = review(&c, &split.url, V1, "r/alice:pw").await;
+    assert!(a.authenticated(), "{a:?}");
+    review(&c, &split.url, V1, "r/alice:bad")
+        .await
+        .assert_denied();
+    // An untrusted certificate is a fault of the deployment, not a wrong password.
+    review(&c, &split.url, V1, "w/alice:pw")
+        .await
+        .assert_undecided();
+    assert_eq!(
+        ba.http.requests().len(),
+        2,
+        "no request over the untrusted TLS session"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn jwt_sources_verify_signatures_claims_and_keys() {
     let k1 = TestKey::es256("k1");
     let k2 = TestKey::es256("k2");
@@ -334,6 +370,9 @@ groups_prefix = "partner:"
     review(&c, url, V1, &k1.sign(&claims(ISS, "k8s", "alice", -120)))
         .await
         .assert_denied();
+    let mut early = claims(ISS, "k8s", "alice", 600);
+    early["nbf"] = json!(jwks_now() + 300);
+    review(&c, url, V1, &k1.sign(&early)).await.assert_denied();
     review(&c, url, V1, &evil.sign(&claims(ISS, "k8s", "alice", 300)))
         .await
         .assert_denied();

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -41,6 +41,8 @@ struct Shared {
     mode: Mutex<Mode>,
     seen: Mutex<Vec<Recorded>>,
     handler: Handler,
+    /// Serve HTTPS with this configuration instead of plain HTTP.
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 pub struct HttpServer {
@@ -50,12 +52,35 @@ pub struct HttpServer {
 
 impl HttpServer {
     pub fn start(handler: Handler) -> HttpServer {
+        Self::start_with(handler, None)
+    }
+
+    /// HTTPS with a PEM certificate chain and key.
+    pub fn start_tls(handler: Handler, cert_pem: &[u8], key_pem: &[u8]) -> HttpServer {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs = CertificateDer::pem_slice_iter(cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .expect("certificate PEM");
+        let key = PrivateKeyDer::from_pem_slice(key_pem).expect("key PEM");
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .expect("server certificate");
+        Self::start_with(handler, Some(Arc::new(cfg)))
+    }
+
+    fn start_with(handler: Handler, tls: Option<Arc<rustls::ServerConfig>>) -> HttpServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind test HTTP server");
         let port = listener.local_addr().unwrap().port();
         let shared = Arc::new(Shared {
             mode: Mutex::new(Mode::Normal),
             seen: Mutex::new(Vec::new()),
             handler,
+            tls,
         });
         let s = shared.clone();
         std::thread::spawn(move || accept_loop(listener, port, s));
@@ -63,7 +88,12 @@ impl HttpServer {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        let scheme = if self.shared.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://127.0.0.1:{}{path}", self.port)
     }
 
     pub fn set_mode(&self, mode: Mode) {
@@ -101,19 +131,26 @@ fn accept_loop(listener: TcpListener, port: u16, shared: Arc<Shared>) {
         match l.accept() {
             Ok((stream, _)) => {
                 let s = shared.clone();
-                std::thread::spawn(move || serve_conn(stream, s));
+                std::thread::spawn(move || {
+                    stream.set_nonblocking(false).unwrap();
+                    stream
+                        .set_read_timeout(Some(Duration::from_secs(30)))
+                        .unwrap();
+                    match s.tls.clone() {
+                        None => serve_conn(stream, s),
+                        Some(cfg) => {
+                            let conn = rustls::ServerConnection::new(cfg).unwrap();
+                            serve_conn(rustls::StreamOwned::new(conn, stream), s)
+                        }
+                    }
+                });
             }
             Err(_) => std::thread::sleep(Duration::from_millis(10)),
         }
     }
 }
 
-fn serve_conn(stream: TcpStream, shared: Arc<Shared>) {
-    stream.set_nonblocking(false).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let mut writer = stream.try_clone().unwrap();
+fn serve_conn<S: Read + Write>(stream: S, shared: Arc<Shared>) {
     let mut reader = BufReader::new(stream);
     loop {
         let mut line = String::new();
@@ -182,7 +219,12 @@ fn serve_conn(stream: TcpStream, shared: Arc<Shared>) {
             "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}\r\n{body}",
             body.len()
         );
-        if writer.write_all(resp.as_bytes()).is_err() {
+        let writer = reader.get_mut();
+        if writer
+            .write_all(resp.as_bytes())
+            .and_then(|_| writer.flush())
+            .is_err()
+        {
             return;
         }
     }
@@ -197,6 +239,15 @@ pub struct BasicAuthServer {
 
 impl BasicAuthServer {
     pub fn start(users: &[(&str, &str)]) -> BasicAuthServer {
+        Self::start_with(users, None)
+    }
+
+    /// Over HTTPS with this certificate chain and key (PEM).
+    pub fn start_tls(users: &[(&str, &str)], cert_pem: &[u8], key_pem: &[u8]) -> BasicAuthServer {
+        Self::start_with(users, Some((cert_pem, key_pem)))
+    }
+
+    fn start_with(users: &[(&str, &str)], tls: Option<(&[u8], &[u8])>) -> BasicAuthServer {
         let users: Arc<Mutex<HashMap<String, String>>> = Arc::new(Mutex::new(
             users
                 .iter()
@@ -204,7 +255,7 @@ impl BasicAuthServer {
                 .collect(),
         ));
         let u = users.clone();
-        let http = HttpServer::start(Arc::new(move |r: &Recorded| {
+        let handler: Handler = Arc::new(move |r: &Recorded| {
             let (Some(user), Some(pw)) = (&r.user, &r.password) else {
                 return (401, String::new());
             };
@@ -219,7 +270,11 @@ impl BasicAuthServer {
             } else {
                 (401, String::new())
             }
-        }));
+        });
+        let http = match tls {
+            None => HttpServer::start(handler),
+            Some((cert, key)) => HttpServer::start_tls(handler, cert, key),
+        };
         BasicAuthServer { http, users }
     }
 
