@@ -263,4 +263,43 @@ mod tests {
         .unwrap_err();
         assert!(e.contains("positive_ttl"), "{e}");
     }
+
+    #[test]
+    fn source_errors_name_the_source_and_field() {
+        let cases = [
+            (
+                "type='basic_auth'\nurl='idp.example/{user}'",
+                "sources[0].url",
+            ),
+            (
+                "type='basic_auth'\nurl='https://idp/{user}'\ntimeout='0s'",
+                "sources[0].timeout",
+            ),
+            (
+                "type='jwt'\nissuer='i'\naudiences=['a']\nalgorithms=['HS256']\nkeys=['k']",
+                "sources[0].algorithms",
+            ),
+            (
+                "type='jwt'\nissuer='i'\naudiences=[]\nalgorithms=['ES256']\nkeys=['k']",
+                "sources[0].audiences",
+            ),
+            (
+                "type='jwt'\nissuer='i'\naudiences=['a']\nalgorithms=['ES256']",
+                "sources[0].keys",
+            ),
+            (
+                "type='token_file'\npath='t'\nmapping={username='{usr}'}",
+                "sources[0].mapping.username",
+            ),
+            (
+                "type='token_file'\npath='t'\nmapping={usrname='x'}",
+                "usrname",
+            ),
+        ];
+        for (body, needle) in cases {
+            let e = Config::parse(&format!("[[sources]]\nname='s'\n{body}\n"), Path::new("."))
+                .unwrap_err();
+            assert!(e.contains(needle), "{needle}: {e}");
+        }
+    }
 }
