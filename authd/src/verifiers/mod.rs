@@ -4,6 +4,8 @@
 //! ever shown to sources that own it, so a user's LDAP password is never sent to another
 //! source because an earlier one said "not mine".
 
+pub mod ldap;
+pub mod sql;
 pub mod token_file;
 
 use futures::future::BoxFuture;
@@ -44,5 +46,7 @@ fn build(index: usize, config: &SourceConfig) -> anyhow::Result<Arc<dyn Verifier
             token_file::TokenFile::open(&c.name, &c.path, c.prefix.clone())
                 .map_err(|e| context(&e))?,
         ),
+        SourceConfig::Ldap(c) => Arc::new(ldap::LdapVerifier::new(c).map_err(|e| context(&e))?),
+        SourceConfig::Postgres(c) => sql::SqlVerifier::new(c).map_err(|e| context(&e))?,
     })
 }
