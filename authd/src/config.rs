@@ -81,7 +81,7 @@ pub enum SourceConfig {
     /// kube-apiserver `--token-auth-file` CSV.
     TokenFile(TokenFileConfig),
     /// `user:password` tokens checked against an LDAP directory.
-    Ldap(LdapConfig),
+    Ldap(Box<LdapConfig>),
     /// Opaque `<prefix><id>.<secret>` tokens stored (hashed) in PostgreSQL.
     Postgres(PostgresConfig),
 }

@@ -3,6 +3,8 @@
 //! CA from the generated kubeconfig, as kube-apiserver does.
 #![allow(dead_code)]
 
+pub mod ldap;
+pub mod postgres;
 pub mod procs;
 
 use std::path::{Path, PathBuf};
