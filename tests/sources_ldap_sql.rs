@@ -14,8 +14,11 @@ use serde_json::json;
 const LDAP: &str = "dir";
 const PG: &str = "db";
 
-/// Sources: StartTLS and ldaps variants (prefixed, so they come first), the plain LDAP
-/// source, then PostgreSQL.
+/// Group search with two levels of nesting.
+const GROUPS: &str = "group_base = \"ou=groups,dc=example,dc=org\"\ngroup_nesting_depth = 2\n";
+
+/// Sources: StartTLS, ldaps and memberOf variants (prefixed, so they come first), the plain
+/// LDAP source, then PostgreSQL.
 fn sources(dir: &Path, slapd: &Slapd, pg: &Postgres) -> String {
     write(dir, "ldap.pw", &format!("{SERVICE_PASSWORD}\n"));
     write(dir, "token.key", &hex(&rand_bytes::<32>()));
@@ -28,8 +31,6 @@ url = \"{url}\"
 bind_dn = \"{SERVICE_DN}\"
 bind_password_file = \"ldap.pw\"
 user_base = \"dc=example,dc=org\"
-group_base = \"ou=groups,dc=example,dc=org\"
-group_nesting_depth = 2
 uid_attribute = \"uidNumber\"
 timeout = \"1s\"
 {extra}
@@ -39,7 +40,7 @@ mail = \"example.org/mail\"
         )
     };
     format!(
-        "{}{}{}
+        "{}{}{}{}
 [[sources]]
 name = \"{PG}\"
 type = \"postgres\"
@@ -52,14 +53,15 @@ timeout = \"1s\"
         ldap(
             "dir-starttls",
             slapd.url(),
-            "starttls = true\nca_file = \"ca.crt\"\nprefix = \"tls:\""
+            &format!("{GROUPS}starttls = true\nca_file = \"ca.crt\"\nprefix = \"tls:\"")
         ),
         ldap(
             "dir-ldaps",
             slapd.ldaps_url(),
-            "ca_file = \"ca.crt\"\nprefix = \"ldaps:\""
+            &format!("{GROUPS}ca_file = \"ca.crt\"\nprefix = \"ldaps:\"")
         ),
-        ldap(LDAP, slapd.url(), ""),
+        ldap("dir-memberof", slapd.url(), "prefix = \"mo:\""),
+        ldap(LDAP, slapd.url(), GROUPS),
         pg.url()
     )
 }
@@ -172,6 +174,10 @@ async fn ldap_source_end_to_end() {
     let s = env.review("ldaps:bob:bob-pw").await;
     assert_eq!(s.username(), "bob", "{s:?}");
     env.review("tls:bob:wrong").await.assert_denied();
+    // Groups from the memberOf attribute: the first RDN's value, unescaped.
+    let m = env.review("mo:alice:alice-pw").await;
+    assert_eq!(m.groups(), vec!["a,b team", "platform"], "{m:?}");
+    assert!(env.review("mo:bob:bob-pw").await.groups().is_empty());
 
     // Wrong password, unknown user, a uid held by two entries.
     env.review("alice:alice-pw-wrong").await.assert_denied();

@@ -15,7 +15,8 @@ pub const SERVICE_PASSWORD: &str = "svc-secret";
 pub const WEIRD_USER: &str = "we*ird)(name\\";
 
 /// Users in nested OUs, groups (one nested in another), a service account, a user name with
-/// filter metacharacters and a uid shared by two entries.
+/// filter metacharacters and a uid shared by two entries. slapadd bypasses the memberof
+/// overlay, so alice's `memberOf` values are written here.
 pub fn fixture() -> String {
     format!(
         "dn: {SUFFIX}
@@ -80,7 +81,10 @@ cn: sre
 member: uid=bob,ou=people,ou=ops,{SUFFIX}
 member: uid=we*ird)(name\\5C,ou=people,ou=ops,{SUFFIX}
 ",
-        alice = person("alice", "eng", "alice-pw", 1001, Some("alice@example.org")),
+        alice = person("alice", "eng", "alice-pw", 1001, Some("alice@example.org"))
+            + &format!(
+                "memberOf: cn=platform,ou=groups,{SUFFIX}\nmemberOf: cn=a\\2Cb team,ou=groups,{SUFFIX}\n"
+            ),
         bob = person("bob", "ops", "bob-pw", 1002, None),
         weird = person(WEIRD_USER, "ops", "weird-pw", 1003, None),
         dup_eng = person("dup", "eng", "dup-pw", 1004, None),
@@ -151,6 +155,7 @@ include /etc/ldap/schema/inetorgperson.schema
 include /etc/ldap/schema/nis.schema
 modulepath /usr/lib/ldap
 moduleload back_mdb
+moduleload memberof
 pidfile {dir}/slapd.pid
 argsfile {dir}/slapd.args
 TLSCertificateFile {cert}
@@ -165,6 +170,7 @@ rootdn \"{ROOT_DN}\"
 rootpw root-secret
 directory {dir}/db
 index objectClass,uid,member eq
+overlay memberof
 ",
                 dir = dir.display(),
                 cert = tls.0.display(),

@@ -278,6 +278,8 @@ impl LdapVerifier {
             None => attr(&entry, &c.member_of_attribute)
                 .iter()
                 .filter_map(|dn| first_rdn_value(dn))
+                .collect::<BTreeSet<_>>()
+                .into_iter()
                 .take(MAX_GROUPS)
                 .collect(),
         };
