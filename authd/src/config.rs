@@ -445,4 +445,19 @@ mod tests {
         let e = Config::parse(&format!("{pg}max_connection=3\n"), Path::new(".")).unwrap_err();
         assert!(e.contains("max_connection"), "{e}");
     }
+
+    #[test]
+    fn documented_ldap_and_postgres_examples_parse() {
+        let doc = include_str!("../../docs/configuration.md");
+        let blocks: Vec<&str> = doc
+            .split("```toml\n")
+            .skip(1)
+            .filter_map(|b| b.split_once("```").map(|(toml, _)| toml))
+            .filter(|b| b.contains("type = \"ldap\"") || b.contains("type = \"postgres\""))
+            .collect();
+        assert_eq!(blocks.len(), 2, "one example per source");
+        for b in blocks {
+            Config::parse(b, Path::new("/etc")).unwrap_or_else(|e| panic!("{e}\n{b}"));
+        }
+    }
 }
