@@ -255,6 +255,9 @@ async fn token(command: TokenCommand) -> anyhow::Result<()> {
             if user.is_empty() {
                 anyhow::bail!("--user: must not be empty");
             }
+            if ttl.is_some_and(|t| t.is_zero()) {
+                anyhow::bail!("--ttl: must be more than zero (leave it out for no expiry)");
+            }
             let mut extra_map = std::collections::BTreeMap::<String, Vec<String>>::new();
             for kv in &extra {
                 let (k, v) = kv

@@ -247,7 +247,12 @@ async fn ldap_source_end_to_end() {
 
     // Slow directory: a stopped slapd is "could not decide" (500), never a yes or a no.
     env.slapd.signal(libc::SIGSTOP);
+    let started = std::time::Instant::now();
     env.review("bob:bob-pw-slow").await.assert_undecided();
+    eprintln!(
+        "stopped slapd: 500 after {:?} (timeout 1s)",
+        started.elapsed()
+    );
     env.review("alice:alice-pw-slow").await.assert_undecided();
     env.slapd.signal(libc::SIGCONT);
     // Not cached: the same token is decided once the directory answers again.
@@ -385,7 +390,12 @@ async fn postgres_source_end_to_end() {
     // same token is accepted once it answers again.
     let slow = env.new_token(&["--user", "ivy"]);
     env.pg.signal_all(libc::SIGSTOP);
+    let started = std::time::Instant::now();
     env.review(&slow).await.assert_undecided();
+    eprintln!(
+        "stopped postgres: 500 after {:?} (timeout 1s)",
+        started.elapsed()
+    );
     env.pg.signal_all(libc::SIGCONT);
     eventually(
         Duration::from_secs(10),
@@ -404,7 +414,12 @@ async fn postgres_source_end_to_end() {
         .pg
         .hold("BEGIN; LOCK TABLE authd_tokens IN ACCESS EXCLUSIVE MODE;");
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
     env.review(&locked).await.assert_undecided();
+    eprintln!(
+        "locked table: 500 after {:?} (timeout 1s)",
+        started.elapsed()
+    );
     let _ = lock.kill();
     let _ = lock.wait();
     eventually(Duration::from_secs(10), "lock released", || async {
@@ -433,5 +448,47 @@ async fn postgres_source_end_to_end() {
         env.pg.log(),
     ] {
         assert!(!log.contains(secret), "secret logged");
+    }
+}
+
+#[test]
+fn misconfigured_sources_name_the_field() {
+    let dir = temp_dir();
+    write(dir.path(), "short.key", "too short");
+    let cases = [
+        (
+            "[[sources]]\nname = \"d\"\ntype = \"ldap\"\nurl = \"ldap://127.0.0.1:1\"\n\
+             bind_dn = \"cn=x\"\nbind_password_file = \"missing.pw\"\nuser_base = \"dc=x\"\n",
+            "bind_password_file",
+        ),
+        (
+            "[[sources]]\nname = \"d\"\ntype = \"ldap\"\nurl = \"http://x\"\n\
+             bind_dn = \"cn=x\"\nbind_password_file = \"missing.pw\"\nuser_base = \"dc=x\"\n",
+            "sources[0].url",
+        ),
+        (
+            "[[sources]]\nname = \"p\"\ntype = \"postgres\"\n\
+             database_url = \"postgres://u@127.0.0.1:1/db\"\nsecret_key_file = \"short.key\"\n",
+            "secret_key_file",
+        ),
+        (
+            "[[sources]]\nname = \"p\"\ntype = \"postgres\"\n\
+             database_url = \"postgres://u@127.0.0.1:1/db\"\nsecret_key_file = \"k\"\n\
+             timeout = \"0s\"\n",
+            "sources[0].timeout",
+        ),
+    ];
+    for (i, (toml, field)) in cases.iter().enumerate() {
+        let cfg = write(dir.path(), &format!("bad{i}.toml"), toml);
+        let mut p = Proc::spawn(
+            &format!("bad{i}"),
+            "authd",
+            &["serve", "--config", cfg.to_str().unwrap()],
+            dir.path(),
+            &[],
+        );
+        assert_eq!(p.wait_exit(Duration::from_secs(10)), Some(1), "case {i}");
+        let err = p.stderr();
+        assert!(err.contains(field), "case {i}: {field} not named in {err}");
     }
 }

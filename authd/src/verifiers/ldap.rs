@@ -98,14 +98,8 @@ impl LdapVerifier {
         })
     }
 
-    /// Splits an owned token into user and password.
     fn split<'t>(&self, token: &'t str) -> Option<(&'t str, &'t str)> {
-        let rest = match &self.config.prefix {
-            Some(p) => token.strip_prefix(p.as_str())?,
-            None => token,
-        };
-        let (user, password) = rest.split_once(self.config.separator.as_str())?;
-        (!user.is_empty()).then_some((user, password))
+        split_token(self.config.prefix.as_deref(), &self.config.separator, token)
     }
 
     async fn connect(&self) -> Result<Ldap, Fault> {
@@ -339,6 +333,21 @@ impl Verifier for LdapVerifier {
     }
 }
 
+/// Splits an owned token into user and password: `[prefix]user<separator>password`, at the
+/// first separator, with a non-empty user name. `None`: not this source's shape.
+fn split_token<'t>(
+    prefix: Option<&str>,
+    separator: &str,
+    token: &'t str,
+) -> Option<(&'t str, &'t str)> {
+    let rest = match prefix {
+        Some(p) => token.strip_prefix(p)?,
+        None => token,
+    };
+    let (user, password) = rest.split_once(separator)?;
+    (!user.is_empty()).then_some((user, password))
+}
+
 fn attr<'e>(entry: &'e SearchEntry, name: &str) -> &'e [String] {
     // Attribute names are case-insensitive; servers answer in their own spelling.
     entry
@@ -415,6 +424,16 @@ fn client_config(path: &std::path::Path) -> Result<rustls::ClientConfig, LdapSet
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tokens_split_at_the_first_separator() {
+        assert_eq!(split_token(None, ":", "a:b:c"), Some(("a", "b:c")));
+        assert_eq!(split_token(None, ":", "a:"), Some(("a", "")));
+        assert_eq!(split_token(None, ":", ":pw"), None);
+        assert_eq!(split_token(None, ":", "opaque"), None);
+        assert_eq!(split_token(Some("l/"), "::", "l/a::b"), Some(("a", "b")));
+        assert_eq!(split_token(Some("l/"), "::", "a::b"), None);
+    }
 
     #[test]
     fn first_rdn_value_unescapes() {
