@@ -138,7 +138,9 @@ fn binds(slapd: &Slapd, dn: &str) -> usize {
     slapd
         .log()
         .lines()
-        .filter(|l| l.contains("BIND dn=") && l.to_lowercase().contains(&dn.to_lowercase()))
+        // slapd logs each bind twice: the request (`method=`) and the result (`mech=`).
+        .filter(|l| l.contains("BIND dn=") && l.contains(" method="))
+        .filter(|l| l.to_lowercase().contains(&dn.to_lowercase()))
         .count()
 }
 
@@ -187,6 +189,10 @@ async fn ldap_source_end_to_end() {
     // Empty password: rejected before any bind (an empty-password bind would succeed).
     let alice_dn = "uid=alice,ou=people,ou=eng,dc=example,dc=org";
     let before = binds(&env.slapd, alice_dn);
+    assert!(
+        before > 0,
+        "alice's earlier logins show as binds in the log"
+    );
     env.review("alice:").await.assert_denied();
     assert_eq!(
         binds(&env.slapd, alice_dn),
@@ -245,6 +251,36 @@ async fn ldap_source_end_to_end() {
     let (_, secret) = pg_token.split_once('.').unwrap();
     assert!(!env.slapd.log().contains(secret));
 
+    // Pooling: each LDAP source bound its service account once (4 sources), and no
+    // connection was ever bound as two different DNs (user binds use their own).
+    assert!(
+        binds(&env.slapd, SERVICE_DN) <= 4,
+        "service connection not reused:\n{}",
+        env.slapd.log()
+    );
+    let mut dn_of_conn = std::collections::HashMap::new();
+    for line in env
+        .slapd
+        .log()
+        .lines()
+        .filter(|l| l.contains(" BIND dn=\""))
+    {
+        let conn = line
+            .split_whitespace()
+            .find(|w| w.starts_with("conn="))
+            .unwrap();
+        let dn = line
+            .split("BIND dn=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        let first = dn_of_conn.entry(conn.to_owned()).or_insert(dn.to_owned());
+        assert_eq!(first, dn, "{conn} bound as two DNs");
+    }
+    assert!(dn_of_conn.len() > 10);
+
     // Slow directory: a stopped slapd is "could not decide" (500), never a yes or a no.
     env.slapd.signal(libc::SIGSTOP);
     let started = std::time::Instant::now();
@@ -284,6 +320,19 @@ async fn ldap_source_end_to_end() {
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_source_end_to_end() {
     let mut env = Env::start();
+
+    // authd applied the schema at start (migrate = true), before any token was made.
+    eventually(
+        Duration::from_secs(10),
+        "authd migrated the schema",
+        || async {
+            env.pg
+                .psql("SELECT to_regclass('authd_tokens') IS NOT NULL")
+                .trim()
+                == "t"
+        },
+    )
+    .await;
 
     // token create: the token alone on stdout, a message on stderr; it works at the edge.
     let (stdout, stderr) = env.token_create(&[
