@@ -12,11 +12,18 @@ declare -A need=(
   [redis-server]=redis-server
   [redis-cli]=redis-tools
   [openssl]=openssl
+  [slapd]=slapd
+  [slapadd]=slapd
+  [ldapsearch]=ldap-utils
+  [psql]=postgresql-client
 )
 missing=()
 for cmd in "${!need[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${need[$cmd]}")
 done
+# PostgreSQL's server binaries are not on PATH on Debian: look under /usr/lib/postgresql.
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
+compgen -G '/usr/lib/postgresql/*/bin/pg_ctl' >/dev/null || missing+=(postgresql)
 if ((${#missing[@]})); then
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
     echo "installing test dependencies: ${missing[*]}"

@@ -76,6 +76,57 @@ enum Command {
         #[command(subcommand)]
         command: CertsCommand,
     },
+    /// Tokens of the `postgres` identity source.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+/// Where the `postgres` source's tokens live.
+#[derive(clap::Args)]
+struct TokenDb {
+    /// e.g. postgres://authd@db.example:5432/authd
+    #[arg(long, env = "AUTHD_DATABASE_URL")]
+    database_url: String,
+    /// File holding the database password (instead of putting it in the URL).
+    #[arg(long)]
+    password_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Issue a token (applies the schema migrations first) and print it once on stdout.
+    Create {
+        #[command(flatten)]
+        db: TokenDb,
+        /// The source's `secret_key_file` (HMAC key for stored secrets).
+        #[arg(long)]
+        secret_key_file: PathBuf,
+        /// The source's `prefix`.
+        #[arg(long, default_value = "kad_")]
+        prefix: String,
+        #[arg(long)]
+        user: String,
+        #[arg(long, default_value = "")]
+        uid: String,
+        /// Comma-separated groups.
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+        /// `KEY=VALUE` for the user's extra (repeat).
+        #[arg(long = "extra")]
+        extra: Vec<String>,
+        /// Lifetime, e.g. 24h; no expiry without it.
+        #[arg(long, value_parser = authd::verifiers::sql::parse_duration)]
+        ttl: Option<std::time::Duration>,
+    },
+    /// Disable a token by its id (the 16 hex digits after the prefix).
+    Disable {
+        #[command(flatten)]
+        db: TokenDb,
+        #[arg(long)]
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -192,6 +243,73 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     .write(&dir, &format!("apiserver-{c}"))?;
             }
             println!("wrote certificates to {}", dir.display());
+            Ok(())
+        }
+        Command::Token { command } => token(command).await,
+    }
+}
+
+fn token_pool(db: &TokenDb) -> anyhow::Result<authd::verifiers::sql::PgPoolHandle> {
+    use authd::verifiers::sql;
+    let timeout = std::time::Duration::from_secs(10);
+    let options = sql::connect_options(&db.database_url, db.password_file.as_deref(), timeout)
+        .context("--database-url")?;
+    Ok(sql::pool(options, 1, timeout))
+}
+
+async fn token(command: TokenCommand) -> anyhow::Result<()> {
+    use authd::verifiers::sql;
+    match command {
+        TokenCommand::Create {
+            db,
+            secret_key_file,
+            prefix,
+            user,
+            uid,
+            groups,
+            extra,
+            ttl,
+        } => {
+            if user.is_empty() {
+                anyhow::bail!("--user: must not be empty");
+            }
+            if ttl.is_some_and(|t| t.is_zero()) {
+                anyhow::bail!("--ttl: must be more than zero (leave it out for no expiry)");
+            }
+            let mut extra_map = std::collections::BTreeMap::<String, Vec<String>>::new();
+            for kv in &extra {
+                let (k, v) = kv
+                    .split_once('=')
+                    .with_context(|| format!("--extra {kv:?}: expected KEY=VALUE"))?;
+                extra_map
+                    .entry(k.to_owned())
+                    .or_default()
+                    .push(v.to_owned());
+            }
+            let key = sql::read_key(&secret_key_file).context("--secret-key-file")?;
+            let pool = token_pool(&db)?;
+            sql::migrate(&pool).await?;
+            let new = sql::NewToken {
+                username: user,
+                uid,
+                groups: groups.into_iter().filter(|g| !g.is_empty()).collect(),
+                extra: extra_map,
+                ttl,
+            };
+            let (id, token) = sql::create_token(&pool, &key, &prefix, &new).await?;
+            eprintln!(
+                "created token id {id} for user {:?}; it is shown only once",
+                new.username
+            );
+            println!("{token}");
+            Ok(())
+        }
+        TokenCommand::Disable { db, id } => {
+            let pool = token_pool(&db)?;
+            if !sql::disable_token(&pool, &id).await? {
+                anyhow::bail!("--id {id:?}: no such token");
+            }
+            eprintln!("disabled token id {id}");
             Ok(())
         }
     }

@@ -92,6 +92,10 @@ pub enum SourceConfig {
     BasicAuth(BasicAuthConfig),
     /// JWTs from one issuer (OIDC ID tokens, service tokens).
     Jwt(JwtConfig),
+    /// `user:password` tokens checked against an LDAP directory.
+    Ldap(Box<LdapConfig>),
+    /// Opaque `<prefix><id>.<secret>` tokens stored (hashed) in PostgreSQL.
+    Postgres(PostgresConfig),
 }
 
 impl SourceConfig {
@@ -101,6 +105,8 @@ impl SourceConfig {
             SourceConfig::TokenFile(c) => &c.name,
             SourceConfig::BasicAuth(c) => &c.name,
             SourceConfig::Jwt(c) => &c.name,
+            SourceConfig::Ldap(c) => &c.name,
+            SourceConfig::Postgres(c) => &c.name,
         }
     }
 
@@ -110,6 +116,8 @@ impl SourceConfig {
             SourceConfig::TokenFile(c) => &c.mapping,
             SourceConfig::BasicAuth(c) => &c.mapping,
             SourceConfig::Jwt(c) => &c.mapping,
+            SourceConfig::Ldap(c) => &c.mapping,
+            SourceConfig::Postgres(c) => &c.mapping,
         }
     }
 
@@ -119,6 +127,16 @@ impl SourceConfig {
             SourceConfig::TokenFile(c) => vec![c.path.clone()],
             SourceConfig::BasicAuth(c) => c.ca_file.iter().cloned().collect(),
             SourceConfig::Jwt(c) => c.files(),
+            SourceConfig::Ldap(c) => [Some(&c.bind_password_file), c.ca_file.as_ref()]
+                .into_iter()
+                .flatten()
+                .cloned()
+                .collect(),
+            SourceConfig::Postgres(c) => [Some(&c.secret_key_file), c.password_file.as_ref()]
+                .into_iter()
+                .flatten()
+                .cloned()
+                .collect(),
         }
     }
 }
@@ -132,6 +150,124 @@ pub struct TokenFileConfig {
     pub prefix: Option<String>,
     #[serde(default)]
     pub mapping: Mapping,
+}
+
+/// LDAP source: find the user with a service bind and search, check the password with a
+/// bind as the user, read groups and attributes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LdapConfig {
+    pub name: String,
+    /// How answers map to Kubernetes users.
+    #[serde(default)]
+    pub mapping: Mapping,
+    /// `ldap://host:389` or `ldaps://host:636`.
+    pub url: String,
+    /// Upgrade an `ldap://` connection with StartTLS before any bind.
+    #[serde(default)]
+    pub starttls: bool,
+    /// PEM CA bundle trusted for ldaps/StartTLS instead of the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// DN of the service account used to search for users and groups.
+    pub bind_dn: String,
+    /// File holding the service account's password (trailing newline ignored).
+    pub bind_password_file: PathBuf,
+    /// Only tokens starting with this are owned (and it is stripped before splitting).
+    pub prefix: Option<String>,
+    /// Between user name and password; the token is split at its first occurrence.
+    #[serde(default = "default_ldap_separator")]
+    pub separator: String,
+    /// Search base for users (subtree).
+    pub user_base: String,
+    /// Filter template; `{user}` is replaced by the RFC 4515-escaped user name.
+    #[serde(default = "default_ldap_user_filter")]
+    pub user_filter: String,
+    /// Attribute giving the Kubernetes user name; the typed name when absent.
+    #[serde(default = "default_ldap_username_attribute")]
+    pub username_attribute: String,
+    /// Attribute giving the Kubernetes uid; the entry's DN when absent.
+    #[serde(default = "default_ldap_uid_attribute")]
+    pub uid_attribute: String,
+    /// Groups by search: base for the group search. Without it, groups are read from
+    /// `member_of_attribute` on the user entry.
+    pub group_base: Option<String>,
+    /// Group search filter template; `{dn}` is replaced by the escaped member DN.
+    #[serde(default = "default_ldap_group_filter")]
+    pub group_filter: String,
+    /// Attribute of a group entry giving the group name.
+    #[serde(default = "default_ldap_group_name_attribute")]
+    pub group_name_attribute: String,
+    /// How many levels of groups-in-groups to follow in group search mode (0: direct only).
+    #[serde(default)]
+    pub group_nesting_depth: u32,
+    /// User attribute listing group DNs (memberOf overlay) when `group_base` is not set.
+    #[serde(default = "default_ldap_member_of_attribute")]
+    pub member_of_attribute: String,
+    /// LDAP attribute -> key in the user's `extra`.
+    #[serde(default)]
+    pub extra_attributes: BTreeMap<String, String>,
+    /// Connect and per-operation limit, and the bound on one whole check.
+    #[serde(default = "default_source_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+/// PostgreSQL source: opaque tokens looked up by id, secret checked against a keyed hash.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    pub name: String,
+    /// How answers map to Kubernetes users.
+    #[serde(default)]
+    pub mapping: Mapping,
+    /// `postgres://user@host:port/db`; put the password in `password_file`, not here.
+    pub database_url: String,
+    /// File holding the database password (trailing newline ignored).
+    pub password_file: Option<PathBuf>,
+    /// Key (at least 32 bytes) for the HMAC-SHA256 of token secrets.
+    pub secret_key_file: PathBuf,
+    /// Token prefix; the source owns only tokens of the form `<prefix><id>.<secret>`.
+    #[serde(default = "default_postgres_prefix")]
+    pub prefix: String,
+    /// Apply the schema migrations at start.
+    #[serde(default)]
+    pub migrate: bool,
+    /// Pool size.
+    #[serde(default = "default_postgres_max_connections")]
+    pub max_connections: u32,
+    /// Acquire and statement limit, and the bound on one whole lookup.
+    #[serde(default = "default_source_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_ldap_separator() -> String {
+    ":".into()
+}
+fn default_ldap_user_filter() -> String {
+    "(uid={user})".into()
+}
+fn default_ldap_username_attribute() -> String {
+    "uid".into()
+}
+fn default_ldap_uid_attribute() -> String {
+    "entryUUID".into()
+}
+fn default_ldap_group_filter() -> String {
+    "(member={dn})".into()
+}
+fn default_ldap_group_name_attribute() -> String {
+    "cn".into()
+}
+fn default_ldap_member_of_attribute() -> String {
+    "memberOf".into()
+}
+fn default_postgres_prefix() -> String {
+    "kad_".into()
+}
+fn default_postgres_max_connections() -> u32 {
+    8
+}
+fn default_source_timeout() -> Duration {
+    Duration::from_secs(2)
 }
 
 fn default_listen() -> SocketAddr {
@@ -186,6 +322,18 @@ impl Config {
                 SourceConfig::TokenFile(c) => fix(&mut c.path),
                 SourceConfig::BasicAuth(c) => c.ca_file.iter_mut().for_each(fix),
                 SourceConfig::Jwt(c) => c.resolve_paths(&fix),
+                SourceConfig::Ldap(c) => {
+                    fix(&mut c.bind_password_file);
+                    if let Some(p) = c.ca_file.as_mut() {
+                        fix(p);
+                    }
+                }
+                SourceConfig::Postgres(c) => {
+                    fix(&mut c.secret_key_file);
+                    if let Some(p) = c.password_file.as_mut() {
+                        fix(p);
+                    }
+                }
             }
         }
     }
@@ -215,6 +363,10 @@ impl Config {
                     c.validate().map_err(|e| format!("sources[{i}].{e}"))?
                 }
                 SourceConfig::Jwt(c) => c.validate().map_err(|e| format!("sources[{i}].{e}"))?,
+                SourceConfig::Ldap(c) => c.validate().map_err(|e| format!("sources[{i}].{e}"))?,
+                SourceConfig::Postgres(c) => {
+                    c.validate().map_err(|e| format!("sources[{i}].{e}"))?
+                }
             }
             s.mapping()
                 .validate()
@@ -222,6 +374,62 @@ impl Config {
         }
         if self.cache.positive_ttl.is_zero() && !self.cache.stale_if_error.is_zero() {
             return Err("cache.stale_if_error: needs a non-zero cache.positive_ttl".into());
+        }
+        Ok(())
+    }
+}
+
+impl LdapConfig {
+    /// Errors start with the field name.
+    fn validate(&self) -> Result<(), String> {
+        if !(self.url.starts_with("ldap://") || self.url.starts_with("ldaps://")) {
+            return Err(format!(
+                "url: {:?} must start with ldap:// or ldaps://",
+                self.url
+            ));
+        }
+        if self.starttls && self.url.starts_with("ldaps://") {
+            return Err("starttls: cannot be combined with an ldaps:// url".into());
+        }
+        if self.separator.is_empty() {
+            return Err("separator: must not be empty".into());
+        }
+        if self.prefix.as_deref() == Some("") {
+            return Err("prefix: must not be empty when set".into());
+        }
+        if !self.user_filter.contains("{user}") {
+            return Err("user_filter: must contain {user}".into());
+        }
+        if self.group_base.is_some() && !self.group_filter.contains("{dn}") {
+            return Err("group_filter: must contain {dn}".into());
+        }
+        if self.group_nesting_depth > 8 {
+            return Err("group_nesting_depth: at most 8".into());
+        }
+        if self.timeout.is_zero() {
+            return Err("timeout: must be more than zero".into());
+        }
+        Ok(())
+    }
+}
+
+impl PostgresConfig {
+    /// Errors start with the field name.
+    fn validate(&self) -> Result<(), String> {
+        if !(self.database_url.starts_with("postgres://")
+            || self.database_url.starts_with("postgresql://"))
+        {
+            return Err("database_url: must start with postgres:// or postgresql://".into());
+        }
+        // The id/secret split is at the first '.', and the prefix is matched literally.
+        if self.prefix.is_empty() || self.prefix.contains('.') {
+            return Err("prefix: must be non-empty and contain no '.'".into());
+        }
+        if self.max_connections == 0 {
+            return Err("max_connections: must be at least 1".into());
+        }
+        if self.timeout.is_zero() {
+            return Err("timeout: must be more than zero".into());
         }
         Ok(())
     }
@@ -300,6 +508,56 @@ mod tests {
             let e = Config::parse(&format!("[[sources]]\nname='s'\n{body}\n"), Path::new("."))
                 .unwrap_err();
             assert!(e.contains(needle), "{needle}: {e}");
+        }
+    }
+
+    #[test]
+    fn ldap_and_postgres_sources_validate() {
+        let ldap = "[[sources]]\nname='dir'\ntype='ldap'\nurl='ldap://127.0.0.1:389'\n\
+                    bind_dn='cn=svc'\nbind_password_file='pw'\nuser_base='dc=x'\n";
+        let c = Config::parse(ldap, Path::new("/etc")).unwrap();
+        match &c.sources[0] {
+            SourceConfig::Ldap(l) => {
+                assert_eq!(l.user_filter, "(uid={user})");
+                assert_eq!(l.bind_password_file, Path::new("/etc/pw"));
+                assert_eq!(l.timeout, Duration::from_secs(2));
+            }
+            other => panic!("unexpected source {other:?}"),
+        }
+        let e =
+            Config::parse(&format!("{ldap}user_filter='(uid=x)'\n"), Path::new(".")).unwrap_err();
+        assert!(e.contains("sources[0].user_filter"), "{e}");
+        let e = Config::parse(
+            &format!("{ldap}starttls=true\n").replace("ldap://", "ldaps://"),
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert!(e.contains("sources[0].starttls"), "{e}");
+        let pg = "[[sources]]\nname='db'\ntype='postgres'\n\
+                  database_url='postgres://u@127.0.0.1/db'\nsecret_key_file='k'\n";
+        let c = Config::parse(pg, Path::new(".")).unwrap();
+        match &c.sources[0] {
+            SourceConfig::Postgres(p) => assert_eq!(p.prefix, "kad_"),
+            other => panic!("unexpected source {other:?}"),
+        }
+        let e = Config::parse(&format!("{pg}prefix='a.b'\n"), Path::new(".")).unwrap_err();
+        assert!(e.contains("sources[0].prefix"), "{e}");
+        let e = Config::parse(&format!("{pg}max_connection=3\n"), Path::new(".")).unwrap_err();
+        assert!(e.contains("max_connection"), "{e}");
+    }
+
+    #[test]
+    fn documented_ldap_and_postgres_examples_parse() {
+        let doc = include_str!("../../docs/configuration.md");
+        let blocks: Vec<&str> = doc
+            .split("```toml\n")
+            .skip(1)
+            .filter_map(|b| b.split_once("```").map(|(toml, _)| toml))
+            .filter(|b| b.contains("type = \"ldap\"") || b.contains("type = \"postgres\""))
+            .collect();
+        assert_eq!(blocks.len(), 2, "one example per source");
+        for b in blocks {
+            Config::parse(b, Path::new("/etc")).unwrap_or_else(|e| panic!("{e}\n{b}"));
         }
     }
 }

@@ -5,6 +5,8 @@
 
 pub mod basic_auth;
 pub mod jwks;
+pub mod ldap;
+pub mod postgres;
 pub mod procs;
 
 use std::path::{Path, PathBuf};

@@ -6,6 +6,8 @@
 
 pub mod basic_auth;
 pub mod jwt;
+pub mod ldap;
+pub mod sql;
 pub mod token_file;
 
 use futures::future::BoxFuture;
@@ -52,6 +54,8 @@ fn build(index: usize, config: &SourceConfig) -> anyhow::Result<Arc<dyn Verifier
             Arc::new(basic_auth::BasicAuth::new(c).map_err(|e| context(&e))?)
         }
         SourceConfig::Jwt(c) => Arc::new(jwt::Jwt::new(c).map_err(|e| context(&e))?),
+        SourceConfig::Ldap(c) => Arc::new(ldap::LdapVerifier::new(c).map_err(|e| context(&e))?),
+        SourceConfig::Postgres(c) => sql::SqlVerifier::new(c).map_err(|e| context(&e))?,
     };
     Ok(Arc::new(Mapped::new(source, config.mapping().clone())))
 }

@@ -1,0 +1,394 @@
+//! PostgreSQL source: opaque tokens `<prefix><id>.<secret>` looked up by id.
+//!
+//! The table (`authd_tokens`, schema in `authd/migrations/`) holds only HMAC-SHA256 of
+//! `<id>.<secret>` under a secret key kept outside the database, so a leaked table (or
+//! backup) does not yield usable tokens, and the final comparison is constant-time. A token
+//! whose shape is wrong is not owned, so it never reaches the database. The query is
+//! parameterised and prepared once per connection (sqlx caches the statement). Disabled or
+//! expired rows are rejected; the row's expiry is handed on so no cached verdict outlives
+//! it. A database that is down or slower than `timeout` is "could not decide".
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::future::BoxFuture;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::Row;
+use subtle::ConstantTimeEq;
+use tokio::sync::OnceCell;
+
+use super::Verifier;
+use crate::config::PostgresConfig;
+use crate::identity::{Identity, Outcome};
+
+/// Hex digits of a token id (8 random bytes).
+pub const ID_LEN: usize = 16;
+/// Hex digits of a token secret (32 random bytes).
+pub const SECRET_LEN: usize = 64;
+/// Shortest accepted secret key.
+const MIN_KEY_LEN: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SqlError {
+    #[error("{field} {path}: cannot read: {source}")]
+    Read {
+        field: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("secret_key_file {path}: key must be at least {MIN_KEY_LEN} bytes, found {len}")]
+    ShortKey { path: String, len: usize },
+    #[error("database_url: {0}")]
+    Url(sqlx::Error),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("extra: {0}")]
+    Extra(String),
+}
+
+/// The schema, embedded so a deployed binary needs no migrations folder.
+#[derive(Debug)]
+struct Embedded;
+
+impl MigrationSource<'static> for Embedded {
+    fn resolve(self) -> BoxFuture<'static, Result<Vec<Migration>, sqlx::error::BoxDynError>> {
+        Box::pin(async {
+            Ok(vec![Migration::new(
+                20261128000000,
+                Cow::Borrowed("authd tokens"),
+                MigrationType::Simple,
+                Cow::Borrowed(include_str!(
+                    "../../migrations/20261128000000_authd_tokens.sql"
+                )),
+                false,
+            )])
+        })
+    }
+}
+
+/// Applies the shipped migrations (idempotent; sqlx records them in `_sqlx_migrations`).
+pub async fn migrate(pool: &PgPool) -> Result<(), SqlError> {
+    Migrator::new(Embedded).await?.run(pool).await?;
+    Ok(())
+}
+
+/// Reads the HMAC key for token secrets.
+pub fn read_key(path: &Path) -> Result<Vec<u8>, SqlError> {
+    let key = std::fs::read(path).map_err(|source| SqlError::Read {
+        field: "secret_key_file",
+        path: path.display().to_string(),
+        source,
+    })?;
+    if key.len() < MIN_KEY_LEN {
+        return Err(SqlError::ShortKey {
+            path: path.display().to_string(),
+            len: key.len(),
+        });
+    }
+    Ok(key)
+}
+
+/// Connection options from a URL plus an optional password file; every statement is
+/// limited to `timeout` by the server too, so a slow query does not hold a connection.
+pub fn connect_options(
+    url: &str,
+    password_file: Option<&Path>,
+    timeout: Duration,
+) -> Result<PgConnectOptions, SqlError> {
+    let mut options: PgConnectOptions = url.parse().map_err(SqlError::Url)?;
+    if let Some(path) = password_file {
+        let password = std::fs::read_to_string(path).map_err(|source| SqlError::Read {
+            field: "password_file",
+            path: path.display().to_string(),
+            source,
+        })?;
+        options = options.password(password.trim_end_matches(['\r', '\n']));
+    }
+    Ok(options
+        .application_name("kube-authd")
+        .options([("statement_timeout", timeout.as_millis().to_string())]))
+}
+
+/// A lazily connecting pool: authd starts even while the database is down.
+pub fn pool(options: PgConnectOptions, max_connections: u32, timeout: Duration) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(timeout)
+        .connect_lazy_with(options)
+}
+
+/// The pool type, re-exported so the CLI needs no sqlx dependency of its own.
+pub type PgPoolHandle = PgPool;
+
+/// Keyed hash of a token's id and secret.
+fn secret_hash(key: &[u8], id: &str, secret: &str) -> [u8; 32] {
+    // HMAC accepts keys of any length; read_key guarantees at least 32 bytes.
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
+    mac.update(id.as_bytes());
+    mac.update(b".");
+    mac.update(secret.as_bytes());
+    mac.finalize().into_bytes().into()
+}
+
+fn is_lower_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// `(id, secret)` of a well-formed token with this prefix.
+fn parse<'t>(prefix: &str, token: &'t str) -> Option<(&'t str, &'t str)> {
+    let (id, secret) = token.strip_prefix(prefix)?.split_once('.')?;
+    (is_lower_hex(id, ID_LEN) && is_lower_hex(secret, SECRET_LEN)).then_some((id, secret))
+}
+
+/// What `token create` stores.
+#[derive(Debug, Default)]
+pub struct NewToken {
+    pub username: String,
+    pub uid: String,
+    pub groups: Vec<String>,
+    pub extra: BTreeMap<String, Vec<String>>,
+    pub ttl: Option<Duration>,
+}
+
+/// Inserts a new token and returns `(id, token)`. The token is not stored anywhere.
+pub async fn create_token(
+    pool: &PgPool,
+    key: &[u8],
+    prefix: &str,
+    new: &NewToken,
+) -> Result<(String, String), SqlError> {
+    let id = hex::encode(rand::random::<[u8; ID_LEN / 2]>());
+    let secret = hex::encode(rand::random::<[u8; SECRET_LEN / 2]>());
+    let extra = serde_json::to_string(&new.extra).map_err(|e| SqlError::Extra(e.to_string()))?;
+    let ttl_secs = new.ttl.map(|t| t.as_secs_f64());
+    sqlx::query(
+        "INSERT INTO authd_tokens (id, secret_hash, username, uid, groups, extra, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, $6::jsonb, now() + $7 * interval '1 second')",
+    )
+    .bind(&id)
+    .bind(secret_hash(key, &id, &secret).as_slice())
+    .bind(&new.username)
+    .bind(&new.uid)
+    .bind(&new.groups)
+    .bind(extra)
+    .bind(ttl_secs)
+    .execute(pool)
+    .await?;
+    let token = format!("{prefix}{id}.{secret}");
+    Ok((id, token))
+}
+
+/// Sets `disabled` on a token; returns whether a row was found.
+pub async fn disable_token(pool: &PgPool, id: &str) -> Result<bool, SqlError> {
+    let done = sqlx::query("UPDATE authd_tokens SET disabled = true WHERE id = $1")
+        .bind(id)
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// Duration parsing for the CLI (`24h`, `30m`), same syntax as the configuration.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime_serde::re::humantime::parse_duration(s).map_err(|e| e.to_string())
+}
+
+pub struct SqlVerifier {
+    name: String,
+    prefix: String,
+    key: Vec<u8>,
+    pool: PgPool,
+    timeout: Duration,
+    migrate: bool,
+    /// Set once the migrations ran; retried on each lookup until they have.
+    migrated: OnceCell<()>,
+}
+
+impl SqlVerifier {
+    /// Builds the pool (lazily connected); with `migrate = true` starts applying the schema
+    /// at once, in the background, so a database that is still down does not stop start-up.
+    pub fn new(config: &PostgresConfig) -> Result<Arc<Self>, SqlError> {
+        let options = connect_options(
+            &config.database_url,
+            config.password_file.as_deref(),
+            config.timeout,
+        )?;
+        let verifier = Arc::new(Self {
+            name: config.name.clone(),
+            prefix: config.prefix.clone(),
+            key: read_key(&config.secret_key_file)?,
+            pool: pool(options, config.max_connections, config.timeout),
+            timeout: config.timeout,
+            migrate: config.migrate,
+            migrated: OnceCell::new(),
+        });
+        if config.migrate {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let v = verifier.clone();
+                rt.spawn(async move {
+                    match v.ensure_migrated().await {
+                        Ok(()) => tracing::info!(source = %v.name, "postgres: schema up to date"),
+                        Err(e) => tracing::warn!(source = %v.name, error = %e,
+                            "postgres: migrations not applied yet; retried on the next lookup"),
+                    }
+                });
+            }
+        }
+        Ok(verifier)
+    }
+
+    async fn ensure_migrated(&self) -> Result<(), SqlError> {
+        if !self.migrate {
+            return Ok(());
+        }
+        self.migrated
+            .get_or_try_init(|| migrate(&self.pool))
+            .await
+            .map(|_| ())
+    }
+
+    async fn lookup(&self, id: &str, secret: &str) -> Result<Outcome, SqlError> {
+        self.ensure_migrated().await?;
+        let row = sqlx::query(
+            "SELECT secret_hash, username, uid, groups, extra::text AS extra, disabled, \
+             (extract(epoch FROM expires_at) * 1000)::int8 AS expires_ms \
+             FROM authd_tokens WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            tracing::info!(source = %self.name, id, "postgres: unknown token id; rejected");
+            return Ok(Outcome::Rejected);
+        };
+        let stored: Vec<u8> = row.try_get("secret_hash")?;
+        let hash = secret_hash(&self.key, id, secret);
+        if !bool::from(stored.as_slice().ct_eq(hash.as_slice())) {
+            tracing::info!(source = %self.name, id, "postgres: wrong secret; rejected");
+            return Ok(Outcome::Rejected);
+        }
+        if row.try_get::<bool, _>("disabled")? {
+            tracing::info!(source = %self.name, id, "postgres: token disabled; rejected");
+            return Ok(Outcome::Rejected);
+        }
+        let expires_at = match row.try_get::<Option<i64>, _>("expires_ms")? {
+            Some(ms) => {
+                let at = u64::try_from(ms)
+                    .map(|ms| UNIX_EPOCH + Duration::from_millis(ms))
+                    .unwrap_or(UNIX_EPOCH);
+                if at <= SystemTime::now() {
+                    tracing::info!(source = %self.name, id, "postgres: token expired; rejected");
+                    return Ok(Outcome::Rejected);
+                }
+                Some(at)
+            }
+            None => None,
+        };
+        let extra_text: String = row.try_get("extra")?;
+        Ok(Outcome::Authenticated(Identity {
+            username: row.try_get("username")?,
+            uid: row.try_get("uid")?,
+            groups: row.try_get("groups")?,
+            extra: parse_extra(&extra_text)?,
+            expires_at,
+            ..Identity::default()
+        }))
+    }
+}
+
+/// `{"k": "v"}` or `{"k": ["v1", "v2"]}` into Kubernetes `extra`.
+fn parse_extra(text: &str) -> Result<BTreeMap<String, Vec<String>>, SqlError> {
+    let bad = || SqlError::Extra("must be an object of strings or string arrays".into());
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|_| bad())?;
+    let object = value.as_object().ok_or_else(bad)?;
+    let mut extra = BTreeMap::new();
+    for (k, v) in object {
+        let values = match v {
+            serde_json::Value::String(s) => vec![s.clone()],
+            serde_json::Value::Array(items) => items
+                .iter()
+                .map(|i| i.as_str().map(str::to_owned).ok_or_else(bad))
+                .collect::<Result<_, _>>()?,
+            _ => return Err(bad()),
+        };
+        extra.insert(k.clone(), values);
+    }
+    Ok(extra)
+}
+
+impl Verifier for SqlVerifier {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn owns(&self, token: &str) -> bool {
+        parse(&self.prefix, token).is_some()
+    }
+
+    fn verify<'a>(&'a self, token: &'a str, _audiences: &'a [String]) -> BoxFuture<'a, Outcome> {
+        Box::pin(async move {
+            let Some((id, secret)) = parse(&self.prefix, token) else {
+                return Outcome::NotMine;
+            };
+            // Acquire and statement are each bounded by `timeout`; this bounds the whole
+            // lookup even if the server stops answering mid-statement.
+            let limit = self.timeout * 2;
+            match tokio::time::timeout(limit, self.lookup(id, secret)).await {
+                Ok(Ok(outcome)) => outcome,
+                Ok(Err(e)) => Outcome::Undecided(format!("postgres: {e}")),
+                Err(_) => Outcome::Undecided(format!("postgres: no answer within {limit:?}")),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_accepts_only_the_exact_shape() {
+        let id = "0123456789abcdef";
+        let secret = "a".repeat(SECRET_LEN);
+        assert_eq!(
+            parse("kad_", &format!("kad_{id}.{secret}")),
+            Some((id, secret.as_str()))
+        );
+        for bad in [
+            format!("kad_{id}.{secret}x"),
+            format!("kad_{id}x.{secret}"),
+            format!("kad_{}.{secret}", id.to_uppercase()),
+            format!("kad_{id}.{}", "'".repeat(SECRET_LEN)),
+            format!("other_{id}.{secret}"),
+            format!("kad_{id}{secret}"),
+            format!("kad_' OR '1'='1.{secret}"),
+            format!("kad_{id}\0.{secret}"),
+        ] {
+            assert_eq!(parse("kad_", &bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn hash_is_keyed_and_bound_to_the_id() {
+        let a = secret_hash(&[1; 32], "id1", "s");
+        assert_ne!(a, secret_hash(&[2; 32], "id1", "s"));
+        assert_ne!(a, secret_hash(&[1; 32], "id2", "s"));
+        assert_eq!(a, secret_hash(&[1; 32], "id1", "s"));
+    }
+
+    #[test]
+    fn extra_accepts_strings_and_string_arrays() {
+        let e = parse_extra(r#"{"a": "x", "b": ["y", "z"]}"#).unwrap();
+        assert_eq!(e["a"], vec!["x"]);
+        assert_eq!(e["b"], vec!["y", "z"]);
+        assert!(parse_extra(r#"{"a": 1}"#).is_err());
+        assert!(parse_extra("[]").is_err());
+    }
+}
