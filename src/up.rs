@@ -92,7 +92,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     };
     let authd_cfg = authd_config(&args, &token_file)?;
     let authd = authd::server::build(&authd_cfg)?;
-    let grpc = authd::server::Listeners::bind(authd_cfg.listen, None).await?;
+    let grpc = authd::server::Listeners::bind(authd_cfg.listen, None)
+        .await?
+        .secure(&authd_cfg)?;
     let grpc_addr = grpc.grpc.local_addr()?;
 
     let edge_cfg = authd_edge::Config::parse(
