@@ -25,7 +25,9 @@ use tower::ServiceExt;
 use crate::backend::{Backend, BackendError};
 use crate::config::Config;
 use crate::metrics::{Metrics, ReviewLabels};
+use crate::reload::Reloading;
 use crate::review::{self, ApiVersion, ReviewError};
+use crate::tls::{handshake_refusal, ServerTls};
 
 /// Everything a request handler needs; shared by all connections.
 pub struct Handler {
@@ -93,7 +95,14 @@ impl Handler {
                 "not_found",
                 &format!("no TokenReview endpoint at {}", clip_path(&path)),
             ),
-            Some(cluster) => self.review(req, cluster, &request_id).await,
+            Some(cluster) => match client_cert_refusal(&req, &path, cluster) {
+                Some(why) => {
+                    tracing::warn!(request_id, cluster, reason = %why,
+                        "kube-apiserver client certificate refused; answering 403");
+                    Answer::failure(StatusCode::FORBIDDEN, "Forbidden", "forbidden", &why)
+                }
+                None => self.review(req, cluster, &request_id).await,
+            },
         };
         let code = answer.status.as_u16();
         self.metrics
@@ -215,6 +224,27 @@ impl Handler {
     }
 }
 
+/// The mTLS binding of clusters: why the connection's client certificate may not use this
+/// route, if it may not. Connections always carry a [`Peer`]; a request without one is
+/// refused like a client without a certificate.
+fn client_cert_refusal(req: &Request<Incoming>, path: &str, cluster: &str) -> Option<String> {
+    match req.extensions().get::<Arc<Peer>>() {
+        Some(peer) => peer
+            .tls
+            .client_auth
+            .check(path, cluster, peer.chain.as_deref())
+            .err(),
+        None => Some("no TLS client information on this connection".into()),
+    }
+}
+
+/// What the TLS handshake established for one connection: the certificate chain the client
+/// presented, and the client-certificate rules current when it connected.
+pub struct Peer {
+    chain: Option<Vec<rustls_pki_types::CertificateDer<'static>>>,
+    tls: Arc<ServerTls>,
+}
+
 fn ok_answer(
     version: &ApiVersion,
     parsed: &review::Review<'_>,
@@ -332,10 +362,11 @@ impl From<&Config> for ConnSettings {
 }
 
 /// Accepts TLS connections until `shutdown` resolves, then stops accepting, lets open
-/// connections finish their in-flight reviews (up to the grace) and returns.
+/// connections finish their in-flight reviews (up to the grace) and returns. Each
+/// connection uses the TLS material current when it was accepted (rotation).
 pub async fn serve(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    tls: Reloading<ServerTls>,
     handler: Arc<Handler>,
     settings: ConnSettings,
     shutdown: impl Future<Output = ()>,
@@ -359,7 +390,7 @@ pub async fn serve(
                 tokio::spawn(connection(
                     tcp,
                     peer,
-                    acceptor.clone(),
+                    tls.get(),
                     handler.clone(),
                     settings.clone(),
                     stop_rx.clone(),
@@ -386,16 +417,17 @@ pub async fn serve(
 async fn connection(
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
-    acceptor: TlsAcceptor,
+    server_tls: Arc<ServerTls>,
     handler: Arc<Handler>,
     settings: ConnSettings,
     mut stop: watch::Receiver<bool>,
     _drain: mpsc::Sender<()>,
 ) {
+    let acceptor = TlsAcceptor::from(server_tls.config.clone());
     let tls = match tokio::time::timeout(settings.handshake_timeout, acceptor.accept(tcp)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            tracing::info!(%peer, error = %e, "TLS handshake failed");
+            tracing::warn!(%peer, error = %e, "{}; connection closed", handshake_refusal(&e));
             return;
         }
         Err(_) => {
@@ -404,10 +436,15 @@ async fn connection(
         }
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let client = Arc::new(Peer {
+        chain: tls.get_ref().1.peer_certificates().map(<[_]>::to_vec),
+        tls: server_tls,
+    });
     let seen_request = Arc::new(AtomicBool::new(false));
     let seen = seen_request.clone();
-    let svc = hyper::service::service_fn(move |req| {
+    let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         seen.store(true, Ordering::Relaxed);
+        req.extensions_mut().insert(client.clone());
         let handler = handler.clone();
         async move { Ok::<_, Infallible>(handler.handle(req).await) }
     });
