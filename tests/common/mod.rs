@@ -3,6 +3,7 @@
 //! CA from the generated kubeconfig, as kube-apiserver does.
 #![allow(dead_code)]
 
+pub mod fleet;
 pub mod procs;
 
 use std::path::{Path, PathBuf};
