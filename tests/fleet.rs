@@ -531,3 +531,80 @@ async fn over_capacity_reviews_are_answered_at_once_without_retry_after() {
         assert!(!a.authenticated(), "{a:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rolling_restart_of_replicas_fails_no_review() {
+    let dir = temp_dir();
+    let d = dir.path();
+    certs_init_with(d, &[]);
+    let alice = tokens(d);
+    let mut replicas: Vec<Replica> = (0..3)
+        .map(|i| Replica::start(d, &format!("authd{i}"), SOURCES))
+        .collect();
+    let edge = start_fleet_edge(
+        d,
+        "edge",
+        "review_timeout = \"5s\"",
+        &endpoints_toml(&replicas, "http"),
+    );
+    let admin = edge.ready_field("admin");
+    let url = format!("{}/authenticate", edge.ready_field("https"));
+    eventually(Duration::from_secs(10), "edge ready", || ready(&admin)).await;
+    let load = Load::start(
+        https_client(d),
+        url,
+        alice,
+        4,
+        50_000,
+        Duration::from_secs(90),
+    );
+    // One replica at a time: SIGTERM (drain), wait for its exit, start it again.
+    for r in &mut replicas {
+        let before = load.ok_so_far();
+        r.proc().signal(libc::SIGTERM);
+        let code = r.proc.as_mut().unwrap().wait_exit(Duration::from_secs(25));
+        assert_eq!(code, Some(0), "{} drains and exits 0", r.name);
+        r.restart(d);
+        eventually(
+            Duration::from_secs(15),
+            "the new replica gets traffic",
+            || async { r.verdicts().await >= 1.0 && load.ok_so_far() > before + 100 },
+        )
+        .await;
+    }
+    let result = load.stop().await;
+    assert!(
+        result.failed.is_empty(),
+        "{} failed reviews, e.g. {:?}",
+        result.failed.len(),
+        result.failed.first()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_found_through_dns_over_mutual_tls() {
+    let dir = temp_dir();
+    let d = dir.path();
+    certs_init_with(d, &[]);
+    let alice = tokens(d);
+    let replica = Replica::start(d, "authd", &format!("{MTLS_AUTHD}{SOURCES}"));
+    let port = replica.addr.rsplit_once(':').unwrap().1;
+    // "localhost" resolves to the replica's address; its certificate names localhost.
+    let edge = start_fleet_edge(
+        d,
+        "edge",
+        "",
+        &format!(
+            "dns = \"localhost:{port}\"\ndns_refresh = \"1s\"\nca = \"ca.crt\"\n\
+             client_cert = \"edge-client.crt\"\nclient_key = \"edge-client.key\"\n"
+        ),
+    );
+    let admin = edge.ready_field("admin");
+    let url = format!("{}/authenticate", edge.ready_field("https"));
+    eventually(Duration::from_secs(10), "edge ready through DNS", || {
+        ready(&admin)
+    })
+    .await;
+    assert_authenticated(&https_client(d), &url, &alice).await;
+    assert!(edge.stderr().contains("authd addresses resolved"));
+}
