@@ -608,3 +608,46 @@ async fn replicas_found_through_dns_over_mutual_tls() {
     assert_authenticated(&https_client(d), &url, &alice).await;
     assert!(edge.stderr().contains("authd addresses resolved"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_keep_alive_connection_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = temp_dir();
+    let d = dir.path();
+    certs_init_with(d, &[]);
+    let alice = tokens(d);
+    let s = Split::start(d, SOURCES, "idle_timeout = \"1s\"");
+    let addr = s
+        .edge
+        .ready_field("https")
+        .trim_start_matches("https://")
+        .to_owned();
+    let mut tls = tls_connect(&addr, &d.join("ca.crt"), b"http/1.1").await;
+    let body = review_body(V1, &alice, &[]);
+    let request = format!(
+        "POST /authenticate HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = tls.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // Keep-alive, then silence: the server closes the connection.
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the edge kept an idle keep-alive connection open"
+    );
+    assert!(
+        s.edge.stderr().contains("connection idle"),
+        "the edge logs why it closed"
+    );
+}

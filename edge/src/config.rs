@@ -35,6 +35,10 @@ pub struct Config {
     /// A client must finish sending the body within this time (408 otherwise).
     #[serde(default = "default_header_timeout", with = "humantime_serde")]
     pub body_read_timeout: Duration,
+    /// A connection with no request in progress for this long is closed (keep-alive and
+    /// HTTP/2 connections included).
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
     /// The TLS handshake must finish within this time.
     #[serde(default = "default_header_timeout", with = "humantime_serde")]
     pub handshake_timeout: Duration,
@@ -190,6 +194,9 @@ fn default_review_timeout() -> Duration {
 fn default_shutdown_grace() -> Duration {
     Duration::from_secs(25)
 }
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(90)
+}
 fn default_max_in_flight() -> usize {
     1024
 }
@@ -255,6 +262,9 @@ impl Config {
                     "clusters.{name:?}: cluster names may only hold letters, digits, '-', '_' and '.'"
                 ));
             }
+        }
+        if self.idle_timeout.is_zero() {
+            return Err("idle_timeout: must be greater than 0".into());
         }
         if self.max_in_flight_reviews == 0 {
             return Err("max_in_flight_reviews: must be greater than 0".into());

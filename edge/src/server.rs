@@ -348,6 +348,7 @@ fn clip_path(path: &str) -> String {
 pub struct ConnSettings {
     pub handshake_timeout: Duration,
     pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
     pub shutdown_grace: Duration,
 }
 
@@ -356,6 +357,7 @@ impl From<&Config> for ConnSettings {
         Self {
             handshake_timeout: c.handshake_timeout,
             header_read_timeout: c.header_read_timeout,
+            idle_timeout: c.idle_timeout,
             shutdown_grace: c.shutdown_grace,
         }
     }
@@ -442,11 +444,17 @@ async fn connection(
     });
     let seen_request = Arc::new(AtomicBool::new(false));
     let seen = seen_request.clone();
+    let activity = Arc::new(Activity::new());
+    let busy = activity.clone();
     let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         seen.store(true, Ordering::Relaxed);
         req.extensions_mut().insert(client.clone());
         let handler = handler.clone();
-        async move { Ok::<_, Infallible>(handler.handle(req).await) }
+        let busy = busy.clone();
+        async move {
+            let _request = busy.begin();
+            Ok::<_, Infallible>(handler.handle(req).await)
+        }
     });
     let io = TokioIo::new(tls);
     if h2 {
@@ -456,14 +464,14 @@ async fn connection(
             .keep_alive_timeout(Duration::from_secs(10))
             .max_concurrent_streams(512)
             .serve_connection(io, svc);
-        drive(conn, peer, &settings, &seen_request, &mut stop).await;
+        drive(conn, peer, &settings, &seen_request, &activity, &mut stop).await;
     } else {
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(settings.header_read_timeout)
             .keep_alive(true)
             .serve_connection(io, svc);
-        drive(conn, peer, &settings, &seen_request, &mut stop).await;
+        drive(conn, peer, &settings, &seen_request, &activity, &mut stop).await;
     }
 }
 
@@ -475,6 +483,7 @@ async fn drive<C>(
     peer: SocketAddr,
     settings: &ConnSettings,
     seen_request: &AtomicBool,
+    activity: &Activity,
     stop: &mut watch::Receiver<bool>,
 ) where
     C: hyper_util::server::graceful::GracefulConnection,
@@ -484,6 +493,7 @@ async fn drive<C>(
     let first_request_deadline = tokio::time::sleep(settings.header_read_timeout);
     tokio::pin!(first_request_deadline);
     let mut closing = false;
+    let mut idle_check = tokio::time::interval(settings.idle_timeout.min(Duration::from_secs(1)));
     loop {
         tokio::select! {
             res = conn.as_mut() => {
@@ -497,6 +507,13 @@ async fn drive<C>(
                     "client sent no request within the header read timeout; closing");
                 break;
             }
+            _ = idle_check.tick(), if !closing => {
+                if activity.idle_for().is_some_and(|idle| idle >= settings.idle_timeout) {
+                    tracing::debug!(%peer, timeout = ?settings.idle_timeout,
+                        "connection idle for longer than idle_timeout; closing");
+                    break;
+                }
+            }
             _ = stop.changed(), if !closing => {
                 closing = true;
                 conn.as_mut().graceful_shutdown();
@@ -506,6 +523,50 @@ async fn drive<C>(
     // Idle, silent client: ask nicely, then drop the socket.
     conn.as_mut().graceful_shutdown();
     let _ = tokio::time::timeout(Duration::from_secs(1), conn.as_mut()).await;
+}
+
+/// Requests in progress on one connection and when the last one ended, for the idle
+/// timeout.
+struct Activity {
+    in_flight: std::sync::atomic::AtomicUsize,
+    last: std::sync::Mutex<Instant>,
+}
+
+/// Marks one request in progress until dropped.
+struct Busy<'a>(&'a Activity);
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
+            last: std::sync::Mutex::new(Instant::now()),
+        }
+    }
+
+    fn begin(&self) -> Busy<'_> {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        Busy(self)
+    }
+
+    /// How long the connection has had no request in progress; `None` while one is.
+    fn idle_for(&self) -> Option<Duration> {
+        if self.in_flight.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
+        Some(
+            self.last
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .elapsed(),
+        )
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        *self.0.last.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 #[cfg(test)]
