@@ -49,7 +49,9 @@ pub struct Config {
     /// RESOURCE_EXHAUSTED rather than queued (bounded latency under overload).
     #[serde(default = "default_max_concurrent_calls")]
     pub max_concurrent_calls: usize,
-    /// Most calls in progress on one connection (HTTP/2 streams served at once).
+    /// Most calls in progress on one connection (also its HTTP/2 stream limit, so a client
+    /// waits for a stream rather than being refused). An edge uses one connection per
+    /// replica: keep this at least the edge's max_in_flight_reviews / replicas.
     #[serde(default = "default_max_calls_per_connection")]
     pub max_concurrent_calls_per_connection: usize,
 }
@@ -162,7 +164,7 @@ fn default_max_concurrent_calls() -> usize {
     1024
 }
 fn default_max_calls_per_connection() -> usize {
-    256
+    512
 }
 fn default_handshake_timeout() -> Duration {
     Duration::from_secs(10)

@@ -91,7 +91,7 @@ impl Listeners {
             tls: None,
             access: AccessPolicy::default(),
             max_calls: 1024,
-            max_calls_per_connection: 256,
+            max_calls_per_connection: 512,
         })
     }
 
@@ -153,6 +153,7 @@ pub async fn serve(
     // load shedding (tonic adds the per-connection limit).
     let router = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(listeners.max_calls_per_connection)
+        .max_concurrent_streams(u32::try_from(listeners.max_calls_per_connection).ok())
         .load_shed(true)
         .layer(AccessLayer::new(listeners.access))
         .layer(tower::load_shed::LoadShedLayer::new())

@@ -1,7 +1,9 @@
 //! The split-mode backend: the authd replicas behind one tower stack. Every cross-cutting
 //! concern is a layer, composed in [`backend`] (outermost first):
 //!
-//! 1. **load shed** — over capacity a review is answered at once, never queued;
+//! 1. **load shed** — over capacity a review is answered at once, never queued (the
+//!    handler turns it into a 500 without Retry-After: kube-apiserver multiplies retries
+//!    of 429 and of anything with Retry-After; see docs/configuration.md, "Overload");
 //! 2. **concurrency limit** — `max_in_flight_reviews` reviews in progress at once;
 //! 3. **deadline** — the review's absolute deadline is stamped on the call, so a retry
 //!    only gets the time that is left, and each attempt sends it as the gRPC timeout;
