@@ -305,3 +305,40 @@ mod tests {
         assert!(e.contains("positive_ttl"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod access_tests {
+    use super::*;
+
+    const SOURCE: &str = "[[sources]]\nname='a'\ntype='token_file'\npath='x'\n";
+
+    #[test]
+    fn tls_and_clients() {
+        let c = Config::parse(
+            &format!("[tls]\ncert='a.crt'\nkey='a.key'\nclient_ca='ca.crt'\n[clients.edge]\nmethods=['Authenticate']\n{SOURCE}"),
+            Path::new("/etc/authd"),
+        )
+        .unwrap();
+        let t = c.tls.unwrap();
+        assert_eq!(t.client_ca.unwrap(), Path::new("/etc/authd/ca.crt"));
+        assert_eq!(c.clients["edge"].methods, ["Authenticate"]);
+        let e = Config::parse(
+            &format!("[clients.edge]\nmethods=['Authenticate']\n{SOURCE}"),
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert!(e.contains("tls.client_ca"), "{e}");
+        let e = Config::parse(
+            &format!("[tls]\ncert='a'\nkey='b'\nclient_ca='c'\n[clients.ops]\nmethods=['Revoke']\n{SOURCE}"),
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert!(e.contains("clients.ops.methods"), "{e}");
+        let e = Config::parse(
+            &format!("max_concurrent_calls = 0\n{SOURCE}"),
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert!(e.contains("max_concurrent_calls"), "{e}");
+    }
+}

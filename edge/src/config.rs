@@ -275,3 +275,65 @@ impl Config {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TLS: &str = "[tls]\ncert = \"e.crt\"\nkey = \"e.key\"\n";
+
+    fn parse(extra: &str) -> Result<Config, String> {
+        Config::parse(&format!("{TLS}{extra}"), Path::new("/etc/edge"))
+    }
+
+    #[test]
+    fn replica_sources_and_paths() {
+        let c = parse(
+            "[authd]\nendpoints = [\"https://a:1\", \"https://b:2\"]\nca = \"ca.crt\"\n\
+             client_cert = \"c.crt\"\nclient_key = \"c.key\"\n\
+             [clusters.dev]\nclient_ca = \"dev-ca.crt\"\n",
+        )
+        .unwrap();
+        let a = c.authd.unwrap();
+        assert_eq!(a.static_endpoints().len(), 2);
+        assert_eq!(a.ca.unwrap(), Path::new("/etc/edge/ca.crt"));
+        assert_eq!(
+            c.clusters["dev"].client_ca.as_deref(),
+            Some(Path::new("/etc/edge/dev-ca.crt"))
+        );
+        let d = parse("[authd]\ndns = \"authd-headless.ns.svc:50051\"\ndns_refresh = \"2s\"\n")
+            .unwrap()
+            .authd
+            .unwrap();
+        assert_eq!(d.dns_refresh, Duration::from_secs(2));
+        assert_eq!(d.health_interval, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        for (toml, field) in [
+            ("[authd]\n", "authd"),
+            (
+                "[authd]\nendpoint = \"http://a:1\"\ndns = \"b:2\"\n",
+                "authd.dns",
+            ),
+            ("[authd]\ndns = \"no-port\"\n", "authd.dns"),
+            ("[authd]\nendpoints = [\"https://a:1\"]\n", "authd.ca"),
+            (
+                "[authd]\nendpoints = [\"http://a:1\"]\nca = \"ca.crt\"\n",
+                "authd.endpoints",
+            ),
+            ("[authd]\nendpoint = \"http://a\"\n", "authd.endpoint"),
+            (
+                "[authd]\nendpoint = \"https://a:1\"\nca = \"c\"\nclient_cert = \"x\"\n",
+                "authd.client_key",
+            ),
+            ("max_in_flight_reviews = 0\n", "max_in_flight_reviews"),
+            ("idle_timeout = \"0s\"\n", "idle_timeout"),
+            ("[clusters.dev]\nclient_cert = \"x\"\n", "client_cert"),
+        ] {
+            let e = parse(toml).unwrap_err();
+            assert!(e.contains(field), "{toml:?}: {e}");
+        }
+    }
+}
