@@ -232,11 +232,6 @@ pub struct Replica {
     registry: Weak<Mutex<Registry>>,
 }
 
-/// Transport-level failures: the replica (or the way to it) is down; worth another replica.
-fn is_transport(code: tonic::Code) -> bool {
-    matches!(code, tonic::Code::Unavailable | tonic::Code::Unknown)
-}
-
 impl tower::Service<Call> for Replica {
     type Response = AuthenticateResponse;
     type Error = BackendError;
@@ -272,11 +267,12 @@ impl tower::Service<Call> for Replica {
                 }
                 tonic::Code::DeadlineExceeded => BackendError::Timeout(left),
                 tonic::Code::ResourceExhausted => BackendError::Overloaded(message),
-                code => {
-                    if is_transport(code) {
-                        if let Some(r) = registry.upgrade() {
-                            lock(&r).set(&key, false, &message, &Arc::downgrade(&r));
-                        }
+                // Transport failures (UNAVAILABLE; CANCELLED or UNKNOWN when a connection
+                // closes under the call, as when authd drains): the replica or the way to
+                // it is down, so it leaves the rotation before the retry is balanced.
+                _ => {
+                    if let Some(r) = registry.upgrade() {
+                        lock(&r).set(&key, false, &message, &Arc::downgrade(&r));
                     }
                     BackendError::Unavailable(message)
                 }
