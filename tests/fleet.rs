@@ -393,7 +393,7 @@ async fn certificates_rotate_under_load_without_a_failed_review() {
     let d = dir.path();
     certs_init_with(d, &[]);
     let alice = tokens(d);
-    let replicas: Vec<Replica> = (0..2)
+    let mut replicas: Vec<Replica> = (0..2)
         .map(|i| Replica::start(d, &format!("authd{i}"), &format!("{MTLS_AUTHD}{SOURCES}")))
         .collect();
     let edge = start_fleet_edge(d, "edge", "", &mtls_edge_authd(&replicas));

@@ -18,6 +18,9 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 
+use sha2::{Digest, Sha256};
+
+use crate::access::certificate_identity;
 use crate::config::TlsConfig;
 use crate::reload::Reloading;
 
@@ -121,7 +124,16 @@ async fn handshake(
     limit: Duration,
 ) -> Option<TlsStream<TcpStream>> {
     match tokio::time::timeout(limit, acceptor.accept(tcp)).await {
-        Ok(Ok(s)) => Some(s),
+        Ok(Ok(s)) => {
+            if let Some(leaf) = s.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+                // Which certificate a client connected with: shows rotations taking effect.
+                tracing::debug!(%peer,
+                    client = certificate_identity(leaf).as_deref().unwrap_or("-"),
+                    cert_sha256 = %hex::encode(Sha256::digest(leaf)),
+                    "gRPC client connected");
+            }
+            Some(s)
+        }
         Ok(Err(e)) => {
             tracing::warn!(%peer, error = %e,
                 "gRPC client refused at the TLS handshake");

@@ -203,6 +203,12 @@ pub fn identity(dir: &Path, name: &str) -> Vec<u8> {
     pem
 }
 
+/// Lower-case hex SHA-256 of bytes (certificate fingerprints).
+pub fn sha256_hex_bytes(b: &[u8]) -> String {
+    use sha2::Digest;
+    super::hex(&sha2::Sha256::digest(b))
+}
+
 /// DER of the first certificate in a PEM file.
 pub fn cert_der(path: &Path) -> Vec<u8> {
     use rustls_pki_types::pem::PemObject;
