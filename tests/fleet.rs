@@ -461,6 +461,25 @@ async fn certificates_rotate_under_load_without_a_failed_review() {
         || async { load.ok_so_far() > at_rotation + 200 },
     )
     .await;
+    // The edge's open connections keep the old client certificate; a new connection (to a
+    // restarted replica) presents the new one.
+    let new_client = sha256_hex_bytes(&cert_der(&d.join("edge-client.crt")));
+    replicas[1].proc().signal(libc::SIGTERM);
+    let code = replicas[1]
+        .proc
+        .as_mut()
+        .unwrap()
+        .wait_exit(Duration::from_secs(25));
+    assert_eq!(code, Some(0));
+    replicas[1].restart(d);
+    let fresh_replica = &replicas[1];
+    let expected = format!("client=\"edge\" cert_sha256={new_client}");
+    eventually(
+        Duration::from_secs(10),
+        "the edge connects with its new client certificate",
+        || async { fresh_replica.proc().stderr().contains(&expected) },
+    )
+    .await;
     let result = load.stop().await;
     assert_no_failures(&result, &edge);
     assert!(
