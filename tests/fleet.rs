@@ -690,3 +690,40 @@ async fn an_idle_keep_alive_connection_is_closed() {
         "the edge logs why it closed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_a_shared_client_ca_the_certificate_name_binds_the_cluster() {
+    let dir = temp_dir();
+    let d = dir.path();
+    certs_init_with(d, &[]);
+    let alice = tokens(d);
+    // Both clusters trust the deployment CA; the CN "kube-apiserver:NAME" still binds.
+    let s = Split::start(
+        d,
+        SOURCES,
+        "[clusters.dev]\nclient_ca = \"ca.crt\"\n[clusters.prod]\nclient_ca = \"ca.crt\"\n",
+    );
+    issue_client_cert(d, "ca", "kube-apiserver:dev", "shared-dev", false);
+    let base = s.edge.ready_field("https");
+    let ca = std::fs::read(d.join("ca.crt")).unwrap();
+    let dev_client = client(&ca, Proto::H2, Some(identity(d, "shared-dev")));
+    assert_authenticated(
+        &dev_client,
+        &format!("{base}/clusters/dev/authenticate"),
+        &alice,
+    )
+    .await;
+    let a = review(
+        &dev_client,
+        &format!("{base}/clusters/prod/authenticate"),
+        V1,
+        &alice,
+    )
+    .await;
+    assert_eq!(a.status, 403, "{a:?}");
+    assert_logs(
+        &s.edge,
+        &["client certificate \"kube-apiserver:dev\" is bound to cluster \"dev\", not \"prod\""],
+    )
+    .await;
+}
