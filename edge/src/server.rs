@@ -229,11 +229,7 @@ impl Handler {
 /// refused like a client without a certificate.
 fn client_cert_refusal(req: &Request<Incoming>, path: &str, cluster: &str) -> Option<String> {
     match req.extensions().get::<Arc<Peer>>() {
-        Some(peer) => peer
-            .tls
-            .client_auth
-            .check(path, cluster, peer.chain.as_deref())
-            .err(),
+        Some(peer) => peer.refusal(path, cluster),
         None => Some("no TLS client information on this connection".into()),
     }
 }
@@ -243,6 +239,30 @@ fn client_cert_refusal(req: &Request<Incoming>, path: &str, cluster: &str) -> Op
 pub struct Peer {
     chain: Option<Vec<rustls_pki_types::CertificateDer<'static>>>,
     tls: Arc<ServerTls>,
+    /// Verdicts per route: kube-apiserver keeps connections open, so each route's chain
+    /// check runs once per connection rather than once per review.
+    checked: std::sync::Mutex<Vec<(String, Option<String>)>>,
+}
+
+impl Peer {
+    fn refusal(&self, path: &str, cluster: &str) -> Option<String> {
+        let route = if path == "/authenticate" {
+            path
+        } else {
+            cluster
+        };
+        let mut checked = self.checked.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, verdict)) = checked.iter().find(|(r, _)| r == route) {
+            return verdict.clone();
+        }
+        let verdict = self
+            .tls
+            .client_auth
+            .check(path, cluster, self.chain.as_deref())
+            .err();
+        checked.push((route.to_owned(), verdict.clone()));
+        verdict
+    }
 }
 
 fn ok_answer(
@@ -441,6 +461,7 @@ async fn connection(
     let client = Arc::new(Peer {
         chain: tls.get_ref().1.peer_certificates().map(<[_]>::to_vec),
         tls: server_tls,
+        checked: std::sync::Mutex::new(Vec::new()),
     });
     let seen_request = Arc::new(AtomicBool::new(false));
     let seen = seen_request.clone();
