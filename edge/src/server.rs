@@ -449,7 +449,10 @@ async fn connection(
     let tls = match tokio::time::timeout(settings.handshake_timeout, acceptor.accept(tcp)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            tracing::warn!(%peer, error = %e, "{}; connection closed", handshake_refusal(&e));
+            match handshake_refusal(&e) {
+                Some(why) => tracing::warn!(%peer, error = %e, "{why}; connection closed"),
+                None => tracing::info!(%peer, error = %e, "TLS handshake failed"),
+            }
             return;
         }
         Err(_) => {

@@ -237,19 +237,21 @@ pub fn reloading_client(authd: &AuthdConfig) -> anyhow::Result<Option<Reloading<
     )?))
 }
 
-/// A short, operator-facing reason for a failed handshake.
-pub fn handshake_refusal(e: &std::io::Error) -> &'static str {
-    match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-        Some(rustls::Error::NoCertificatesPresented) => {
-            "client certificate required but none was presented"
+/// Why a handshake failed, when it was the client certificate that was refused.
+pub fn handshake_refusal(e: &std::io::Error) -> Option<&'static str> {
+    match e
+        .get_ref()
+        .and_then(|i| i.downcast_ref::<rustls::Error>())?
+    {
+        rustls::Error::NoCertificatesPresented => {
+            Some("client certificate required but none was presented")
         }
-        Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Expired))
-        | Some(rustls::Error::InvalidCertificate(rustls::CertificateError::ExpiredContext {
-            ..
-        })) => "client certificate refused: expired",
-        Some(rustls::Error::InvalidCertificate(_)) => {
-            "client certificate refused: not issued by a configured client CA, or invalid"
+        rustls::Error::InvalidCertificate(
+            rustls::CertificateError::Expired | rustls::CertificateError::ExpiredContext { .. },
+        ) => Some("client certificate refused: expired"),
+        rustls::Error::InvalidCertificate(_) => {
+            Some("client certificate refused: not issued by a configured client CA, or invalid")
         }
-        _ => "TLS handshake failed",
+        _ => None,
     }
 }
