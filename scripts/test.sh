@@ -16,6 +16,7 @@ declare -A need=(
   [slapadd]=slapd
   [ldapsearch]=ldap-utils
   [psql]=postgresql-client
+  [python3]=python3
 )
 missing=()
 for cmd in "${!need[@]}"; do
@@ -24,6 +25,8 @@ done
 # PostgreSQL's server binaries are not on PATH on Debian: look under /usr/lib/postgresql.
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 compgen -G '/usr/lib/postgresql/*/bin/pg_ctl' >/dev/null || missing+=(postgresql)
+# The manifest schema check runs kubernetes-validate from a venv.
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 if ((${#missing[@]})); then
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
     echo "installing test dependencies: ${missing[*]}"
@@ -33,6 +36,16 @@ if ((${#missing[@]})); then
     echo "missing test dependencies; install them first: apt-get install ${missing[*]}" >&2
     exit 1
   fi
+fi
+
+# Kubernetes manifests (deploy/kubernetes): a pinned kubernetes-validate in a venv under
+# target/, used by tests/deploy.rs.
+kv_version=1.37.0
+kv=target/kubernetes-validate-venv
+if ! "$kv/bin/kubernetes-validate" --version 2>/dev/null | grep -qx "$kv_version"; then
+  rm -rf "$kv"
+  python3 -m venv "$kv"
+  "$kv/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==$kv_version"
 fi
 
 cargo build --workspace --bins --locked

@@ -142,7 +142,10 @@ enum ConfigCommand {
 #[derive(Subcommand)]
 enum CertsCommand {
     /// Generate a CA and the certificates of a deployment into a folder: edge server,
-    /// authd server, edge client, and one kube-apiserver client per --cluster.
+    /// authd server, edge client (CN "edge"), one client per --client NAME (CN NAME), and
+    /// per --cluster NAME a cluster CA (cluster-NAME-ca.crt, for the edge's
+    /// clusters.NAME.client_ca) with the kube-apiserver client certificate it signs
+    /// (apiserver-NAME.crt, CN "kube-apiserver:NAME"). Existing CAs are reused.
     Init {
         #[arg(long)]
         dir: PathBuf,
@@ -152,6 +155,9 @@ enum CertsCommand {
         /// Clusters to issue kube-apiserver client certificates for (repeat).
         #[arg(long = "cluster")]
         clusters: Vec<String>,
+        /// Internal gRPC clients to issue client certificates for (repeat).
+        #[arg(long = "client")]
+        clients: Vec<String>,
     },
 }
 
@@ -171,6 +177,19 @@ async fn main() -> ExitCode {
 
 fn read(path: &PathBuf, flag: &str) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("{flag} {}: cannot read", path.display()))
+}
+
+/// Names become file names: letters, digits, '-', '_' and '.' only.
+fn check_name(flag: &str, name: &str) -> anyhow::Result<()> {
+    let ok = !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if !ok {
+        anyhow::bail!("{flag} {name:?}: use letters, digits, '-', '_' and '.' only");
+    }
+    Ok(())
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {
@@ -228,6 +247,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     dir,
                     hosts,
                     clusters,
+                    clients,
                 },
         } => {
             std::fs::create_dir_all(&dir)
@@ -238,8 +258,21 @@ async fn run(command: Command) -> anyhow::Result<()> {
             ca.issue_server("kube-authd authd", &hosts)?
                 .write(&dir, "authd")?;
             ca.issue_client("edge")?.write(&dir, "edge-client")?;
+            for c in &clients {
+                check_name("--client", c)?;
+                ca.issue_client(c)?.write(&dir, &format!("client-{c}"))?;
+            }
+            // One CA per cluster: the edge accepts a kube-apiserver certificate only on the
+            // endpoint of the cluster whose CA issued it.
             for c in &clusters {
-                ca.issue_client(&format!("kube-apiserver:{c}"))?
+                check_name("--cluster", c)?;
+                let cluster_ca = pki::Ca::load_or_create_named(
+                    &dir,
+                    &format!("cluster-{c}-ca"),
+                    &format!("kube-authd cluster {c} CA"),
+                )?;
+                cluster_ca
+                    .issue_client(&format!("kube-apiserver:{c}"))?
                     .write(&dir, &format!("apiserver-{c}"))?;
             }
             println!("wrote certificates to {}", dir.display());

@@ -88,7 +88,15 @@ impl Ca {
 
     /// Loads `DIR/ca.crt` + `DIR/ca.key`, or creates and writes them.
     pub fn load_or_create(dir: &Path) -> anyhow::Result<Self> {
-        let (crt, key) = (dir.join("ca.crt"), dir.join("ca.key"));
+        Self::load_or_create_named(dir, "ca", "kube-authd CA")
+    }
+
+    /// Loads `DIR/NAME.crt` + `DIR/NAME.key`, or creates a CA called `common_name` there.
+    pub fn load_or_create_named(dir: &Path, name: &str, common_name: &str) -> anyhow::Result<Self> {
+        let (crt, key) = (
+            dir.join(format!("{name}.crt")),
+            dir.join(format!("{name}.key")),
+        );
         if crt.exists() && key.exists() {
             let cert = std::fs::read_to_string(&crt)
                 .with_context(|| format!("reading {}", crt.display()))?;
@@ -97,8 +105,8 @@ impl Ca {
             return Self::from_pem(cert, k)
                 .with_context(|| format!("loading CA from {}", dir.display()));
         }
-        let ca = Self::generate("kube-authd CA")?;
-        ca.pem.write(dir, "ca")?;
+        let ca = Self::generate(common_name)?;
+        ca.pem.write(dir, name)?;
         Ok(ca)
     }
 

@@ -110,7 +110,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             authd::reload::POLL_INTERVAL,
         );
     }
-    let grpc = authd::server::Listeners::bind(authd_cfg.listen, None).await?;
+    let grpc = authd::server::Listeners::bind(authd_cfg.listen, None)
+        .await?
+        .secure(&authd_cfg)?;
     let grpc_addr = grpc.grpc.local_addr()?;
 
     let edge_cfg = authd_edge::Config::parse(

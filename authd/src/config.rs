@@ -47,6 +47,51 @@ pub struct Config {
     /// ignored by `authd serve`.
     #[serde(default)]
     pub examples: Vec<Example>,
+    /// gRPC over TLS (mutual TLS with `client_ca`); plaintext when absent.
+    pub tls: Option<TlsConfig>,
+    /// Per-client RPC allow-lists, keyed by client certificate identity (CN, or first DNS
+    /// SAN). Empty: every caller may call every RPC. Set: unlisted callers are refused.
+    #[serde(default)]
+    pub clients: BTreeMap<String, ClientAccess>,
+    /// Most gRPC calls in progress at once; more are refused at once with
+    /// RESOURCE_EXHAUSTED rather than queued (bounded latency under overload).
+    #[serde(default = "default_max_concurrent_calls")]
+    pub max_concurrent_calls: usize,
+    /// Most calls in progress on one connection (also its HTTP/2 stream limit, so a client
+    /// waits for a stream rather than being refused). An edge uses one connection per
+    /// replica: keep this at least the edge's max_in_flight_reviews / replicas.
+    #[serde(default = "default_max_calls_per_connection")]
+    pub max_concurrent_calls_per_connection: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain served to gRPC clients; re-read when it changes.
+    pub cert: PathBuf,
+    /// PEM private key for `cert`.
+    pub key: PathBuf,
+    /// PEM CA(s) whose client certificates are accepted; with it, client certificates are
+    /// required.
+    pub client_ca: Option<PathBuf>,
+    /// The TLS handshake must finish within this time.
+    #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+}
+
+/// RPC method names a `[clients.NAME]` entry may list.
+pub const KNOWN_METHODS: &[&str] = &[
+    "Authenticate",
+    "RevokeToken",
+    "RevokeUser",
+    "ServerReflectionInfo",
+];
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientAccess {
+    /// The RPCs (method names, e.g. "Authenticate") this client may call.
+    pub methods: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -285,6 +330,15 @@ fn default_negative_ttl() -> Duration {
 fn default_max_entries() -> u64 {
     100_000
 }
+fn default_max_concurrent_calls() -> usize {
+    1024
+}
+fn default_max_calls_per_connection() -> usize {
+    512
+}
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
+}
 
 impl Config {
     /// Reads, parses and validates; relative paths are resolved against the file's folder.
@@ -336,6 +390,13 @@ impl Config {
                 }
             }
         }
+        if let Some(t) = self.tls.as_mut() {
+            fix(&mut t.cert);
+            fix(&mut t.key);
+            if let Some(ca) = t.client_ca.as_mut() {
+                fix(ca);
+            }
+        }
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -374,6 +435,30 @@ impl Config {
         }
         if self.cache.positive_ttl.is_zero() && !self.cache.stale_if_error.is_zero() {
             return Err("cache.stale_if_error: needs a non-zero cache.positive_ttl".into());
+        }
+        self.validate_access()
+    }
+
+    fn validate_access(&self) -> Result<(), String> {
+        if self.max_concurrent_calls == 0 {
+            return Err("max_concurrent_calls: must be greater than 0".into());
+        }
+        if self.max_concurrent_calls_per_connection == 0 {
+            return Err("max_concurrent_calls_per_connection: must be greater than 0".into());
+        }
+        let mutual = self.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+        if !self.clients.is_empty() && !mutual {
+            return Err("clients: allow-lists need tls.client_ca (client identities come from client certificates)".into());
+        }
+        for (name, c) in &self.clients {
+            for m in &c.methods {
+                if !KNOWN_METHODS.contains(&m.as_str()) {
+                    return Err(format!(
+                        "clients.{name}.methods: unknown RPC {m:?} (known: {})",
+                        KNOWN_METHODS.join(", ")
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -559,5 +644,42 @@ mod tests {
         for b in blocks {
             Config::parse(b, Path::new("/etc")).unwrap_or_else(|e| panic!("{e}\n{b}"));
         }
+    }
+}
+
+#[cfg(test)]
+mod access_tests {
+    use super::*;
+
+    const SOURCE: &str = "[[sources]]\nname='a'\ntype='token_file'\npath='x'\n";
+
+    #[test]
+    fn tls_and_clients() {
+        let c = Config::parse(
+            &format!("[tls]\ncert='a.crt'\nkey='a.key'\nclient_ca='ca.crt'\n[clients.edge]\nmethods=['Authenticate']\n{SOURCE}"),
+            Path::new("/etc/authd"),
+        )
+        .unwrap();
+        let t = c.tls.unwrap();
+        assert_eq!(t.client_ca.unwrap(), Path::new("/etc/authd/ca.crt"));
+        assert_eq!(c.clients["edge"].methods, ["Authenticate"]);
+        let e = Config::parse(
+            &format!("[clients.edge]\nmethods=['Authenticate']\n{SOURCE}"),
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert!(e.contains("tls.client_ca"), "{e}");
+        let e = Config::parse(
+            &format!("[tls]\ncert='a'\nkey='b'\nclient_ca='c'\n[clients.ops]\nmethods=['Revoke']\n{SOURCE}"),
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert!(e.contains("clients.ops.methods"), "{e}");
+        let e = Config::parse(
+            &format!("max_concurrent_calls = 0\n{SOURCE}"),
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert!(e.contains("max_concurrent_calls"), "{e}");
     }
 }

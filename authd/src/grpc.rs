@@ -4,6 +4,7 @@ use authd_proto::v1::authenticator_server::{Authenticator, AuthenticatorServer};
 use authd_proto::v1::{AuthenticateRequest, AuthenticateResponse};
 use tonic::{Request, Response, Status};
 
+use crate::authz::ClientIdentity;
 use crate::metrics::ClientLabels;
 use crate::service::Authd;
 
@@ -30,7 +31,7 @@ impl Authenticator for AuthenticatorGrpc {
             .metrics()
             .grpc_requests
             .get_or_create(&ClientLabels {
-                client: "anonymous".into(),
+                client: ClientIdentity::name_of(&request).to_owned(),
                 method: "Authenticate",
             })
             .inc();

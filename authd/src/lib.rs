@@ -1,7 +1,9 @@
 //! authd: verifies bearer tokens against identity sources, maps them to Kubernetes users,
 //! applies per-cluster policy and caches verdicts. Served over gRPC (`authd-proto`).
 
+pub mod access;
 pub mod admin;
+pub mod authz;
 pub mod cache;
 pub mod check;
 pub mod config;
@@ -12,8 +14,10 @@ pub mod mapping;
 pub mod metrics;
 pub mod policy;
 pub mod reload;
+pub mod reloading;
 pub mod server;
 pub mod service;
+pub mod tls;
 pub mod verifiers;
 
 pub use service::Authd;

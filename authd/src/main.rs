@@ -53,13 +53,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 cfg.clone(),
                 authd::reload::POLL_INTERVAL,
             );
-            let listeners = authd::server::Listeners::bind(cfg.listen, cfg.admin_listen).await?;
+            let listeners = authd::server::Listeners::bind(cfg.listen, cfg.admin_listen)
+                .await?
+                .secure(&cfg)?;
             let grpc = listeners
                 .grpc
                 .local_addr()
                 .context("gRPC listener address")?;
             let admin = listeners.admin.as_ref().and_then(|l| l.local_addr().ok());
-            tracing::info!(%grpc, ?admin, sources = cfg.sources.len(), "authd serving");
+            tracing::info!(%grpc, ?admin, sources = cfg.sources.len(), tls = cfg.tls.is_some(),
+                mutual_tls = cfg.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+                clients = cfg.clients.len(), "authd serving");
             // One machine-readable line on stdout, for supervisors and tests.
             println!(
                 "authd ready grpc={grpc} admin={}",

@@ -10,13 +10,16 @@ use authd_proto::v1::authenticator_server::AuthenticatorServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::access::{AccessLayer, AccessPolicy};
 use crate::admin::{self, Readiness};
 use crate::cache::Ttls;
 use crate::config::Config;
 use crate::fingerprint::Fingerprinter;
 use crate::grpc::AuthenticatorGrpc;
 use crate::metrics::Metrics;
+use crate::reloading::Reloading;
 use crate::service::{Authd, Pipeline};
+use crate::tls;
 use crate::verifiers;
 
 /// Builds the service (sources, caches, policy) from a validated configuration.
@@ -54,10 +57,19 @@ pub fn build(config: &Config) -> anyhow::Result<Authd> {
     ))
 }
 
-/// Bound listeners, so callers learn the real ports before serving starts.
+/// Bound listeners, so callers learn the real ports before serving starts, and how the gRPC
+/// one is secured and limited.
 pub struct Listeners {
     pub grpc: TcpListener,
     pub admin: Option<TcpListener>,
+    /// gRPC TLS, rebuilt when its files change; plaintext when absent.
+    pub tls: Option<(Reloading<rustls::ServerConfig>, Duration)>,
+    /// Per-client RPC allow-lists.
+    pub access: AccessPolicy,
+    /// Calls in progress at once, in total and per connection; beyond them calls are
+    /// refused at once (RESOURCE_EXHAUSTED) instead of queueing without bound.
+    pub max_calls: usize,
+    pub max_calls_per_connection: usize,
 }
 
 impl Listeners {
@@ -73,7 +85,31 @@ impl Listeners {
             ),
             None => None,
         };
-        Ok(Self { grpc, admin })
+        Ok(Self {
+            grpc,
+            admin,
+            tls: None,
+            access: AccessPolicy::default(),
+            max_calls: 1024,
+            max_calls_per_connection: 512,
+        })
+    }
+
+    /// Applies `[tls]`, `[clients]` and the call limits of `config`.
+    pub fn secure(mut self, config: &Config) -> anyhow::Result<Self> {
+        if let Some(t) = &config.tls {
+            self.tls = Some((tls::reloading(t)?, t.handshake_timeout));
+        }
+        self.access = AccessPolicy::new(
+            config
+                .clients
+                .iter()
+                .map(|(name, c)| (name.clone(), c.methods.iter().cloned().collect()))
+                .collect(),
+        );
+        self.max_calls = config.max_concurrent_calls;
+        self.max_calls_per_connection = config.max_concurrent_calls_per_connection;
+        Ok(self)
     }
 }
 
@@ -113,13 +149,34 @@ pub async fn serve(
         let _ = drain_tx.send(());
     });
 
-    let server = tonic::transport::Server::builder()
+    // Layers, outermost first: caller identity and allow-lists, then the global limit with
+    // load shedding (tonic adds the per-connection limit).
+    let router = tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(listeners.max_calls_per_connection)
+        .max_concurrent_streams(u32::try_from(listeners.max_calls_per_connection).ok())
+        .load_shed(true)
+        .layer(AccessLayer::new(listeners.access))
+        .layer(tower::load_shed::LoadShedLayer::new())
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            listeners.max_calls,
+        ))
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(AuthenticatorGrpc::server(authd))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), async {
-            let _ = drain_rx.await;
-        });
+        .add_service(AuthenticatorGrpc::server(authd));
+    let drained = async {
+        let _ = drain_rx.await;
+    };
+    let server: std::pin::Pin<
+        Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>,
+    > = match listeners.tls {
+        Some((config, handshake_timeout)) => Box::pin(router.serve_with_incoming_shutdown(
+            tls::incoming(listeners.grpc, config, handshake_timeout),
+            drained,
+        )),
+        None => Box::pin(
+            router.serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), drained),
+        ),
+    };
     // tonic waits for in-flight calls once the shutdown future resolves; bound that wait.
     tokio::pin!(server);
     let result = tokio::select! {

@@ -65,7 +65,7 @@ fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
         "/readyz" if state.ready() => respond(StatusCode::OK, "text/plain", "ready\n".into()),
         "/readyz" => {
             let why = if state.accepting.load(Ordering::SeqCst) {
-                "authd unreachable"
+                "no healthy authd replica"
             } else {
                 "shutting down"
             };

@@ -3,8 +3,12 @@
 
 pub mod admin;
 pub mod backend;
+pub mod balance;
+pub mod channel;
 pub mod config;
+pub mod discovery;
 pub mod metrics;
+pub mod reload;
 pub mod review;
 pub mod server;
 pub mod tls;
@@ -24,7 +28,7 @@ pub use config::Config;
 pub struct Edge {
     listener: TcpListener,
     admin: Option<TcpListener>,
-    acceptor: tokio_rustls::TlsAcceptor,
+    tls: reload::Reloading<tls::ServerTls>,
     handler: Arc<server::Handler>,
     settings: server::ConnSettings,
     admin_state: admin::AdminState,
@@ -39,7 +43,7 @@ impl Edge {
         reachability: Reachability,
         extra_metrics: Vec<admin::Encoder>,
     ) -> anyhow::Result<Self> {
-        let tls = tls::server_config(&config.tls.cert, &config.tls.key)?;
+        let tls = tls::reloading_server(config)?;
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("listen: cannot bind {}", config.listen))?;
@@ -58,7 +62,7 @@ impl Edge {
         Ok(Self {
             listener,
             admin,
-            acceptor: tokio_rustls::TlsAcceptor::from(tls),
+            tls,
             handler: Arc::new(server::Handler::new(config, backend, metrics)),
             settings: config.into(),
             admin_state: admin::AdminState {
@@ -90,7 +94,7 @@ impl Edge {
         };
         server::serve(
             self.listener,
-            self.acceptor,
+            self.tls,
             self.handler,
             self.settings,
             shutdown,

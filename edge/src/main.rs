@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use authd_edge::discovery;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -65,17 +66,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let cfg = authd_edge::Config::load(&config)?;
             let authd = cfg.authd.as_ref().with_context(|| {
                 format!(
-                    "config file {}: authd.endpoint is required for authd-edge",
+                    "config file {}: authd.endpoint (or authd.endpoints or authd.dns) is required for authd-edge",
                     config.display()
                 )
             })?;
-            let channel = authd_edge::backend::channel(&authd.endpoint, authd.connect_timeout)?;
-            let backend = authd_edge::backend::grpc(channel.clone(), cfg.review_timeout);
-            let reachability = authd_edge::backend::probe(channel, Duration::from_secs(1));
+            let replicas = discovery::start(
+                discovery::Targets::from_config(authd),
+                discovery::Settings {
+                    tls: authd_edge::tls::reloading_client(authd)?,
+                    connect_timeout: authd.connect_timeout,
+                    health_interval: authd.health_interval,
+                },
+            );
+            let reachability = replicas.reachability.clone();
+            let backend = authd_edge::balance::backend(
+                replicas,
+                authd_edge::balance::Limits {
+                    deadline: cfg.review_timeout,
+                    max_in_flight: cfg.max_in_flight_reviews,
+                },
+            );
+            // Give the first health probes a moment, so the first reviews find a replica.
+            let until = tokio::time::Instant::now() + authd.connect_timeout;
+            while !reachability.get() && tokio::time::Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             let edge = authd_edge::Edge::bind(&cfg, backend, reachability, Vec::new()).await?;
             let addr = edge.local_addr()?;
             let admin = edge.admin_addr();
-            tracing::info!(%addr, ?admin, authd = %authd.endpoint, clusters = cfg.clusters.len(), "edge serving");
+            tracing::info!(%addr, ?admin, authd = ?authd.dns.clone().map_or_else(|| authd.static_endpoints(), |d| vec![d]), clusters = cfg.clusters.len(), "edge serving");
             println!(
                 "authd-edge ready https=https://{addr} admin={}",
                 admin.map(|a| a.to_string()).unwrap_or_else(|| "-".into())

@@ -25,7 +25,9 @@ use tower::ServiceExt;
 use crate::backend::{Backend, BackendError};
 use crate::config::Config;
 use crate::metrics::{Metrics, ReviewLabels};
+use crate::reload::Reloading;
 use crate::review::{self, ApiVersion, ReviewError};
+use crate::tls::{handshake_refusal, ServerTls};
 
 /// Everything a request handler needs; shared by all connections.
 pub struct Handler {
@@ -93,7 +95,14 @@ impl Handler {
                 "not_found",
                 &format!("no TokenReview endpoint at {}", clip_path(&path)),
             ),
-            Some(cluster) => self.review(req, cluster, &request_id).await,
+            Some(cluster) => match client_cert_refusal(&req, &path, cluster) {
+                Some(why) => {
+                    tracing::warn!(request_id, cluster, reason = %why,
+                        "kube-apiserver client certificate refused; answering 403");
+                    Answer::failure(StatusCode::FORBIDDEN, "Forbidden", "forbidden", &why)
+                }
+                None => self.review(req, cluster, &request_id).await,
+            },
         };
         let code = answer.status.as_u16();
         self.metrics
@@ -215,6 +224,47 @@ impl Handler {
     }
 }
 
+/// The mTLS binding of clusters: why the connection's client certificate may not use this
+/// route, if it may not. Connections always carry a [`Peer`]; a request without one is
+/// refused like a client without a certificate.
+fn client_cert_refusal(req: &Request<Incoming>, path: &str, cluster: &str) -> Option<String> {
+    match req.extensions().get::<Arc<Peer>>() {
+        Some(peer) => peer.refusal(path, cluster),
+        None => Some("no TLS client information on this connection".into()),
+    }
+}
+
+/// What the TLS handshake established for one connection: the certificate chain the client
+/// presented, and the client-certificate rules current when it connected.
+pub struct Peer {
+    chain: Option<Vec<rustls_pki_types::CertificateDer<'static>>>,
+    tls: Arc<ServerTls>,
+    /// Verdicts per route: kube-apiserver keeps connections open, so each route's chain
+    /// check runs once per connection rather than once per review.
+    checked: std::sync::Mutex<Vec<(String, Option<String>)>>,
+}
+
+impl Peer {
+    fn refusal(&self, path: &str, cluster: &str) -> Option<String> {
+        let route = if path == "/authenticate" {
+            path
+        } else {
+            cluster
+        };
+        let mut checked = self.checked.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, verdict)) = checked.iter().find(|(r, _)| r == route) {
+            return verdict.clone();
+        }
+        let verdict = self
+            .tls
+            .client_auth
+            .check(path, cluster, self.chain.as_deref())
+            .err();
+        checked.push((route.to_owned(), verdict.clone()));
+        verdict
+    }
+}
+
 fn ok_answer(
     version: &ApiVersion,
     parsed: &review::Review<'_>,
@@ -318,6 +368,7 @@ fn clip_path(path: &str) -> String {
 pub struct ConnSettings {
     pub handshake_timeout: Duration,
     pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
     pub shutdown_grace: Duration,
 }
 
@@ -326,16 +377,18 @@ impl From<&Config> for ConnSettings {
         Self {
             handshake_timeout: c.handshake_timeout,
             header_read_timeout: c.header_read_timeout,
+            idle_timeout: c.idle_timeout,
             shutdown_grace: c.shutdown_grace,
         }
     }
 }
 
 /// Accepts TLS connections until `shutdown` resolves, then stops accepting, lets open
-/// connections finish their in-flight reviews (up to the grace) and returns.
+/// connections finish their in-flight reviews (up to the grace) and returns. Each
+/// connection uses the TLS material current when it was accepted (rotation).
 pub async fn serve(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    tls: Reloading<ServerTls>,
     handler: Arc<Handler>,
     settings: ConnSettings,
     shutdown: impl Future<Output = ()>,
@@ -359,7 +412,7 @@ pub async fn serve(
                 tokio::spawn(connection(
                     tcp,
                     peer,
-                    acceptor.clone(),
+                    tls.get(),
                     handler.clone(),
                     settings.clone(),
                     stop_rx.clone(),
@@ -386,16 +439,20 @@ pub async fn serve(
 async fn connection(
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
-    acceptor: TlsAcceptor,
+    server_tls: Arc<ServerTls>,
     handler: Arc<Handler>,
     settings: ConnSettings,
     mut stop: watch::Receiver<bool>,
     _drain: mpsc::Sender<()>,
 ) {
+    let acceptor = TlsAcceptor::from(server_tls.config.clone());
     let tls = match tokio::time::timeout(settings.handshake_timeout, acceptor.accept(tcp)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            tracing::info!(%peer, error = %e, "TLS handshake failed");
+            match handshake_refusal(&e) {
+                Some(why) => tracing::warn!(%peer, error = %e, "{why}; connection closed"),
+                None => tracing::info!(%peer, error = %e, "TLS handshake failed"),
+            }
             return;
         }
         Err(_) => {
@@ -404,12 +461,24 @@ async fn connection(
         }
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let client = Arc::new(Peer {
+        chain: tls.get_ref().1.peer_certificates().map(<[_]>::to_vec),
+        tls: server_tls,
+        checked: std::sync::Mutex::new(Vec::new()),
+    });
     let seen_request = Arc::new(AtomicBool::new(false));
     let seen = seen_request.clone();
-    let svc = hyper::service::service_fn(move |req| {
+    let activity = Arc::new(Activity::new());
+    let busy = activity.clone();
+    let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         seen.store(true, Ordering::Relaxed);
+        req.extensions_mut().insert(client.clone());
         let handler = handler.clone();
-        async move { Ok::<_, Infallible>(handler.handle(req).await) }
+        let busy = busy.clone();
+        async move {
+            let _request = busy.begin();
+            Ok::<_, Infallible>(handler.handle(req).await)
+        }
     });
     let io = TokioIo::new(tls);
     if h2 {
@@ -419,14 +488,14 @@ async fn connection(
             .keep_alive_timeout(Duration::from_secs(10))
             .max_concurrent_streams(512)
             .serve_connection(io, svc);
-        drive(conn, peer, &settings, &seen_request, &mut stop).await;
+        drive(conn, peer, &settings, &seen_request, &activity, &mut stop).await;
     } else {
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(settings.header_read_timeout)
             .keep_alive(true)
             .serve_connection(io, svc);
-        drive(conn, peer, &settings, &seen_request, &mut stop).await;
+        drive(conn, peer, &settings, &seen_request, &activity, &mut stop).await;
     }
 }
 
@@ -438,6 +507,7 @@ async fn drive<C>(
     peer: SocketAddr,
     settings: &ConnSettings,
     seen_request: &AtomicBool,
+    activity: &Activity,
     stop: &mut watch::Receiver<bool>,
 ) where
     C: hyper_util::server::graceful::GracefulConnection,
@@ -447,6 +517,7 @@ async fn drive<C>(
     let first_request_deadline = tokio::time::sleep(settings.header_read_timeout);
     tokio::pin!(first_request_deadline);
     let mut closing = false;
+    let mut idle_check = tokio::time::interval(settings.idle_timeout.min(Duration::from_secs(1)));
     loop {
         tokio::select! {
             res = conn.as_mut() => {
@@ -460,6 +531,13 @@ async fn drive<C>(
                     "client sent no request within the header read timeout; closing");
                 break;
             }
+            _ = idle_check.tick(), if !closing => {
+                if activity.idle_for().is_some_and(|idle| idle >= settings.idle_timeout) {
+                    tracing::debug!(%peer, timeout = ?settings.idle_timeout,
+                        "connection idle for longer than idle_timeout; closing");
+                    break;
+                }
+            }
             _ = stop.changed(), if !closing => {
                 closing = true;
                 conn.as_mut().graceful_shutdown();
@@ -469,6 +547,50 @@ async fn drive<C>(
     // Idle, silent client: ask nicely, then drop the socket.
     conn.as_mut().graceful_shutdown();
     let _ = tokio::time::timeout(Duration::from_secs(1), conn.as_mut()).await;
+}
+
+/// Requests in progress on one connection and when the last one ended, for the idle
+/// timeout.
+struct Activity {
+    in_flight: std::sync::atomic::AtomicUsize,
+    last: std::sync::Mutex<Instant>,
+}
+
+/// Marks one request in progress until dropped.
+struct Busy<'a>(&'a Activity);
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
+            last: std::sync::Mutex::new(Instant::now()),
+        }
+    }
+
+    fn begin(&self) -> Busy<'_> {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        Busy(self)
+    }
+
+    /// How long the connection has had no request in progress; `None` while one is.
+    fn idle_for(&self) -> Option<Duration> {
+        if self.in_flight.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
+        Some(
+            self.last
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .elapsed(),
+        )
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        *self.0.last.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 #[cfg(test)]

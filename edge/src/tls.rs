@@ -1,12 +1,26 @@
-//! Serving TLS for the edge: PEM files in, a rustls config offering h2 and http/1.1 out.
+//! The edge's TLS: the serving configuration (h2 and http/1.1, client certificates checked
+//! against the union of the configured client CAs at the handshake), the per-route check
+//! that binds a kube-apiserver certificate to its cluster, and the client configuration
+//! for mutual TLS to authd. All of it is rebuilt when its files change.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use rustls::ServerConfig;
+use rustls::client::WebPkiServerVerifier;
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+
+use crate::config::{AuthdConfig, Config};
+use crate::reload::Reloading;
+
+/// The common-name prefix `kube-authd certs init --cluster NAME` gives kube-apiserver
+/// client certificates; such a certificate is only accepted on cluster NAME's endpoint.
+pub const APISERVER_CN_PREFIX: &str = "kube-apiserver:";
 
 pub fn load_certs(path: &Path, field: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     let certs = CertificateDer::pem_file_iter(path)
@@ -24,14 +38,220 @@ pub fn load_key(path: &Path, field: &str) -> anyhow::Result<PrivateKeyDer<'stati
         .with_context(|| format!("{field} {}: cannot read a PEM private key", path.display()))
 }
 
-/// TLS ≥ 1.2 (rustls has nothing older), ALPN h2 then http/1.1.
-pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<ServerConfig>> {
-    let certs = load_certs(cert, "tls.cert")?;
-    let key = load_key(key, "tls.key")?;
-    let mut config = ServerConfig::builder()
-        .with_no_client_auth()
+fn roots(files: &[(&Path, String)]) -> anyhow::Result<RootCertStore> {
+    let mut roots = RootCertStore::empty();
+    for (path, field) in files {
+        for c in load_certs(path, field)? {
+            roots.add(c).with_context(|| {
+                format!("{field} {}: not a usable CA certificate", path.display())
+            })?;
+        }
+    }
+    Ok(roots)
+}
+
+fn verifier(roots: RootCertStore, optional: bool) -> anyhow::Result<Arc<dyn ClientCertVerifier>> {
+    let b = WebPkiClientVerifier::builder(Arc::new(roots));
+    let b = if optional {
+        b.allow_unauthenticated()
+    } else {
+        b
+    };
+    Ok(b.build()?)
+}
+
+/// Serving TLS and the client-certificate rules of each route, from one set of files.
+pub struct ServerTls {
+    pub config: Arc<ServerConfig>,
+    pub client_auth: ClientAuth,
+}
+
+/// Which CA each route's client certificate must chain to.
+pub struct ClientAuth {
+    /// Cluster name of `POST /authenticate`.
+    default_cluster: String,
+    /// `tls.client_ca`, for `POST /authenticate`.
+    default_route: Option<Arc<dyn ClientCertVerifier>>,
+    /// `clusters.NAME.client_ca`, for `POST /clusters/NAME/authenticate`.
+    clusters: BTreeMap<String, Arc<dyn ClientCertVerifier>>,
+}
+
+impl ClientAuth {
+    /// Checks the certificate chain a client presented against the route's CA; `Err` says
+    /// why it is refused. Routes without a CA accept any TLS client.
+    pub fn check(
+        &self,
+        path: &str,
+        cluster: &str,
+        chain: Option<&[CertificateDer<'static>]>,
+    ) -> Result<(), String> {
+        let (verifier, field) = if path == "/authenticate" {
+            (self.default_route.as_ref(), "tls.client_ca".to_owned())
+        } else {
+            (
+                self.clusters.get(cluster),
+                format!("clusters.{cluster}.client_ca"),
+            )
+        };
+        let Some(verifier) = verifier else {
+            return Ok(());
+        };
+        let Some((leaf, intermediates)) = chain.and_then(|c| c.split_first()) else {
+            return Err(format!(
+                "no client certificate presented; cluster {cluster:?} requires one issued by {field}"
+            ));
+        };
+        let subject = subject_cn(leaf).unwrap_or_else(|| "<no CN>".into());
+        verifier
+            .verify_client_cert(leaf, intermediates, UnixTime::now())
+            .map_err(|e| {
+                format!(
+                    "client certificate {subject:?} is not valid for cluster {cluster:?}: not issued by {field} ({e})"
+                )
+            })?;
+        // Certificates named for a cluster are bound to it even when clusters share a CA.
+        let expected = if path == "/authenticate" {
+            self.default_cluster.as_str()
+        } else {
+            cluster
+        };
+        match subject.strip_prefix(APISERVER_CN_PREFIX) {
+            Some(bound) if bound != expected => Err(format!(
+                "client certificate {subject:?} is bound to cluster {bound:?}, not {expected:?}"
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The subject common name of a DER certificate.
+pub fn subject_cn(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let cn = parsed
+        .subject()
+        .iter_common_name()
+        .find_map(|cn| cn.as_str().ok().map(str::to_owned));
+    cn
+}
+
+/// Builds the serving configuration. With any client CA configured, the handshake asks
+/// for a client certificate and verifies a presented one against the union of the CAs
+/// (the route, hence the cluster, is only known once the request arrives); it is required
+/// at the handshake when every route needs one.
+pub fn server_tls(config: &Config) -> anyhow::Result<ServerTls> {
+    let certs = load_certs(&config.tls.cert, "tls.cert")?;
+    let key = load_key(&config.tls.key, "tls.key")?;
+    let default_route = match &config.tls.client_ca {
+        Some(p) => Some(verifier(roots(&[(p, "tls.client_ca".into())])?, false)?),
+        None => None,
+    };
+    let mut clusters = BTreeMap::new();
+    let mut all: Vec<(&Path, String)> = config
+        .tls
+        .client_ca
+        .iter()
+        .map(|p| (p.as_path(), "tls.client_ca".to_owned()))
+        .collect();
+    for (name, c) in &config.clusters {
+        if let Some(p) = &c.client_ca {
+            let field = format!("clusters.{name}.client_ca");
+            clusters.insert(
+                name.clone(),
+                verifier(roots(&[(p, field.clone())])?, false)?,
+            );
+            all.push((p, field));
+        }
+    }
+    let every_route_needs_a_cert =
+        default_route.is_some() && clusters.len() == config.clusters.len();
+    let builder = ServerConfig::builder();
+    let builder = if all.is_empty() {
+        builder.with_no_client_auth()
+    } else {
+        builder.with_client_cert_verifier(verifier(roots(&all)?, !every_route_needs_a_cert)?)
+    };
+    let mut server = builder
         .with_single_cert(certs, key)
         .context("tls.cert/tls.key: the key does not match the certificate or is unsupported")?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(ServerTls {
+        config: Arc::new(server),
+        client_auth: ClientAuth {
+            default_cluster: config.default_cluster.clone(),
+            default_route,
+            clusters,
+        },
+    })
+}
+
+/// Every file the serving TLS is built from.
+fn server_files(config: &Config) -> Vec<PathBuf> {
+    let mut files = vec![config.tls.cert.clone(), config.tls.key.clone()];
+    files.extend(config.tls.client_ca.clone());
+    files.extend(config.clusters.values().filter_map(|c| c.client_ca.clone()));
+    files
+}
+
+/// The serving TLS, rebuilt when any of its files changes.
+pub fn reloading_server(config: &Config) -> anyhow::Result<Reloading<ServerTls>> {
+    let c = config.clone();
+    Reloading::start("edge serving TLS", server_files(config), move || {
+        server_tls(&c)
+    })
+}
+
+/// TLS to authd: its CA, and the edge's client certificate when configured; rebuilt when
+/// the files change. `None` without `authd.ca` (plaintext gRPC).
+pub fn reloading_client(authd: &AuthdConfig) -> anyhow::Result<Option<Reloading<ClientConfig>>> {
+    let Some(ca) = authd.ca.clone() else {
+        return Ok(None);
+    };
+    let identity = authd.client_cert.clone().zip(authd.client_key.clone());
+    let mut files = vec![ca.clone()];
+    if let Some((c, k)) = &identity {
+        files.extend([c.clone(), k.clone()]);
+    }
+    let build = move || -> anyhow::Result<ClientConfig> {
+        let verifier = WebPkiServerVerifier::builder(Arc::new(roots(&[(&ca, "authd.ca".into())])?))
+            .build()
+            .context("authd.ca")?;
+        let b = ClientConfig::builder().with_webpki_verifier(verifier);
+        let mut config = match &identity {
+            Some((cert, key)) => b
+                .with_client_auth_cert(
+                    load_certs(cert, "authd.client_cert")?,
+                    load_key(key, "authd.client_key")?,
+                )
+                .context(
+                    "authd.client_cert/authd.client_key: the key does not match the certificate",
+                )?,
+            None => b.with_no_client_auth(),
+        };
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(config)
+    };
+    Ok(Some(Reloading::start(
+        "edge client TLS to authd",
+        files,
+        build,
+    )?))
+}
+
+/// Why a handshake failed, when it was the client certificate that was refused.
+pub fn handshake_refusal(e: &std::io::Error) -> Option<&'static str> {
+    match e
+        .get_ref()
+        .and_then(|i| i.downcast_ref::<rustls::Error>())?
+    {
+        rustls::Error::NoCertificatesPresented => {
+            Some("client certificate required but none was presented")
+        }
+        rustls::Error::InvalidCertificate(
+            rustls::CertificateError::Expired | rustls::CertificateError::ExpiredContext { .. },
+        ) => Some("client certificate refused: expired"),
+        rustls::Error::InvalidCertificate(_) => {
+            Some("client certificate refused: not issued by a configured client CA, or invalid")
+        }
+        _ => None,
+    }
 }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod basic_auth;
+pub mod fleet;
 pub mod jwks;
 pub mod ldap;
 pub mod postgres;

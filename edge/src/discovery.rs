@@ -1,0 +1,372 @@
+//! Which authd replicas exist and which may take calls: a fixed list or a DNS name (a
+//! headless Service) re-resolved periodically; each replica's gRPC health is probed, and a
+//! replica enters the balancer's rotation when healthy and leaves it when a probe fails or
+//! a call to it fails at the transport (passive ejection, so a retry goes elsewhere). The
+//! rotation is fed to the balancer as a `tower::discover` stream of changes.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use authd_proto::v1::authenticator_client::AuthenticatorClient;
+use authd_proto::v1::{AuthenticateRequest, AuthenticateResponse};
+use rustls::ClientConfig;
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tower::discover::Change;
+
+use crate::backend::{BackendError, Reachability};
+use crate::channel::{self, Target};
+use crate::reload::Reloading;
+
+/// The gRPC health service name authd reports NOT_SERVING for while it drains.
+const HEALTH_SERVICE: &str = "kubeauthd.v1.Authenticator";
+
+/// Where replicas come from.
+#[derive(Clone, Debug)]
+pub enum Targets {
+    Static(Vec<Target>),
+    /// `host`'s addresses at `port`, re-resolved every `refresh`.
+    Dns {
+        host: String,
+        port: u16,
+        refresh: Duration,
+    },
+}
+
+impl Targets {
+    /// From `[authd]`: `endpoint`/`endpoints` (validated URLs) or `dns`.
+    pub fn from_config(authd: &crate::config::AuthdConfig) -> Self {
+        match &authd.dns {
+            Some(d) => {
+                let (host, port) = d.rsplit_once(':').unwrap_or((d.as_str(), "0"));
+                Targets::Dns {
+                    host: host.to_owned(),
+                    port: port.parse().unwrap_or(0),
+                    refresh: authd.dns_refresh,
+                }
+            }
+            None => Targets::Static(
+                authd
+                    .static_endpoints()
+                    .iter()
+                    .map(|e| {
+                        let addr = e
+                            .trim_start_matches("https://")
+                            .trim_start_matches("http://")
+                            .trim_end_matches('/')
+                            .to_owned();
+                        let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
+                        Target {
+                            server_name: host
+                                .trim_start_matches('[')
+                                .trim_end_matches(']')
+                                .to_owned(),
+                            addr,
+                        }
+                    })
+                    .collect(),
+            ),
+        }
+    }
+}
+
+/// How replicas are reached and probed.
+#[derive(Clone)]
+pub struct Settings {
+    pub tls: Option<Reloading<ClientConfig>>,
+    pub connect_timeout: Duration,
+    pub health_interval: Duration,
+}
+
+/// One call to a replica, with the absolute deadline of the review it serves.
+#[derive(Clone, Debug)]
+pub struct Call {
+    pub request: AuthenticateRequest,
+    pub deadline: tokio::time::Instant,
+}
+
+struct Slot {
+    client: AuthenticatorClient<Channel>,
+    in_rotation: bool,
+    prober: tokio::task::AbortHandle,
+}
+
+/// The replicas and the channel of rotation changes to the balancer.
+struct Registry {
+    changes: mpsc::UnboundedSender<Change<String, Replica>>,
+    slots: HashMap<String, Slot>,
+    reachability: Reachability,
+}
+
+type Shared = Arc<Mutex<Registry>>;
+
+fn lock(r: &Mutex<Registry>) -> std::sync::MutexGuard<'_, Registry> {
+    r.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Registry {
+    /// Puts a replica into or out of rotation; `why` is logged on transitions.
+    fn set(&mut self, key: &str, healthy: bool, why: &str, me: &Weak<Mutex<Registry>>) {
+        let Some(slot) = self.slots.get_mut(key) else {
+            return;
+        };
+        if slot.in_rotation == healthy {
+            return;
+        }
+        slot.in_rotation = healthy;
+        let change = if healthy {
+            tracing::info!(replica = key, "authd replica healthy; in rotation");
+            Change::Insert(
+                key.to_owned(),
+                Replica {
+                    key: key.to_owned(),
+                    client: slot.client.clone(),
+                    registry: me.clone(),
+                },
+            )
+        } else {
+            tracing::warn!(
+                replica = key,
+                reason = why,
+                "authd replica ejected from rotation"
+            );
+            Change::Remove(key.to_owned())
+        };
+        let _ = self.changes.send(change);
+        let up = self.slots.values().filter(|s| s.in_rotation).count();
+        if self.reachability.get() != (up > 0) {
+            if up > 0 {
+                tracing::info!("authd reachable: a replica is in rotation; readiness on");
+            } else {
+                tracing::warn!("no healthy authd replica; readiness off");
+            }
+        }
+        self.reachability.set(up > 0);
+    }
+
+    fn add(
+        &mut self,
+        key: String,
+        target: &Target,
+        settings: &Settings,
+        me: &Weak<Mutex<Registry>>,
+    ) {
+        if self.slots.contains_key(&key) {
+            return;
+        }
+        let channel = match channel::connect(target, settings.tls.clone(), settings.connect_timeout)
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(replica = key, error = %format!("{e:#}"), "cannot use authd replica");
+                return;
+            }
+        };
+        let prober = tokio::spawn(probe(
+            key.clone(),
+            channel.clone(),
+            settings.health_interval,
+            me.clone(),
+        ));
+        tracing::info!(replica = key, "authd replica discovered");
+        self.slots.insert(
+            key,
+            Slot {
+                client: AuthenticatorClient::new(channel),
+                in_rotation: false,
+                prober: prober.abort_handle(),
+            },
+        );
+    }
+
+    fn remove(&mut self, key: &str, me: &Weak<Mutex<Registry>>) {
+        self.set(key, false, "no longer in DNS", me);
+        if let Some(slot) = self.slots.remove(key) {
+            slot.prober.abort();
+            tracing::info!(replica = key, "authd replica gone from DNS");
+        }
+    }
+}
+
+/// Probes one replica's health every `interval` while the registry lives.
+async fn probe(key: String, channel: Channel, interval: Duration, registry: Weak<Mutex<Registry>>) {
+    let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+    loop {
+        let mut req = tonic::Request::new(tonic_health::pb::HealthCheckRequest {
+            service: HEALTH_SERVICE.into(),
+        });
+        let limit = interval.max(Duration::from_millis(500));
+        req.set_timeout(limit);
+        let verdict = match tokio::time::timeout(limit, client.check(req)).await {
+            Err(_) => Err(format!("health check timed out after {limit:?}")),
+            Ok(Err(status)) => Err(format!(
+                "health check failed: {:?}: {}",
+                status.code(),
+                status.message()
+            )),
+            Ok(Ok(r)) if r.get_ref().status == ServingStatus::Serving as i32 => Ok(()),
+            Ok(Ok(_)) => Err("health check says NOT_SERVING (draining)".to_owned()),
+        };
+        let Some(registry) = registry.upgrade() else {
+            return;
+        };
+        let why = verdict.as_ref().err().map_or("", String::as_str);
+        lock(&registry).set(&key, verdict.is_ok(), why, &Arc::downgrade(&registry));
+        drop(registry);
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// A replica in rotation: one `Authenticate` call per request, the review's remaining time
+/// sent as the gRPC timeout. A transport failure ejects the replica before the error is
+/// returned, so the retry layer's second attempt is balanced over the others.
+#[derive(Clone)]
+pub struct Replica {
+    key: String,
+    client: AuthenticatorClient<Channel>,
+    registry: Weak<Mutex<Registry>>,
+}
+
+impl tower::Service<Call> for Replica {
+    type Response = AuthenticateResponse;
+    type Error = BackendError;
+    type Future = Pin<Box<dyn Future<Output = Result<AuthenticateResponse, BackendError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BackendError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, call: Call) -> Self::Future {
+        let mut client = self.client.clone();
+        let key = self.key.clone();
+        let registry = self.registry.clone();
+        Box::pin(async move {
+            let left = call
+                .deadline
+                .saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(BackendError::Timeout(Duration::ZERO));
+            }
+            let mut request = tonic::Request::new(call.request);
+            request.set_timeout(left);
+            let status =
+                match tokio::time::timeout_at(call.deadline, client.authenticate(request)).await {
+                    Err(_) => return Err(BackendError::Timeout(left)),
+                    Ok(Ok(resp)) => return Ok(resp.into_inner()),
+                    Ok(Err(status)) => status,
+                };
+            let message = format!("{}: {:?}: {}", key, status.code(), status.message());
+            Err(match status.code() {
+                tonic::Code::InvalidArgument | tonic::Code::PermissionDenied => {
+                    BackendError::Refused(message)
+                }
+                tonic::Code::DeadlineExceeded => BackendError::Timeout(left),
+                tonic::Code::ResourceExhausted => BackendError::Overloaded(message),
+                // Transport failures (UNAVAILABLE; CANCELLED or UNKNOWN when a connection
+                // closes under the call, as when authd drains): the replica or the way to
+                // it is down, so it leaves the rotation before the retry is balanced.
+                _ => {
+                    if let Some(r) = registry.upgrade() {
+                        lock(&r).set(&key, false, &message, &Arc::downgrade(&r));
+                    }
+                    BackendError::Unavailable(message)
+                }
+            })
+        })
+    }
+}
+
+/// The running replica set: its rotation changes (for the balancer) and readiness.
+pub struct ReplicaSet {
+    pub changes: mpsc::UnboundedReceiver<Change<String, Replica>>,
+    pub reachability: Reachability,
+}
+
+/// Starts discovery and health probing; the tasks stop when the balancer (the holder of
+/// `changes`) and every replica are dropped.
+pub fn start(targets: Targets, settings: Settings) -> ReplicaSet {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let reachability = Reachability::never();
+    let registry: Shared = Arc::new(Mutex::new(Registry {
+        changes: tx,
+        slots: HashMap::new(),
+        reachability: reachability.clone(),
+    }));
+    let me = Arc::downgrade(&registry);
+    match targets {
+        Targets::Static(list) => {
+            let mut r = lock(&registry);
+            for t in list {
+                r.add(t.addr.clone(), &t, &settings, &me);
+            }
+        }
+        Targets::Dns {
+            host,
+            port,
+            refresh,
+        } => {
+            tokio::spawn(resolve(host, port, refresh, settings, registry.clone()));
+        }
+    }
+    // Replicas and probers hold weak references; the registry lives as long as the
+    // balancer's change stream is open.
+    let keep = registry;
+    let closed = lock(&keep).changes.clone();
+    tokio::spawn(async move {
+        closed.closed().await;
+        drop(keep);
+    });
+    ReplicaSet {
+        changes: rx,
+        reachability,
+    }
+}
+
+/// Re-resolves `host` every `refresh`; replicas whose address disappears leave. A failed
+/// lookup keeps the current set (DNS trouble is not replica trouble).
+async fn resolve(host: String, port: u16, refresh: Duration, settings: Settings, registry: Shared) {
+    let me = Arc::downgrade(&registry);
+    let mut last: Option<Vec<String>> = None;
+    loop {
+        match tokio::net::lookup_host((host.as_str(), port)).await {
+            Ok(addrs) => {
+                let mut keys: Vec<String> = addrs.map(|a| a.to_string()).collect();
+                keys.sort();
+                keys.dedup();
+                if last.as_ref() != Some(&keys) {
+                    tracing::info!(dns = %host, addresses = ?keys, "authd addresses resolved");
+                    let mut r = lock(&registry);
+                    let gone: Vec<String> = r
+                        .slots
+                        .keys()
+                        .filter(|k| !keys.contains(k))
+                        .cloned()
+                        .collect();
+                    for k in gone {
+                        r.remove(&k, &me);
+                    }
+                    for k in &keys {
+                        let target = Target {
+                            addr: k.clone(),
+                            server_name: host.clone(),
+                        };
+                        r.add(k.clone(), &target, &settings, &me);
+                    }
+                    last = Some(keys);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(dns = %host, error = %e, "cannot resolve authd; keeping the current replicas")
+            }
+        }
+        if lock(&registry).changes.is_closed() {
+            return;
+        }
+        tokio::time::sleep(refresh).await;
+    }
+}
