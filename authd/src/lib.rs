@@ -2,6 +2,7 @@
 //! applies per-cluster policy and caches verdicts. Served over gRPC (`authd-proto`).
 
 pub mod admin;
+pub mod authz;
 pub mod cache;
 pub mod config;
 pub mod fingerprint;
@@ -9,6 +10,7 @@ pub mod grpc;
 pub mod identity;
 pub mod metrics;
 pub mod policy;
+pub mod revocation;
 pub mod server;
 pub mod service;
 pub mod verifiers;
