@@ -313,6 +313,29 @@ async fn replicas_share_verdicts_and_revocations_through_one_redis_with_acl() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rediss_with_a_ca_file_and_acl_works_the_same() {
+    let dir = temp_dir();
+    let d = dir.path();
+    let t = setup(d);
+    certs_init(d, &[]);
+    let acl = Acl {
+        user: "authd".into(),
+        password: "tls-redis-acl-password".into(),
+    };
+    write(d, "redis.password", &acl.password);
+    let redis = RedisServer::start_tls(d, Some(acl.clone()), d);
+    assert!(redis.url().starts_with("rediss://"));
+    let toml = authd_toml("", &format!("{}ca_file = \"ca.crt\"\n", redis_toml(&redis)));
+    let a = start_authd(d, "authd-a", "127.0.0.1:0", &toml);
+    let b = start_authd(d, "authd-b", "127.0.0.1:0", &toml);
+
+    share_and_revoke(d, &t, &a, &b, None).await;
+
+    assert_no_secrets(&redis.dump(), &secrets(&t, &[&acl.password]));
+    assert_eq!(metric(&a, "authd_redis_errors_total", &[]).await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_three_master_redis_cluster_behaves_like_one_redis() {
     let dir = temp_dir();
     let d = dir.path();

@@ -17,6 +17,9 @@ pub struct RedisServer {
     dir: PathBuf,
     extra: Vec<String>,
     pub acl: Option<Acl>,
+    /// With TLS only (`rediss://`): the folder holding `ca.crt`, `authd.crt`, `authd.key`
+    /// from `kube-authd certs init`.
+    tls: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -42,6 +45,20 @@ pub fn free_port() -> u16 {
 impl RedisServer {
     /// Starts redis-server on a free port in `dir/redis-<port>`; `extra` are more flags.
     pub fn start(dir: &Path, acl: Option<Acl>, extra: &[&str]) -> RedisServer {
+        Self::start_with(dir, acl, None, extra)
+    }
+
+    /// TLS only, with the server certificate and CA from `certs` (`kube-authd certs init`).
+    pub fn start_tls(dir: &Path, acl: Option<Acl>, certs: &Path) -> RedisServer {
+        Self::start_with(dir, acl, Some(certs.to_owned()), &[])
+    }
+
+    fn start_with(
+        dir: &Path,
+        acl: Option<Acl>,
+        tls: Option<PathBuf>,
+        extra: &[&str],
+    ) -> RedisServer {
         need("redis-server", "redis-server");
         need("redis-cli", "redis-tools");
         let port = free_port();
@@ -52,6 +69,7 @@ impl RedisServer {
             dir,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             acl,
+            tls,
             child: None,
         };
         s.spawn();
@@ -59,9 +77,29 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) {
+        let port = self.port.to_string();
+        let (plain_port, tls_args) = match &self.tls {
+            None => (port.as_str(), vec![]),
+            Some(certs) => {
+                let f = |n: &str| certs.join(n).to_str().unwrap().to_owned();
+                let tls = vec![
+                    "--tls-port".to_owned(),
+                    port.clone(),
+                    "--tls-cert-file".into(),
+                    f("authd.crt"),
+                    "--tls-key-file".into(),
+                    f("authd.key"),
+                    "--tls-ca-cert-file".into(),
+                    f("ca.crt"),
+                    "--tls-auth-clients".into(),
+                    "no".into(),
+                ];
+                ("0", tls)
+            }
+        };
         let mut args: Vec<String> = [
             "--port",
-            &self.port.to_string(),
+            plain_port,
             "--bind",
             "127.0.0.1",
             "--save",
@@ -92,6 +130,7 @@ impl RedisServer {
                 .map(|s| s.to_string()),
             );
         }
+        args.extend(tls_args);
         args.extend(self.extra.iter().cloned());
         let log = std::fs::File::create(self.dir.join("redis.log")).unwrap();
         let child = Command::new("redis-server")
@@ -116,7 +155,12 @@ impl RedisServer {
 
     /// `redis://127.0.0.1:<port>` (credentials go in authd's config, not the URL).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// Runs redis-cli against this server; returns stdout.
@@ -131,6 +175,9 @@ impl RedisServer {
                 &acl.password,
                 "--no-auth-warning",
             ]);
+        }
+        if let Some(certs) = &self.tls {
+            cmd.args(["--tls", "--cacert", certs.join("ca.crt").to_str().unwrap()]);
         }
         let out = cmd.args(args).output().expect("run redis-cli");
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -161,7 +208,20 @@ impl RedisServer {
                 .set_password(&acl.password);
             info = info.set_redis_settings(r);
         }
-        redis::Client::open(info)
+        let client = match &self.tls {
+            None => redis::Client::open(info),
+            Some(certs) => {
+                let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+                redis::Client::build_with_tls(
+                    info,
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(std::fs::read(certs.join("ca.crt")).unwrap()),
+                    },
+                )
+            }
+        };
+        client
             .unwrap()
             .get_connection()
             .expect("connect to test redis")
