@@ -371,13 +371,19 @@ impl Authd {
     async fn lookup(&self, fp: Fingerprint, token: &str, audiences: &[String]) -> Lookup {
         let inner = &self.inner;
         let token_id = inner.fingerprinter.token_id(token);
+        // A revocation while this lookup runs: answer with what was found, but cache none
+        // of it (it may be what was just revoked).
+        let generation = inner.local.generation();
+        let revoked_meanwhile = || inner.local.generation() != generation;
         let mut shared_stale = None;
         if let Some(shared) = &inner.shared {
             match shared.cache.get(&fp).await {
                 Some(entry) if entry.is_fresh(SystemTime::now()) => {
                     inner.metrics.cache_hits.get_or_create(&SHARED).inc();
                     let entry = Arc::new(entry);
-                    self.store_local(fp, token_id, entry.clone()).await;
+                    if !revoked_meanwhile() {
+                        self.store_local(fp, token_id, entry.clone()).await;
+                    }
                     return Ok((entry, Found::Shared));
                 }
                 other => {
@@ -396,6 +402,9 @@ impl Authd {
             }
         };
         let entry = Arc::new(CachedVerdict::new(verdict, SystemTime::now(), &inner.ttls));
+        if revoked_meanwhile() {
+            return Ok((entry, Found::Source));
+        }
         let user_id = self.store_local(fp, token_id, entry.clone()).await;
         if let Some(shared) = &inner.shared {
             shared

@@ -5,6 +5,7 @@
 //! behind it, an entry is trusted only until `fresh_until` (capped by `cache.local_ttl`),
 //! after which Redis is asked again.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -58,6 +59,9 @@ impl Expiry<Fingerprint, LocalEntry> for UntilStale {
 #[derive(Clone)]
 pub struct LocalCache {
     cache: Cache<Fingerprint, LocalEntry>,
+    /// Bumped by every revocation, so a lookup that started before one does not cache what
+    /// it found afterwards (it could be the very verdict just revoked).
+    generation: Arc<AtomicU64>,
 }
 
 impl LocalCache {
@@ -66,7 +70,14 @@ impl LocalCache {
             .max_capacity(max_entries)
             .expire_after(UntilStale)
             .build();
-        Self { cache }
+        Self {
+            cache,
+            generation: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
 
     pub async fn get(&self, key: &Fingerprint) -> Option<LocalEntry> {
@@ -85,6 +96,7 @@ impl LocalCache {
 
     /// Drops every entry matching `pred`; returns how many.
     async fn remove_where(&self, pred: impl Fn(&LocalEntry) -> bool) -> usize {
+        self.generation.fetch_add(1, Ordering::SeqCst);
         let keys: Vec<Fingerprint> = self
             .cache
             .iter()
@@ -110,6 +122,7 @@ impl LocalCache {
 
     /// Drops everything: after a gap in revocation messages nothing local can be trusted.
     pub fn clear(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
         self.cache.invalidate_all();
     }
 }

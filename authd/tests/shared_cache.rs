@@ -1,8 +1,10 @@
-//! Stale-if-error across both cache levels, against a real private redis-server.
+//! The verdict path with its shared level, against a real private redis-server:
+//! stale-if-error across both levels, single flight, and lookups racing a revocation.
 //!
-//! The identity source is a test double whose answer the test switches, because the only
-//! source on this branch (the static token file) can never fail; the caches and Redis are
-//! real. The end-to-end version comes with a source that can fail (HTTP Basic auth).
+//! The identity source is a test double whose answer (and timing) the test controls,
+//! because the only source on this branch (the static token file) can neither fail nor be
+//! slow; the caches and Redis are real. The end-to-end version of stale-if-error comes
+//! with a source that can fail (HTTP Basic auth).
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
@@ -23,10 +25,12 @@ use authd::Authd;
 use authd_proto::v1::{AuthenticateRequest, AuthenticateResponse};
 use futures::future::BoxFuture;
 
-/// A source whose next answer the test sets.
+/// A source whose next answer the test sets, and which can be held until released.
 struct Switch {
     answer: Mutex<Outcome>,
     calls: AtomicUsize,
+    /// While closed, lookups wait here.
+    gate: tokio::sync::Semaphore,
 }
 
 impl Switch {
@@ -34,7 +38,17 @@ impl Switch {
         Arc::new(Self {
             answer: Mutex::new(answer),
             calls: AtomicUsize::new(0),
+            gate: tokio::sync::Semaphore::new(tokio::sync::Semaphore::MAX_PERMITS),
         })
+    }
+    /// Holds every lookup until `open`.
+    fn close(&self) {
+        let _ = self
+            .gate
+            .forget_permits(tokio::sync::Semaphore::MAX_PERMITS);
+    }
+    fn open(&self) {
+        self.gate.add_permits(tokio::sync::Semaphore::MAX_PERMITS);
     }
     fn set(&self, answer: Outcome) {
         *self.answer.lock().unwrap() = answer;
@@ -54,7 +68,10 @@ impl Verifier for Switch {
     fn verify<'a>(&'a self, _token: &'a str, _aud: &'a [String]) -> BoxFuture<'a, Outcome> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         let answer = self.answer.lock().unwrap().clone();
-        Box::pin(async move { answer })
+        Box::pin(async move {
+            let _permit = self.gate.acquire().await;
+            answer
+        })
     }
 }
 
@@ -262,4 +279,54 @@ async fn answers_from_the_source_while_redis_is_down() {
         })
         .sum();
     assert!(errors >= 1, "Redis failures are counted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_make_one_source_call() {
+    let redis = Redis::start();
+    let source = Switch::new(alice());
+    let a = replica(&redis, &source, Duration::ZERO);
+    source.close();
+    let reviews: Vec<_> = (0..20)
+        .map(|_| {
+            let a = a.clone();
+            tokio::spawn(async move { review(&a).await })
+        })
+        .collect();
+    while source.calls() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    source.open();
+    for r in reviews {
+        assert!(r.await.unwrap().authenticated);
+    }
+    assert_eq!(source.calls(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_racing_a_revocation_caches_nothing() {
+    let redis = Redis::start();
+    let source = Switch::new(alice());
+    let a = replica(&redis, &source, Duration::ZERO);
+    let b = replica(&redis, &source, Duration::ZERO);
+    source.close();
+    let pending = {
+        let a = a.clone();
+        tokio::spawn(async move { review(&a).await })
+    };
+    while source.calls() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    a.revoke_token("a-token").await.unwrap();
+    source.open();
+    let r = pending.await.unwrap();
+    assert!(r.authenticated && !r.cached, "answered, {r:?}");
+    // Neither level kept it: both replicas ask the source again.
+    assert!(!review(&b).await.cached);
+    assert_eq!(source.calls(), 2);
+    assert!(
+        review(&a).await.cached,
+        "cached again once no revocation races it"
+    );
 }
