@@ -330,3 +330,46 @@ async fn a_lookup_racing_a_revocation_caches_nothing() {
         "cached again once no revocation races it"
     );
 }
+
+#[tokio::test]
+async fn without_redis_revocation_empties_the_local_cache() {
+    let source = Switch::new(alice());
+    let a = Authd::new(
+        Fingerprinter::random(),
+        Pipeline {
+            sources: vec![source.clone() as Arc<dyn Verifier>],
+            clusters: BTreeMap::new(),
+        },
+        Ttls {
+            positive: Duration::from_secs(60),
+            negative: Duration::from_secs(60),
+            stale_grace: Duration::ZERO,
+        },
+        1000,
+        Arc::new(Metrics::new()),
+    );
+    let with_audience = |a: &Authd| {
+        let a = a.clone();
+        async move {
+            a.authenticate(AuthenticateRequest {
+                token: "a-token".into(),
+                audiences: vec!["https://kubernetes.default.svc".into()],
+                ..Default::default()
+            })
+            .await
+        }
+    };
+    review(&a).await;
+    with_audience(&a).await;
+    assert!(review(&a).await.cached && with_audience(&a).await.cached);
+    assert_eq!(
+        a.revoke_token("a-token").await.unwrap(),
+        0,
+        "no shared level"
+    );
+    assert!(!review(&a).await.cached, "gone, with no audiences");
+    assert!(!with_audience(&a).await.cached, "and with audiences");
+    assert_eq!(a.revoke_user("alice").await.unwrap(), 0);
+    assert!(!review(&a).await.cached);
+    assert_eq!(source.calls(), 5);
+}
