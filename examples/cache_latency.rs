@@ -10,7 +10,6 @@
 //! `cargo build --release --workspace --bins && cargo run --release --example cache_latency [N]`
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use std::time::{Duration, Instant};
