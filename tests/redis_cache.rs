@@ -506,6 +506,21 @@ async fn redis_killed_under_load_fails_no_review_and_hits_resume_after_restart()
     assert!(a
         .stderr()
         .contains("shared cache (Redis) unavailable; answering from the identity sources"));
+    let outage_lines = a
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("shared cache (Redis)"))
+        .count();
+    let errors = metric(&a, "authd_redis_errors_total", &[]).await;
+    eprintln!(
+        "load: {done} reviews, 0 failed; Redis killed after {killed_at}; replica A: {errors} \
+         Redis errors, {outage_lines} log lines about it, {} source calls",
+        source_calls(&a).await,
+    );
+    assert!(
+        outage_lines < 20 && (outage_lines as f64) < errors,
+        "Redis errors are logged rate-limited, not once per review"
+    );
 
     // Same port, empty: both replicas use it again without a restart.
     redis.restart();
