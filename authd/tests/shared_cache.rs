@@ -146,7 +146,7 @@ fn replica(redis: &Redis, source: &Arc<Switch>, grace: Duration) -> Authd {
         password_file: None,
         ca_file: None,
         key_prefix: "test:".into(),
-        timeout: Duration::from_millis(500),
+        timeout: Duration::from_secs(2),
         connect_timeout: Duration::from_secs(1),
     };
     let shared = SharedCache::new(&config, Duration::from_secs(60), metrics.clone()).unwrap();
