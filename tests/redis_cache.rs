@@ -559,3 +559,25 @@ async fn redis_killed_under_load_fails_no_review_and_hits_resume_after_restart()
     .await;
     assert_no_secrets(&redis.dump(), &secrets(&t, &[]));
 }
+
+#[test]
+fn redis_without_a_shared_hmac_key_stops_start_up_naming_the_field() {
+    let dir = temp_dir();
+    let d = dir.path();
+    setup(d);
+    let cfg = write(
+        d,
+        "authd.toml",
+        "listen = \"127.0.0.1:0\"\n[cache.redis]\nurl = \"redis://127.0.0.1:1\"\n\
+         [[sources]]\nname = \"static\"\ntype = \"token_file\"\npath = \"tokens.csv\"\n",
+    );
+    let mut p = Proc::spawn(
+        "authd",
+        "authd",
+        &["serve", "--config", cfg.to_str().unwrap()],
+        d,
+        &[],
+    );
+    assert_eq!(p.wait_exit(Duration::from_secs(10)), Some(1));
+    assert!(p.stderr().contains("cache.hmac_key_file"), "{}", p.stderr());
+}
