@@ -459,6 +459,7 @@ async fn redis_killed_under_load_fails_no_review_and_hits_resume_after_restart()
     let client = client(&std::fs::read(d.join("ca.crt")).unwrap(), Proto::H2, None);
 
     const TOTAL: usize = 2000;
+    let load_started = Instant::now();
     let next = Arc::new(AtomicUsize::new(0));
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut tasks = Vec::new();
@@ -500,6 +501,7 @@ async fn redis_killed_under_load_fails_no_review_and_hits_resume_after_restart()
         failures.extend(task.await.unwrap());
     }
     let done = next.load(Ordering::SeqCst).min(TOTAL);
+    let load_took = load_started.elapsed();
     assert!(
         failures.is_empty(),
         "{} failed: {:?}",
@@ -525,7 +527,7 @@ async fn redis_killed_under_load_fails_no_review_and_hits_resume_after_restart()
         .count();
     let errors = metric(&a, "authd_redis_errors_total", &[]).await;
     eprintln!(
-        "load: {done} reviews, 0 failed; Redis killed after {killed_at}; replica A: {errors} \
+        "load: {done} reviews in {load_took:?}, 0 failed; Redis killed after {killed_at}; replica A: {errors} \
          Redis errors, {outage_lines} log lines about it, {} source calls",
         source_calls(&a).await,
     );

@@ -3,7 +3,9 @@
 //!
 //! Redis is an accelerator, never a dependency of a review: every command has a short
 //! timeout, and any failure is counted, logged (rate-limited) and treated as a miss, so the
-//! review goes on to the identity sources. Connections come back by themselves.
+//! review goes on to the identity sources. While Redis is failing, reviews skip it and one
+//! probe per `PROBE_EVERY` finds out when it is back, so an outage does not add a timeout
+//! to every review. Connections come back by themselves.
 //!
 //! Layout (every key under `key_prefix`, every id a keyed HMAC from `fingerprint.rs`, so
 //! nothing in Redis reveals a token, and user names only as keyed hashes):
@@ -67,6 +69,8 @@ struct LazyCluster {
 }
 
 const RECONNECT_EVERY: Duration = Duration::from_millis(250);
+/// While Redis is failing, reviews skip it except for one probe per this interval.
+const PROBE_EVERY: Duration = Duration::from_millis(250);
 /// Between log lines while Redis stays unavailable.
 const LOG_EVERY: Duration = Duration::from_secs(10);
 /// How often the subscriber checks that its connection is alive.
@@ -107,12 +111,31 @@ struct Health {
 struct HealthState {
     down_since: Option<Instant>,
     last_log: Option<Instant>,
+    /// While down: when the next operation may try Redis again.
+    next_probe: Option<Instant>,
 }
 
 impl Health {
+    /// Whether an operation should skip Redis now (it is down and this is not the probe).
+    fn skip(&self) -> bool {
+        if !self.down.load(Ordering::Relaxed) {
+            return false;
+        }
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        match st.next_probe {
+            Some(t) if now < t => true,
+            _ => {
+                st.next_probe = Some(now + PROBE_EVERY);
+                false
+            }
+        }
+    }
+
     fn failed(&self, op: &'static str, error: &str) {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
+        st.next_probe = Some(now + PROBE_EVERY);
         match st.down_since {
             None => {
                 self.down.store(true, Ordering::Relaxed);
@@ -138,6 +161,7 @@ impl Health {
         }
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(since) = st.down_since.take() {
+            st.next_probe = None;
             self.down.store(false, Ordering::Relaxed);
             self.suppressed.store(0, Ordering::Relaxed);
             tracing::info!(down_for = ?since.elapsed(), "shared cache (Redis) reachable again; using it");
@@ -353,12 +377,20 @@ impl SharedCache {
     }
 
     /// Runs one operation under `limit`, timing it; failures are counted and logged here.
+    /// Review-path operations (`skippable`) skip Redis while it is down, between probes.
     async fn timed<T>(
         &self,
         op: &'static str,
         limit: Duration,
+        skippable: bool,
         fut: impl Future<Output = RedisResult<T>>,
     ) -> Result<T, SharedCacheError> {
+        if skippable && self.health.skip() {
+            return Err(SharedCacheError::Unavailable {
+                op,
+                message: "skipped while Redis is unavailable".into(),
+            });
+        }
         let started = Instant::now();
         let result = tokio::time::timeout(limit, fut).await;
         let labels = RedisOpLabels { op };
@@ -384,7 +416,7 @@ impl SharedCache {
     pub async fn get(&self, fp: &Fingerprint) -> Option<CachedVerdict> {
         let cmd = redis::cmd("GET").arg(self.key("v", fp)).clone();
         let bytes: Option<Vec<u8>> = self
-            .timed("get", self.timeout, self.query(&cmd))
+            .timed("get", self.timeout, true, self.query(&cmd))
             .await
             .ok()?;
         match decode(&bytes?) {
@@ -441,7 +473,7 @@ impl SharedCache {
         let all = async {
             futures::try_join!(self.query::<()>(&set), token_index, user_index).map(|_| ())
         };
-        let _ = self.timed("put", self.timeout, all).await;
+        let _ = self.timed("put", self.timeout, true, all).await;
     }
 
     /// Deletes every verdict listed under an index set and the set itself, then tells
@@ -472,7 +504,8 @@ impl SharedCache {
                 .await?;
             Ok(removed)
         };
-        self.timed("revoke", self.admin_timeout, work).await
+        // An operator's revocation always tries Redis for real.
+        self.timed("revoke", self.admin_timeout, false, work).await
     }
 
     pub async fn revoke_token(&self, token_id: &Fingerprint) -> Result<u64, SharedCacheError> {
@@ -538,6 +571,7 @@ impl SharedCache {
         tokio::time::timeout(self.admin_timeout, sink.subscribe(self.channel()))
             .await
             .map_err(|_| timeout_err())??;
+        self.health.succeeded();
         if *subscribed_before {
             // Messages sent while we were away are lost; nothing local can be trusted.
             local.clear();
@@ -758,6 +792,19 @@ mod tests {
     fn garbage_is_an_error() {
         assert!(decode(b"not json").is_err());
         assert!(decode(b"{}").is_err());
+    }
+
+    #[test]
+    fn while_down_only_one_probe_per_interval_tries_redis() {
+        let h = Health::default();
+        assert!(!h.skip(), "healthy: always try");
+        h.failed("get", "connection refused");
+        assert!(h.skip() && h.skip(), "down: skip until the next probe");
+        std::thread::sleep(PROBE_EVERY + Duration::from_millis(20));
+        assert!(!h.skip(), "one probe");
+        assert!(h.skip(), "and only one");
+        h.succeeded();
+        assert!(!h.skip() && !h.skip(), "back: always try");
     }
 
     #[test]
