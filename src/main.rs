@@ -2,6 +2,7 @@
 
 mod kubeconfig;
 mod pki;
+mod revoke;
 mod up;
 
 use std::net::SocketAddr;
@@ -70,6 +71,25 @@ enum Command {
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+    /// Drop cached verdicts for one token (read from stdin) or one user on every authd
+    /// replica, through authd's Admin gRPC service.
+    Revoke {
+        /// authd's gRPC URL, e.g. http://127.0.0.1:50051 (https:// with --ca).
+        #[arg(long)]
+        authd: String,
+        /// Read the token to revoke from stdin (never from argv).
+        #[arg(long, conflicts_with = "user", required_unless_present = "user")]
+        token_stdin: bool,
+        /// Revoke everything cached for this username.
+        #[arg(long)]
+        user: Option<String>,
+        /// File holding the admin secret (authd's admin.token_file).
+        #[arg(long)]
+        admin_token_file: PathBuf,
+        /// PEM CA that signed authd's certificate, for https://.
+        #[arg(long)]
+        ca: Option<PathBuf>,
     },
     /// Certificate management.
     Certs {
@@ -211,6 +231,22 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 authd_config: config,
                 grpc_listen,
                 admin_listen,
+            })
+            .await
+        }
+        Command::Revoke {
+            authd,
+            token_stdin,
+            user,
+            admin_token_file,
+            ca,
+        } => {
+            revoke::run(revoke::RevokeArgs {
+                authd,
+                token_stdin,
+                user,
+                admin_token_file,
+                ca,
             })
             .await
         }

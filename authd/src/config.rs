@@ -62,6 +62,9 @@ pub struct Config {
     /// replica: keep this at least the edge's max_in_flight_reviews / replicas.
     #[serde(default = "default_max_calls_per_connection")]
     pub max_concurrent_calls_per_connection: usize,
+    /// Who may call the Admin gRPC service (revocation).
+    #[serde(default)]
+    pub admin: AdminConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -111,8 +114,67 @@ pub struct CacheConfig {
     #[serde(default = "default_max_entries")]
     pub max_entries: u64,
     /// File holding the HMAC key for cache keys (any bytes, at least 32). Without it a
-    /// random key is made at start-up.
+    /// random key is made at start-up. Required with `redis`: replicas must share it.
     pub hmac_key_file: Option<PathBuf>,
+    /// With a shared level, how long a replica trusts its in-process copy before asking
+    /// Redis again (bounds the effect of a missed revocation message).
+    #[serde(default = "default_local_ttl", with = "humantime_serde")]
+    pub local_ttl: Duration,
+    /// The shared level behind the in-process cache; off when absent.
+    pub redis: Option<RedisConfig>,
+}
+
+/// The shared verdict cache in Redis (single server or Redis Cluster).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://host:port[/db]` or `rediss://…` (TLS) of a single Redis.
+    pub url: Option<String>,
+    /// Seed nodes of a Redis Cluster (`redis://` or `rediss://`); instead of `url`.
+    #[serde(default)]
+    pub cluster_urls: Vec<String>,
+    /// ACL user name.
+    pub username: Option<String>,
+    /// File holding the password (trailing newline ignored). Never put it in the URL.
+    pub password_file: Option<PathBuf>,
+    /// PEM CA bundle that signed Redis's certificate, for `rediss://`.
+    pub ca_file: Option<PathBuf>,
+    /// Prepended to every key and the revocation channel.
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+    /// Longest a review waits for one Redis command before answering from the sources.
+    #[serde(default = "default_redis_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Longest one connection attempt may take.
+    #[serde(default = "default_redis_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+/// Callers allowed to use the Admin service. With neither field set every call is refused.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Client certificate identities (as the TLS layer names them) allowed to call Admin.
+    #[serde(default)]
+    pub allowed_clients: Vec<String>,
+    /// File holding a shared admin secret, presented as `authorization: Bearer <secret>`.
+    pub token_file: Option<PathBuf>,
+}
+
+impl Config {
+    /// Identities that may call Admin: `admin.allowed_clients`, plus every `[clients.NAME]`
+    /// whose `methods` list a Revoke RPC (the access layer has already checked the exact
+    /// method), so a deployment with per-client allow-lists configures admins once.
+    pub fn admin_clients(&self) -> Vec<String> {
+        let mut names = self.admin.allowed_clients.clone();
+        for (name, access) in &self.clients {
+            let revokes = access.methods.iter().any(|m| m.starts_with("Revoke"));
+            if revokes && !names.contains(name) {
+                names.push(name.clone());
+            }
+        }
+        names
+    }
 }
 
 impl Default for CacheConfig {
@@ -123,6 +185,8 @@ impl Default for CacheConfig {
             stale_if_error: Duration::ZERO,
             max_entries: default_max_entries(),
             hmac_key_file: None,
+            local_ttl: default_local_ttl(),
+            redis: None,
         }
     }
 }
@@ -339,6 +403,18 @@ fn default_max_calls_per_connection() -> usize {
 fn default_handshake_timeout() -> Duration {
     Duration::from_secs(10)
 }
+fn default_local_ttl() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_key_prefix() -> String {
+    "kube-authd:".into()
+}
+fn default_redis_timeout() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_redis_connect_timeout() -> Duration {
+    Duration::from_secs(1)
+}
 
 impl Config {
     /// Reads, parses and validates; relative paths are resolved against the file's folder.
@@ -369,6 +445,17 @@ impl Config {
             }
         };
         if let Some(p) = self.cache.hmac_key_file.as_mut() {
+            fix(p);
+        }
+        if let Some(r) = self.cache.redis.as_mut() {
+            for p in [r.password_file.as_mut(), r.ca_file.as_mut()]
+                .into_iter()
+                .flatten()
+            {
+                fix(p);
+            }
+        }
+        if let Some(p) = self.admin.token_file.as_mut() {
             fix(p);
         }
         for s in &mut self.sources {
@@ -436,6 +523,9 @@ impl Config {
         if self.cache.positive_ttl.is_zero() && !self.cache.stale_if_error.is_zero() {
             return Err("cache.stale_if_error: needs a non-zero cache.positive_ttl".into());
         }
+        if let Some(r) = &self.cache.redis {
+            self.validate_redis(r)?;
+        }
         self.validate_access()
     }
 
@@ -459,6 +549,65 @@ impl Config {
                     ));
                 }
             }
+        }
+        Ok(())
+    }
+
+    fn validate_redis(&self, r: &RedisConfig) -> Result<(), String> {
+        if self.cache.hmac_key_file.is_none() {
+            return Err("cache.hmac_key_file: required when cache.redis is set \
+                        (every replica must use the same key)"
+                .into());
+        }
+        if self.cache.local_ttl.is_zero() {
+            return Err("cache.local_ttl: must be greater than zero".into());
+        }
+        let urls: Vec<(String, &String)> = match (&r.url, r.cluster_urls.is_empty()) {
+            (Some(u), true) => vec![("cache.redis.url".into(), u)],
+            (None, false) => r
+                .cluster_urls
+                .iter()
+                .enumerate()
+                .map(|(i, u)| (format!("cache.redis.cluster_urls[{i}]"), u))
+                .collect(),
+            (Some(_), false) => {
+                return Err("cache.redis: set either url or cluster_urls, not both".into())
+            }
+            (None, true) => return Err("cache.redis: url or cluster_urls is required".into()),
+        };
+        for (field, url) in urls {
+            let tls = if url.starts_with("rediss://") {
+                true
+            } else if url.starts_with("redis://") {
+                false
+            } else {
+                return Err(format!("{field}: must start with redis:// or rediss://"));
+            };
+            // The URL is logged and shown in errors; a password belongs in password_file.
+            let authority = url.split_once("://").map_or("", |(_, rest)| rest);
+            let authority = authority.split('/').next().unwrap_or("");
+            if let Some((userinfo, _)) = authority.rsplit_once('@') {
+                if userinfo.contains(':') {
+                    return Err(format!(
+                        "{field}: must not contain a password; use cache.redis.password_file"
+                    ));
+                }
+            }
+            if r.ca_file.is_some() && !tls {
+                return Err(format!(
+                    "cache.redis.ca_file: only used with rediss:// URLs, but {field} is redis://"
+                ));
+            }
+        }
+        if r.password_file.is_some() && r.username.is_none() {
+            // Redis's legacy AUTH <password> is the "default" user; say so explicitly.
+            return Err("cache.redis.username: required with password_file (use \"default\" for a requirepass server)".into());
+        }
+        if r.timeout.is_zero() {
+            return Err("cache.redis.timeout: must be greater than zero".into());
+        }
+        if r.connect_timeout.is_zero() {
+            return Err("cache.redis.connect_timeout: must be greater than zero".into());
         }
         Ok(())
     }
@@ -681,5 +830,62 @@ mod access_tests {
         )
         .unwrap_err();
         assert!(e.contains("max_concurrent_calls"), "{e}");
+    }
+
+    #[test]
+    fn clients_allowed_to_revoke_are_admins() {
+        let text = format!(
+            "[admin]\nallowed_clients = ['break-glass']\n\
+             [tls]\ncert='c'\nkey='k'\nclient_ca='ca'\n\
+             [clients.edge]\nmethods = ['Authenticate']\n\
+             [clients.ops]\nmethods = ['Authenticate', 'RevokeUser']\n{SOURCE}"
+        );
+        let c = Config::parse(&text, Path::new(".")).unwrap();
+        assert_eq!(c.admin_clients(), vec!["break-glass", "ops"]);
+    }
+
+    #[test]
+    fn redis_needs_a_shared_hmac_key() {
+        let e = Config::parse(
+            &format!("[cache.redis]\nurl='redis://127.0.0.1:1'\n{SOURCE}"),
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert!(e.contains("cache.hmac_key_file"), "{e}");
+        let c = Config::parse(
+            &format!(
+                "[cache]\nhmac_key_file='k'\n[cache.redis]\nurl='rediss://r:6380'\nca_file='ca.pem'\n\
+                 username='authd'\npassword_file='pw'\n[admin]\ntoken_file='admin'\n{SOURCE}"
+            ),
+            Path::new("/etc/authd"),
+        )
+        .unwrap();
+        let r = c.cache.redis.unwrap();
+        assert_eq!(r.timeout, Duration::from_millis(100));
+        assert_eq!(r.ca_file.unwrap(), Path::new("/etc/authd/ca.pem"));
+        assert_eq!(c.admin.token_file.unwrap(), Path::new("/etc/authd/admin"));
+    }
+
+    #[test]
+    fn redis_errors_name_the_field() {
+        let bad = [
+            ("url='http://x'", "cache.redis.url"),
+            ("url='redis://u:secret@x'", "cache.redis.url"),
+            (
+                "cluster_urls=['redis://a', 'tcp://b']",
+                "cache.redis.cluster_urls[1]",
+            ),
+            ("url='redis://a'\ncluster_urls=['redis://b']", "not both"),
+            ("username='u'", "url or cluster_urls"),
+            ("url='redis://a'\nca_file='c'", "cache.redis.ca_file"),
+            ("url='redis://a'\npassword_file='p'", "cache.redis.username"),
+            ("url='redis://a'\ntimeout='0s'", "cache.redis.timeout"),
+        ];
+        for (redis, field) in bad {
+            let text = format!("[cache]\nhmac_key_file='k'\n[cache.redis]\n{redis}\n{SOURCE}");
+            let e = Config::parse(&text, Path::new(".")).unwrap_err();
+            assert!(e.contains(field), "{redis}: {e}");
+            assert!(!e.contains("secret"), "{e}");
+        }
     }
 }

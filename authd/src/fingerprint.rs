@@ -64,6 +64,15 @@ impl Fingerprinter {
         Fingerprint(mac.finalize().into_bytes().into())
     }
 
+    /// A keyed hash of the token alone (domain-separated from `token`), grouping every
+    /// cached verdict of one token whatever the audiences, so it can be revoked as one.
+    pub fn token_id(&self, token: &str) -> Fingerprint {
+        let mut mac = self.keyed.clone();
+        mac.update(b"token-id\0");
+        write_prefixed(&mut mac, token.as_bytes());
+        Fingerprint(mac.finalize().into_bytes().into())
+    }
+
     /// A keyed hash of a username, so revocation indexes do not store names in the clear
     /// under a guessable key.
     pub fn username(&self, username: &str) -> Fingerprint {
@@ -96,5 +105,12 @@ mod tests {
         let b = Fingerprinter::new(b"two");
         assert_ne!(a.token("t", &[]), b.token("t", &[]));
         assert_eq!(a.token("t", &[]), a.clone().token("t", &[]));
+    }
+
+    #[test]
+    fn domains_are_separate() {
+        let f = Fingerprinter::new(b"k");
+        assert_ne!(f.token_id("t"), f.token("t", &[]));
+        assert_ne!(f.token_id("t"), f.username("t"));
     }
 }

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod policy;
 pub mod reload;
 pub mod reloading;
+pub mod revocation;
 pub mod server;
 pub mod service;
 pub mod tls;

@@ -30,6 +30,12 @@ pub struct LevelLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RedisOpLabels {
+    /// get | put | revoke | publish | subscribe | connect
+    pub op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClientLabels {
     /// The caller's identity (client certificate name) or "anonymous".
     pub client: String,
@@ -53,6 +59,9 @@ pub struct Metrics {
     pub grpc_requests: Family<ClientLabels, Counter>,
     pub latency: Histogram,
     pub config_reloads: Family<ReloadLabels, Counter>,
+    pub stale_serves: Family<LevelLabels, Counter>,
+    pub redis_errors: Family<RedisOpLabels, Counter>,
+    pub redis_latency: Family<RedisOpLabels, Histogram>,
     pub registry: Registry,
 }
 
@@ -118,7 +127,31 @@ impl Metrics {
             "Configuration reloads after a change to the config or a file it references, by result",
             config_reloads.clone(),
         );
+        let stale_serves = Family::<LevelLabels, Counter>::default();
+        registry.register(
+            "stale_serves",
+            "Expired positive verdicts served because the source could not decide \
+             (stale-if-error), by the cache level that held them",
+            stale_serves.clone(),
+        );
+        let redis_errors = Family::<RedisOpLabels, Counter>::default();
+        registry.register(
+            "redis_errors",
+            "Shared cache (Redis) commands that failed or timed out; reviews went on without it",
+            redis_errors.clone(),
+        );
+        let redis_latency = Family::<RedisOpLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> _,
+        );
+        registry.register(
+            "redis_latency_seconds",
+            "Shared cache (Redis) operation latency, including failures",
+            redis_latency.clone(),
+        );
         Self {
+            stale_serves,
+            redis_errors,
+            redis_latency,
             verdicts,
             source_calls,
             source_latency,

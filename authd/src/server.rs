@@ -12,17 +12,21 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::access::{AccessLayer, AccessPolicy};
 use crate::admin::{self, Readiness};
+use crate::authz::AdminAuthz;
+use crate::cache::redis::SharedCache;
 use crate::cache::Ttls;
 use crate::config::Config;
 use crate::fingerprint::Fingerprinter;
 use crate::grpc::AuthenticatorGrpc;
 use crate::metrics::Metrics;
 use crate::reloading::Reloading;
-use crate::service::{Authd, Pipeline};
+use crate::revocation::AdminGrpc;
+use crate::service::{Authd, Pipeline, SharedLevel};
 use crate::tls;
 use crate::verifiers;
 
-/// Builds the service (sources, caches, policy) from a validated configuration.
+/// Builds the service (sources, caches, policy) from a validated configuration. Must run
+/// inside a Tokio runtime when a shared cache is configured (it starts its subscriber).
 pub fn build(config: &Config) -> anyhow::Result<Authd> {
     let fingerprinter = match &config.cache.hmac_key_file {
         Some(path) => {
@@ -48,12 +52,32 @@ pub fn build(config: &Config) -> anyhow::Result<Authd> {
         negative: config.cache.negative_ttl,
         stale_grace: config.cache.stale_if_error,
     };
-    Ok(Authd::new(
+    let metrics = Arc::new(Metrics::new());
+    let shared = match &config.cache.redis {
+        Some(redis) => {
+            // Index sets must outlive every verdict they list.
+            let index_ttl =
+                (ttls.positive + ttls.stale_grace).max(ttls.negative) + Duration::from_secs(60);
+            let cache = SharedCache::new(redis, index_ttl, metrics.clone())?;
+            Some(SharedLevel {
+                cache: Arc::new(cache),
+                local_ttl: config.cache.local_ttl,
+            })
+        }
+        None => None,
+    };
+    let admin = AdminAuthz::from_config(&crate::config::AdminConfig {
+        allowed_clients: config.admin_clients(),
+        token_file: config.admin.token_file.clone(),
+    })?;
+    Ok(Authd::with_levels(
         fingerprinter,
         pipeline,
         ttls,
         config.cache.max_entries,
-        Arc::new(Metrics::new()),
+        metrics,
+        shared,
+        admin,
     ))
 }
 
@@ -162,6 +186,7 @@ pub async fn serve(
         ))
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(AdminGrpc::server(authd.clone()))
         .add_service(AuthenticatorGrpc::server(authd));
     let drained = async {
         let _ = drain_rx.await;

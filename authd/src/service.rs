@@ -1,4 +1,5 @@
-//! The verdict path: fingerprint → cache → (single flight) → sources → policy → verdict.
+//! The verdict path: fingerprint → local cache → (single flight: shared cache → sources)
+//! → policy → verdict.
 //!
 //! `Authd` is a cheap-to-clone handle and a `tower::Service` from `AuthenticateRequest` to
 //! `AuthenticateResponse`. The gRPC server wraps it, and the all-in-one binary hands the
@@ -6,15 +7,16 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use authd_proto::v1::{AuthenticateRequest, AuthenticateResponse, StringList, User};
 use futures::future::{BoxFuture, FutureExt, Shared};
 
-use crate::cache::local::LocalCache;
+use crate::authz::AdminAuthz;
+use crate::cache::local::{LocalCache, LocalEntry};
+use crate::cache::redis::{SharedCache, SharedCacheError};
 use crate::cache::{CachedVerdict, Ttls};
 use crate::fingerprint::{Fingerprint, Fingerprinter};
 use crate::identity::{Outcome, Verdict};
@@ -28,19 +30,41 @@ pub struct Pipeline {
     pub clusters: BTreeMap<String, ClusterPolicy>,
 }
 
-/// What a lookup shared by concurrent callers resolves to. The error is a safe message.
-type Lookup = Result<Arc<CachedVerdict>, Arc<str>>;
+/// The shared level and how long the local level may trust its copies when there is one.
+pub struct SharedLevel {
+    pub cache: Arc<SharedCache>,
+    pub local_ttl: Duration,
+}
+
+/// Where a lookup found its verdict.
+#[derive(Clone, Copy)]
+enum Found {
+    Shared,
+    Source,
+}
+
+/// A lookup that could not decide: a safe message, and the shared level's expired positive
+/// verdict if it had one still within its stale grace.
+#[derive(Clone)]
+struct Undecided {
+    error: Arc<str>,
+    shared_stale: Option<Arc<CachedVerdict>>,
+}
+
+/// What a lookup shared by concurrent callers resolves to.
+type Lookup = Result<(Arc<CachedVerdict>, Found), Undecided>;
 
 struct Inner {
     fingerprinter: Fingerprinter,
     pipeline: RwLock<Arc<Pipeline>>,
     local: LocalCache,
+    shared: Option<SharedLevel>,
     ttls: Ttls,
+    /// Who may call the Admin service (revocation).
+    admin: Arc<AdminAuthz>,
     /// Lookups in progress, so concurrent misses for one key make one source call.
     inflight: Mutex<HashMap<Fingerprint, Shared<BoxFuture<'static, Lookup>>>>,
     metrics: Arc<Metrics>,
-    /// Bumped by each reload; a lookup that started under an older pipeline does not cache.
-    generation: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -56,17 +80,49 @@ impl Authd {
         max_entries: u64,
         metrics: Arc<Metrics>,
     ) -> Self {
+        Self::with_levels(
+            fingerprinter,
+            pipeline,
+            ttls,
+            max_entries,
+            metrics,
+            None,
+            AdminAuthz::deny_all(),
+        )
+    }
+
+    /// Like `new`, with a shared cache level behind the local one and an Admin gate. With a
+    /// shared level this starts its revocation subscriber, so it must run inside a Tokio
+    /// runtime.
+    pub fn with_levels(
+        fingerprinter: Fingerprinter,
+        pipeline: Pipeline,
+        ttls: Ttls,
+        max_entries: u64,
+        metrics: Arc<Metrics>,
+        shared: Option<SharedLevel>,
+        admin: AdminAuthz,
+    ) -> Self {
+        let local = LocalCache::new(max_entries);
+        if let Some(s) = &shared {
+            s.cache.spawn_subscriber(local.clone());
+        }
         Self {
             inner: Arc::new(Inner {
                 fingerprinter,
                 pipeline: RwLock::new(Arc::new(pipeline)),
-                local: LocalCache::new(max_entries),
+                local,
+                shared,
                 ttls,
+                admin: Arc::new(admin),
                 inflight: Mutex::new(HashMap::new()),
                 metrics,
-                generation: AtomicU64::new(0),
             }),
         }
+    }
+
+    pub fn admin_authz(&self) -> &AdminAuthz {
+        &self.inner.admin
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -85,7 +141,6 @@ impl Authd {
     /// Swaps in a reloaded pipeline and drops every cached verdict, so a token removed from
     /// a source stops working at once rather than after its TTL.
     pub fn reload(&self, pipeline: Pipeline) {
-        self.inner.generation.fetch_add(1, Ordering::SeqCst);
         self.swap_pipeline(pipeline);
         // New requests must not join a lookup still running against the old sources.
         self.inner
@@ -93,6 +148,7 @@ impl Authd {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
+        // Also stops lookups started before the swap from caching what the old sources said.
         self.inner.local.clear();
     }
 
@@ -104,16 +160,31 @@ impl Authd {
             .clone()
     }
 
-    /// Drops every cached verdict for this token (any audiences seen with it are separate
-    /// keys; the common case, the same audiences, is covered by passing them).
-    pub async fn revoke_token(&self, token: &str, audiences: &[String]) {
-        let fp = self.inner.fingerprinter.token(token, audiences);
-        self.inner.local.remove(&fp).await;
+    /// Drops every cached verdict for this token, whatever the audiences: from Redis (which
+    /// tells every replica) first, then from this replica. Returns how many verdicts left
+    /// the shared level (0 without one). An error means Redis could not be reached; this
+    /// replica has still dropped its copies.
+    pub async fn revoke_token(&self, token: &str) -> Result<u64, SharedCacheError> {
+        let id = self.inner.fingerprinter.token_id(token);
+        let shared = match &self.inner.shared {
+            Some(s) => Some(s.cache.revoke_token(&id).await),
+            None => None,
+        };
+        let local = self.inner.local.remove_token(&id).await;
+        tracing::info!(token_id = %id.short(), local, shared = ?shared.as_ref().map(|r| r.as_ref().ok()), "token revoked");
+        shared.unwrap_or(Ok(0))
     }
 
-    /// Drops every cached verdict naming this user; returns how many were dropped.
-    pub async fn revoke_user(&self, username: &str) -> usize {
-        self.inner.local.remove_user(username).await
+    /// Drops every cached verdict naming this user, as `revoke_token` does for a token.
+    pub async fn revoke_user(&self, username: &str) -> Result<u64, SharedCacheError> {
+        let id = self.inner.fingerprinter.username(username);
+        let shared = match &self.inner.shared {
+            Some(s) => Some(s.cache.revoke_user(&id).await),
+            None => None,
+        };
+        let local = self.inner.local.remove_user(&id).await;
+        tracing::info!(user_id = %id.short(), local, shared = ?shared.as_ref().map(|r| r.as_ref().ok()), "user revoked");
+        shared.unwrap_or(Ok(0))
     }
 
     pub async fn authenticate(&self, req: AuthenticateRequest) -> AuthenticateResponse {
@@ -134,23 +205,36 @@ impl Authd {
         let (lookup, cache_label) = match cached {
             Some(entry) if entry.is_fresh(now) => {
                 inner.metrics.cache_hits.get_or_create(&LOCAL).inc();
-                (Ok(entry), "hit_local")
+                (Ok(entry.verdict), "hit_local")
             }
-            stale => {
+            local => {
                 inner.metrics.cache_misses.get_or_create(&LOCAL).inc();
                 match self.lookup_coalesced(fp, req).await {
-                    Ok(entry) => (Ok(entry), "miss"),
-                    Err(err) => match stale.filter(|s| s.is_servable_stale(SystemTime::now())) {
-                        Some(entry) => {
-                            tracing::warn!(
-                                request_id = %req.request_id,
-                                fingerprint = %fp.short(),
-                                error = %err,
-                                "source could not decide; serving a stale positive verdict (stale-if-error)"
-                            );
-                            (Ok(entry), "stale")
+                    Ok((entry, Found::Shared)) => (Ok(entry), "hit_shared"),
+                    Ok((entry, Found::Source)) => (Ok(entry), "miss"),
+                    Err(undecided) => match local {
+                        // Past its local trust window but within its TTL: as good as a
+                        // shared hit would have been.
+                        Some(l) if l.verdict.is_fresh(now) => {
+                            inner.metrics.cache_hits.get_or_create(&LOCAL).inc();
+                            (Ok(l.verdict), "hit_local")
                         }
-                        None => (Err(err), "miss"),
+                        local => match self
+                            .stale_if_error(local.map(|l| l.verdict), undecided.shared_stale)
+                        {
+                            Some((entry, level)) => {
+                                inner.metrics.stale_serves.get_or_create(&level).inc();
+                                tracing::warn!(
+                                    request_id = %req.request_id,
+                                    fingerprint = %fp.short(),
+                                    level = level.level,
+                                    error = %undecided.error,
+                                    "source could not decide; serving a stale positive verdict (stale-if-error)"
+                                );
+                                (Ok(entry), "stale")
+                            }
+                            None => (Err(undecided.error), "miss"),
+                        },
                     },
                 }
             }
@@ -183,6 +267,24 @@ impl Authd {
             })
             .inc();
         response
+    }
+
+    /// The cached positive verdict to serve while the source cannot decide, if stale-if-error
+    /// is on and either level holds one still within its grace (the later one wins).
+    fn stale_if_error(
+        &self,
+        local: Option<Arc<CachedVerdict>>,
+        shared: Option<Arc<CachedVerdict>>,
+    ) -> Option<(Arc<CachedVerdict>, LevelLabels)> {
+        if self.inner.ttls.stale_grace.is_zero() {
+            return None;
+        }
+        let now = SystemTime::now();
+        [(local, LOCAL), (shared, SHARED)]
+            .into_iter()
+            .filter_map(|(e, level)| e.map(|e| (e, level)))
+            .filter(|(e, _)| e.is_servable_stale(now))
+            .max_by_key(|(e, _)| e.stale_until)
     }
 
     /// Applies cluster policy to a (possibly cached) verdict and builds the response.
@@ -276,18 +378,80 @@ impl Authd {
         fut.await
     }
 
+    /// The shared level, then the sources; a definitive verdict is stored in both levels.
     async fn lookup(&self, fp: Fingerprint, token: &str, audiences: &[String]) -> Lookup {
-        let generation = self.inner.generation.load(Ordering::SeqCst);
-        let verdict = self.ask_sources(token, audiences).await?;
-        let entry = Arc::new(CachedVerdict::new(
-            verdict,
-            SystemTime::now(),
-            &self.inner.ttls,
-        ));
-        if generation == self.inner.generation.load(Ordering::SeqCst) {
-            self.inner.local.insert(fp, entry.clone()).await;
+        let inner = &self.inner;
+        let token_id = inner.fingerprinter.token_id(token);
+        // A revocation while this lookup runs: answer with what was found, but cache none
+        // of it (it may be what was just revoked).
+        let generation = inner.local.generation();
+        let revoked_meanwhile = || inner.local.generation() != generation;
+        let mut shared_stale = None;
+        if let Some(shared) = &inner.shared {
+            match shared.cache.get(&fp).await {
+                Some(entry) if entry.is_fresh(SystemTime::now()) => {
+                    inner.metrics.cache_hits.get_or_create(&SHARED).inc();
+                    let entry = Arc::new(entry);
+                    if !revoked_meanwhile() {
+                        self.store_local(fp, token_id, entry.clone()).await;
+                    }
+                    return Ok((entry, Found::Shared));
+                }
+                other => {
+                    inner.metrics.cache_misses.get_or_create(&SHARED).inc();
+                    shared_stale = other.map(Arc::new);
+                }
+            }
         }
-        Ok(entry)
+        let verdict = match self.ask_sources(token, audiences).await {
+            Ok(v) => v,
+            Err(error) => {
+                return Err(Undecided {
+                    error,
+                    shared_stale,
+                })
+            }
+        };
+        let entry = Arc::new(CachedVerdict::new(verdict, SystemTime::now(), &inner.ttls));
+        if revoked_meanwhile() {
+            return Ok((entry, Found::Source));
+        }
+        let user_id = self.store_local(fp, token_id, entry.clone()).await;
+        if let Some(shared) = &inner.shared {
+            shared
+                .cache
+                .put(&fp, &token_id, user_id.as_ref(), &entry)
+                .await;
+        }
+        Ok((entry, Found::Source))
+    }
+
+    /// Puts a verdict in the local level, trusted for at most `local_ttl` when a shared
+    /// level is behind it. Returns the user id it is indexed under.
+    async fn store_local(
+        &self,
+        fp: Fingerprint,
+        token_id: Fingerprint,
+        verdict: Arc<CachedVerdict>,
+    ) -> Option<Fingerprint> {
+        let inner = &self.inner;
+        let user_id = verdict
+            .verdict
+            .identity
+            .as_ref()
+            .map(|i| inner.fingerprinter.username(&i.username));
+        let fresh_until = match &inner.shared {
+            Some(s) => verdict.expires_at.min(SystemTime::now() + s.local_ttl),
+            None => verdict.expires_at,
+        };
+        let entry = LocalEntry {
+            verdict,
+            fresh_until,
+            token_id,
+            user_id,
+        };
+        inner.local.insert(fp, entry).await;
+        user_id
     }
 
     /// Asks, in order, only the sources that own the token; the first definitive answer
@@ -348,6 +512,7 @@ impl Authd {
 }
 
 const LOCAL: LevelLabels = LevelLabels { level: "local" };
+const SHARED: LevelLabels = LevelLabels { level: "shared" };
 
 impl tower::Service<AuthenticateRequest> for Authd {
     type Response = AuthenticateResponse;

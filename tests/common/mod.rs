@@ -9,6 +9,7 @@ pub mod jwks;
 pub mod ldap;
 pub mod postgres;
 pub mod procs;
+pub mod redis;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -1,6 +1,8 @@
-//! Verdict caches. `local` is the in-process level in front of everything else.
+//! Verdict caches. `local` is the in-process level in front of everything else; `redis`
+//! is the optional shared level behind it.
 
 pub mod local;
+pub mod redis;
 
 use std::time::{Duration, SystemTime};
 

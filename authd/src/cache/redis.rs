@@ -1,0 +1,830 @@
+//! The shared verdict level: Redis (one server or a Redis Cluster) behind the in-process
+//! cache, so a token verified by one replica is answered by all the others.
+//!
+//! Redis is an accelerator, never a dependency of a review: every command has a short
+//! timeout, and any failure is counted, logged (rate-limited) and treated as a miss, so the
+//! review goes on to the identity sources. While Redis is failing, reviews skip it and one
+//! probe per `PROBE_EVERY` finds out when it is back, so an outage does not add a timeout
+//! to every review. Connections come back by themselves.
+//!
+//! Layout (every key under `key_prefix`, every id a keyed HMAC from `fingerprint.rs`, so
+//! nothing in Redis reveals a token, and user names only as keyed hashes):
+//! - `v:<fingerprint>` — the encoded verdict, expiring (PX) at its stale deadline;
+//! - `t:<token id>` — set of fingerprints cached for one token (any audiences);
+//! - `u:<user id>` — set of fingerprints of positive verdicts for one user;
+//! - channel `revocations` — `t|u <id> <fingerprint>…`, telling every replica what to drop
+//!   from its in-process level.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use redis::{Client, FromRedisValue, IntoConnectionInfo, RedisResult, TlsCertificates};
+use serde::{Deserialize, Serialize};
+
+use super::local::LocalCache;
+use super::CachedVerdict;
+use crate::config::RedisConfig;
+use crate::fingerprint::Fingerprint;
+use crate::identity::{Identity, Verdict};
+use crate::metrics::{Metrics, RedisOpLabels};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SharedCacheError {
+    #[error("cache.redis.{field} {path}: cannot read: {source}")]
+    Read {
+        field: &'static str,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cache.redis.{field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+    /// A command failed or timed out at run time (message safe to log).
+    #[error("shared cache (Redis) {op}: {message}")]
+    Unavailable { op: &'static str, message: String },
+}
+
+/// The live connection: a single server through a self-reconnecting manager, or a cluster.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(Arc<LazyCluster>),
+}
+
+/// A cluster connection made on first use (the cluster may be down when authd starts) and
+/// retried at most every `RECONNECT_EVERY` while it cannot be made.
+struct LazyCluster {
+    client: ClusterClient,
+    conn: tokio::sync::Mutex<Option<ClusterConnection>>,
+    last_attempt: Mutex<Option<Instant>>,
+}
+
+const RECONNECT_EVERY: Duration = Duration::from_millis(250);
+/// While Redis is failing, reviews skip it except for one probe per this interval.
+const PROBE_EVERY: Duration = Duration::from_millis(250);
+/// Between log lines while Redis stays unavailable.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+/// How often the subscriber checks that its connection is alive.
+const SUBSCRIBER_PING_EVERY: Duration = Duration::from_secs(2);
+
+impl LazyCluster {
+    async fn get(&self) -> RedisResult<ClusterConnection> {
+        let mut slot = self.conn.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        {
+            let mut last = self.last_attempt.lock().unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|t| t.elapsed() < RECONNECT_EVERY) {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "cluster not connected yet",
+                )));
+            }
+            *last = Some(Instant::now());
+        }
+        let c = self.client.get_async_connection().await?;
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+}
+
+/// Tracks whether Redis is usable, so logs say when it goes away and when it is back
+/// without a line per failed review.
+#[derive(Default)]
+struct Health {
+    down: AtomicBool,
+    state: Mutex<HealthState>,
+    suppressed: AtomicU64,
+}
+
+#[derive(Default)]
+struct HealthState {
+    down_since: Option<Instant>,
+    last_log: Option<Instant>,
+    /// While down: when the next operation may try Redis again.
+    next_probe: Option<Instant>,
+}
+
+impl Health {
+    /// Whether an operation should skip Redis now (it is down and this is not the probe).
+    fn skip(&self) -> bool {
+        if !self.down.load(Ordering::Relaxed) {
+            return false;
+        }
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        match st.next_probe {
+            Some(t) if now < t => true,
+            _ => {
+                st.next_probe = Some(now + PROBE_EVERY);
+                false
+            }
+        }
+    }
+
+    fn failed(&self, op: &'static str, error: &str) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        st.next_probe = Some(now + PROBE_EVERY);
+        match st.down_since {
+            None => {
+                self.down.store(true, Ordering::Relaxed);
+                st.down_since = Some(now);
+                st.last_log = Some(now);
+                tracing::warn!(op, error, "shared cache (Redis) unavailable; answering from the identity sources until it is back");
+            }
+            Some(since) if st.last_log.is_none_or(|t| now - t >= LOG_EVERY) => {
+                st.last_log = Some(now);
+                let suppressed = self.suppressed.swap(0, Ordering::Relaxed);
+                tracing::warn!(op, error, down_for = ?since.elapsed(), suppressed,
+                    "shared cache (Redis) still unavailable");
+            }
+            Some(_) => {
+                self.suppressed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn succeeded(&self) {
+        if !self.down.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(since) = st.down_since.take() {
+            st.next_probe = None;
+            self.down.store(false, Ordering::Relaxed);
+            self.suppressed.store(0, Ordering::Relaxed);
+            tracing::info!(down_for = ?since.elapsed(), "shared cache (Redis) reachable again; using it");
+        }
+    }
+}
+
+/// What a revocation message tells the replicas to drop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revocation {
+    Token {
+        token_id: Fingerprint,
+        keys: Vec<Fingerprint>,
+    },
+    User {
+        user_id: Fingerprint,
+        keys: Vec<Fingerprint>,
+    },
+}
+
+impl Revocation {
+    fn encode(&self) -> String {
+        let (kind, id, keys) = match self {
+            Revocation::Token { token_id, keys } => ("t", token_id, keys),
+            Revocation::User { user_id, keys } => ("u", user_id, keys),
+        };
+        let mut s = format!("{kind} {}", id.to_hex());
+        for k in keys {
+            s.push(' ');
+            s.push_str(&k.to_hex());
+        }
+        s
+    }
+
+    fn decode(text: &str) -> Option<Self> {
+        let mut parts = text.split(' ');
+        let kind = parts.next()?;
+        let id = parse_fingerprint(parts.next()?)?;
+        let keys = parts.map(parse_fingerprint).collect::<Option<Vec<_>>>()?;
+        match kind {
+            "t" => Some(Revocation::Token { token_id: id, keys }),
+            "u" => Some(Revocation::User { user_id: id, keys }),
+            _ => None,
+        }
+    }
+
+    /// Drops what the message names from the in-process level.
+    pub async fn apply(&self, local: &LocalCache) -> usize {
+        let (keys, n) = match self {
+            Revocation::Token { token_id, keys } => (keys, local.remove_token(token_id).await),
+            Revocation::User { user_id, keys } => (keys, local.remove_user(user_id).await),
+        };
+        for k in keys {
+            local.remove(k).await;
+        }
+        n
+    }
+}
+
+fn parse_fingerprint(hex_text: &str) -> Option<Fingerprint> {
+    let bytes = hex::decode(hex_text).ok()?;
+    Some(Fingerprint(bytes.try_into().ok()?))
+}
+
+/// The shared level. Cheap to share behind an `Arc`.
+pub struct SharedCache {
+    conn: Conn,
+    /// Clients the revocation subscriber tries in turn (every node of a cluster: classic
+    /// pub/sub messages reach all of them).
+    pubsub: Vec<Client>,
+    prefix: String,
+    timeout: Duration,
+    /// Revocation walks sets and deletes many keys; it may take longer than a lookup.
+    admin_timeout: Duration,
+    /// Index sets outlive every member they list.
+    index_ttl: Duration,
+    metrics: Arc<Metrics>,
+    health: Health,
+}
+
+impl SharedCache {
+    /// Builds clients from the configuration without connecting: authd starts (and
+    /// answers from its sources) while Redis is down.
+    pub fn new(
+        config: &RedisConfig,
+        index_ttl: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, SharedCacheError> {
+        let read = |field: &'static str, path: &std::path::Path| {
+            std::fs::read(path).map_err(|source| SharedCacheError::Read {
+                field,
+                path: path.to_owned(),
+                source,
+            })
+        };
+        let password = match &config.password_file {
+            Some(p) => {
+                let bytes = read("password_file", p)?;
+                let text = String::from_utf8(bytes).map_err(|_| SharedCacheError::Invalid {
+                    field: "password_file",
+                    message: format!("{}: not UTF-8", p.display()),
+                })?;
+                Some(text.trim_end_matches(['\r', '\n']).to_owned())
+            }
+            None => None,
+        };
+        let ca = config
+            .ca_file
+            .as_deref()
+            .map(|p| read("ca_file", p))
+            .transpose()?;
+        let invalid = |field: &'static str| {
+            move |e: redis::RedisError| SharedCacheError::Invalid {
+                field,
+                message: e.to_string(),
+            }
+        };
+        let node_client = |field: &'static str, url: &str| -> Result<Client, SharedCacheError> {
+            let info = url.into_connection_info().map_err(invalid(field))?;
+            let mut redis = info.redis_settings().clone();
+            if let Some(u) = &config.username {
+                redis = redis.set_username(u);
+            }
+            if let Some(p) = &password {
+                redis = redis.set_password(p);
+            }
+            let info = info.set_redis_settings(redis);
+            match &ca {
+                Some(ca) => Client::build_with_tls(
+                    info,
+                    TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(ca.clone()),
+                    },
+                ),
+                None => Client::open(info),
+            }
+            .map_err(invalid(field))
+        };
+        let (conn, pubsub) = match &config.url {
+            Some(url) => {
+                let client = node_client("url", url)?;
+                let manager_config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(config.connect_timeout))
+                    .set_response_timeout(Some(config.timeout))
+                    .set_number_of_retries(1)
+                    .set_min_delay(Duration::from_millis(50))
+                    .set_max_delay(Duration::from_secs(1));
+                let manager =
+                    ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
+                        .map_err(invalid("url"))?;
+                (Conn::Single(manager), vec![client])
+            }
+            None => {
+                let mut builder =
+                    ClusterClientBuilder::new(config.cluster_urls.iter().map(String::as_str))
+                        .connection_timeout(config.connect_timeout)
+                        .response_timeout(config.timeout)
+                        .retries(2)
+                        .min_retry_wait(10)
+                        .max_retry_wait(200);
+                if let Some(u) = &config.username {
+                    builder = builder.username(u);
+                }
+                if let Some(p) = &password {
+                    builder = builder.password(p);
+                }
+                if let Some(ca) = &ca {
+                    builder = builder.certs(TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(ca.clone()),
+                    });
+                }
+                let client = builder.build().map_err(invalid("cluster_urls"))?;
+                let nodes = config
+                    .cluster_urls
+                    .iter()
+                    .map(|u| node_client("cluster_urls", u))
+                    .collect::<Result<_, _>>()?;
+                let lazy = LazyCluster {
+                    client,
+                    conn: tokio::sync::Mutex::new(None),
+                    last_attempt: Mutex::new(None),
+                };
+                (Conn::Cluster(Arc::new(lazy)), nodes)
+            }
+        };
+        Ok(Self {
+            conn,
+            pubsub,
+            prefix: config.key_prefix.clone(),
+            timeout: config.timeout,
+            admin_timeout: (config.timeout * 10).max(Duration::from_secs(2)),
+            index_ttl,
+            metrics,
+            health: Health::default(),
+        })
+    }
+
+    fn key(&self, kind: &str, id: &Fingerprint) -> String {
+        format!("{}{kind}:{}", self.prefix, id.to_hex())
+    }
+
+    fn channel(&self) -> String {
+        format!("{}revocations", self.prefix)
+    }
+
+    async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> RedisResult<T> {
+        match &self.conn {
+            Conn::Single(m) => cmd.query_async(&mut m.clone()).await,
+            Conn::Cluster(lazy) => cmd.query_async(&mut lazy.get().await?).await,
+        }
+    }
+
+    /// Runs one operation under `limit`, timing it; failures are counted and logged here.
+    /// Review-path operations (`skippable`) skip Redis while it is down, between probes.
+    async fn timed<T>(
+        &self,
+        op: &'static str,
+        limit: Duration,
+        skippable: bool,
+        fut: impl Future<Output = RedisResult<T>>,
+    ) -> Result<T, SharedCacheError> {
+        if skippable && self.health.skip() {
+            return Err(SharedCacheError::Unavailable {
+                op,
+                message: "skipped while Redis is unavailable".into(),
+            });
+        }
+        let started = Instant::now();
+        let result = tokio::time::timeout(limit, fut).await;
+        let labels = RedisOpLabels { op };
+        self.metrics
+            .redis_latency
+            .get_or_create(&labels)
+            .observe(started.elapsed().as_secs_f64());
+        let message = match result {
+            Ok(Ok(v)) => {
+                self.health.succeeded();
+                return Ok(v);
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("timed out after {limit:?}"),
+        };
+        self.metrics.redis_errors.get_or_create(&labels).inc();
+        self.health.failed(op, &message);
+        Err(SharedCacheError::Unavailable { op, message })
+    }
+
+    /// The shared verdict for `fp`, if Redis has one and answers in time. Any failure is
+    /// a miss (already counted and logged).
+    pub async fn get(&self, fp: &Fingerprint) -> Option<CachedVerdict> {
+        let cmd = redis::cmd("GET").arg(self.key("v", fp)).clone();
+        let bytes: Option<Vec<u8>> = self
+            .timed("get", self.timeout, true, self.query(&cmd))
+            .await
+            .ok()?;
+        match decode(&bytes?) {
+            Ok(v) => Some(v),
+            Err(why) => {
+                self.metrics
+                    .redis_errors
+                    .get_or_create(&RedisOpLabels { op: "decode" })
+                    .inc();
+                tracing::warn!(fingerprint = %fp.short(), error = %why,
+                    "undecodable shared cache entry ignored");
+                None
+            }
+        }
+    }
+
+    /// Stores a definitive verdict and indexes it for revocation. Failures are counted,
+    /// logged, and otherwise ignored: the verdict is still served.
+    pub async fn put(
+        &self,
+        fp: &Fingerprint,
+        token_id: &Fingerprint,
+        user_id: Option<&Fingerprint>,
+        entry: &CachedVerdict,
+    ) {
+        let ttl = entry.remaining(SystemTime::now());
+        let px = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        if px == 0 {
+            return;
+        }
+        let member = fp.to_hex();
+        let index_ms = u64::try_from(self.index_ttl.as_millis()).unwrap_or(u64::MAX);
+        let set = redis::cmd("SET")
+            .arg(self.key("v", fp))
+            .arg(encode(entry))
+            .arg("PX")
+            .arg(px)
+            .clone();
+        let index = |key: String| {
+            let sadd = redis::cmd("SADD").arg(&key).arg(&member).clone();
+            let expire = redis::cmd("PEXPIRE").arg(&key).arg(index_ms).clone();
+            async move {
+                self.query::<()>(&sadd).await?;
+                self.query::<()>(&expire).await
+            }
+        };
+        let token_index = index(self.key("t", token_id));
+        let user_index = async {
+            match user_id {
+                Some(u) => index(self.key("u", u)).await,
+                None => Ok(()),
+            }
+        };
+        let all = async {
+            futures::try_join!(self.query::<()>(&set), token_index, user_index).map(|_| ())
+        };
+        let _ = self.timed("put", self.timeout, true, all).await;
+    }
+
+    /// Deletes every verdict listed under an index set and the set itself, then tells
+    /// every replica. Returns how many verdicts were deleted.
+    async fn revoke(
+        &self,
+        index_key: String,
+        message: impl FnOnce(Vec<Fingerprint>) -> Revocation,
+    ) -> Result<u64, SharedCacheError> {
+        let work = async {
+            let members: Vec<String> = self.query(redis::cmd("SMEMBERS").arg(&index_key)).await?;
+            let keys: Vec<Fingerprint> = members
+                .iter()
+                .filter_map(|m| parse_fingerprint(m))
+                .collect();
+            // One DEL per key: in a cluster the keys live in different slots.
+            let deletes = keys.iter().map(|fp| {
+                let cmd = redis::cmd("DEL").arg(self.key("v", fp)).clone();
+                async move { self.query::<u64>(&cmd).await }
+            });
+            let removed: u64 = futures::future::try_join_all(deletes)
+                .await?
+                .into_iter()
+                .sum();
+            self.query::<()>(redis::cmd("DEL").arg(&index_key)).await?;
+            let text = message(keys).encode();
+            self.query::<()>(redis::cmd("PUBLISH").arg(self.channel()).arg(text))
+                .await?;
+            Ok(removed)
+        };
+        // An operator's revocation always tries Redis for real.
+        self.timed("revoke", self.admin_timeout, false, work).await
+    }
+
+    pub async fn revoke_token(&self, token_id: &Fingerprint) -> Result<u64, SharedCacheError> {
+        let token_id = *token_id;
+        self.revoke(self.key("t", &token_id), |keys| Revocation::Token {
+            token_id,
+            keys,
+        })
+        .await
+    }
+
+    pub async fn revoke_user(&self, user_id: &Fingerprint) -> Result<u64, SharedCacheError> {
+        let user_id = *user_id;
+        self.revoke(self.key("u", &user_id), |keys| Revocation::User {
+            user_id,
+            keys,
+        })
+        .await
+    }
+
+    /// Starts the task that applies every replica's revocations to `local`, reconnecting
+    /// (and trying the next cluster node) whenever the subscription is lost.
+    pub fn spawn_subscriber(self: &Arc<Self>, local: LocalCache) {
+        let this = self.clone();
+        tokio::spawn(async move { this.subscribe_forever(local).await });
+    }
+
+    async fn subscribe_forever(&self, local: LocalCache) {
+        let mut subscribed_before = false;
+        let mut backoff = Duration::from_millis(100);
+        for node in (0..self.pubsub.len()).cycle() {
+            match self
+                .subscribe_once(&self.pubsub[node], &local, &mut subscribed_before)
+                .await
+            {
+                Ok(()) => backoff = Duration::from_millis(100),
+                Err(e) => {
+                    self.metrics
+                        .redis_errors
+                        .get_or_create(&RedisOpLabels { op: "subscribe" })
+                        .inc();
+                    self.health.failed("subscribe", &e.to_string());
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    /// Subscribes and applies messages until the connection is lost. `Ok` when it had
+    /// been subscribed (so the caller retries promptly).
+    async fn subscribe_once(
+        &self,
+        client: &Client,
+        local: &LocalCache,
+        subscribed_before: &mut bool,
+    ) -> RedisResult<()> {
+        let timeout_err = || redis::RedisError::from((redis::ErrorKind::Io, "timed out"));
+        let pubsub = tokio::time::timeout(self.admin_timeout, client.get_async_pubsub())
+            .await
+            .map_err(|_| timeout_err())??;
+        let (mut sink, mut stream) = pubsub.split();
+        tokio::time::timeout(self.admin_timeout, sink.subscribe(self.channel()))
+            .await
+            .map_err(|_| timeout_err())??;
+        self.health.succeeded();
+        if *subscribed_before {
+            // Messages sent while we were away are lost; nothing local can be trusted.
+            local.clear();
+            tracing::info!("revocation subscription restored; in-process cache dropped");
+        } else {
+            tracing::info!("subscribed to revocations");
+        }
+        *subscribed_before = true;
+        loop {
+            tokio::select! {
+                msg = stream.next() => {
+                    let Some(msg) = msg else {
+                        tracing::warn!("revocation subscription lost; reconnecting");
+                        return Ok(());
+                    };
+                    let payload: String = msg.get_payload().unwrap_or_default();
+                    match Revocation::decode(&payload) {
+                        Some(r) => {
+                            let n = r.apply(local).await;
+                            tracing::info!(matched = n, "applied a revocation");
+                        }
+                        None => tracing::warn!("ignoring a malformed revocation message"),
+                    }
+                }
+                _ = tokio::time::sleep(SUBSCRIBER_PING_EVERY) => {
+                    let alive = tokio::time::timeout(self.admin_timeout, sink.ping::<redis::Value>()).await;
+                    if !matches!(alive, Ok(Ok(_))) {
+                        tracing::warn!("revocation subscription not answering; reconnecting");
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Wire form of a cached verdict: short field names, no secrets (the token is only the
+/// key's HMAC; the identity is what the review response carries anyway).
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    /// Deciding source.
+    s: String,
+    /// Fresh until (Unix ms).
+    e: u64,
+    /// Servable stale until (Unix ms).
+    t: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    i: Option<WireIdentity>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireIdentity {
+    u: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    d: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    g: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    x: BTreeMap<String, Vec<String>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    a: Vec<String>,
+    /// The credential's own expiry (Unix ms), if the source knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    k: Option<u64>,
+}
+
+fn to_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn from_ms(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+pub fn encode(entry: &CachedVerdict) -> Vec<u8> {
+    let wire = Wire {
+        s: entry.verdict.source.clone(),
+        e: to_ms(entry.expires_at),
+        t: to_ms(entry.stale_until),
+        i: entry.verdict.identity.as_ref().map(|i| WireIdentity {
+            u: i.username.clone(),
+            d: i.uid.clone(),
+            g: i.groups.clone(),
+            x: i.extra.clone(),
+            a: i.audiences.clone(),
+            k: i.expires_at.map(to_ms),
+        }),
+    };
+    // Serialising plain strings, vectors and integers cannot fail.
+    serde_json::to_vec(&wire).unwrap_or_default()
+}
+
+/// Decodes an entry. Deadlines are capped at the credential's own expiry again, so an
+/// entry never outlives its token whatever wrote it.
+pub fn decode(bytes: &[u8]) -> Result<CachedVerdict, String> {
+    let wire: Wire = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    let identity = wire.i.map(|i| Identity {
+        username: i.u,
+        uid: i.d,
+        groups: i.g,
+        extra: i.x,
+        audiences: i.a,
+        expires_at: i.k.map(from_ms),
+    });
+    let hard = identity.as_ref().and_then(|i| i.expires_at);
+    let cap = |t: SystemTime| hard.map_or(t, |h| t.min(h));
+    let expires_at = cap(from_ms(wire.e));
+    // A negative verdict is never served stale.
+    let stale_until = match identity {
+        Some(_) => cap(from_ms(wire.t)).max(expires_at),
+        None => expires_at,
+    };
+    Ok(CachedVerdict {
+        verdict: Verdict {
+            identity,
+            source: wire.s,
+        },
+        expires_at,
+        stale_until,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::Ttls;
+
+    fn ttls() -> Ttls {
+        Ttls {
+            positive: Duration::from_secs(60),
+            negative: Duration::from_secs(10),
+            stale_grace: Duration::from_secs(300),
+        }
+    }
+
+    fn alice(expires_at: Option<SystemTime>) -> Verdict {
+        Verdict {
+            identity: Some(Identity {
+                username: "alice".into(),
+                uid: "1".into(),
+                groups: vec!["dev".into()],
+                extra: [("k".to_string(), vec!["v".to_string()])].into(),
+                audiences: vec!["api".into()],
+                expires_at,
+            }),
+            source: "static".into(),
+        }
+    }
+
+    /// Millisecond precision on the wire.
+    fn round(t: SystemTime) -> SystemTime {
+        from_ms(to_ms(t))
+    }
+
+    #[test]
+    fn round_trip() {
+        let now = SystemTime::now();
+        for v in [
+            alice(None),
+            alice(Some(now + Duration::from_secs(5))),
+            Verdict {
+                identity: None,
+                source: "static".into(),
+            },
+        ] {
+            let e = CachedVerdict::new(v, now, &ttls());
+            let d = decode(&encode(&e)).unwrap();
+            assert_eq!(d.verdict, {
+                let mut v = e.verdict.clone();
+                if let Some(i) = v.identity.as_mut() {
+                    i.expires_at = i.expires_at.map(round);
+                }
+                v
+            });
+            assert_eq!(d.expires_at, round(e.expires_at));
+            assert_eq!(d.stale_until, round(e.stale_until));
+        }
+    }
+
+    #[test]
+    fn never_past_the_credentials_own_expiry() {
+        let now = SystemTime::now();
+        let exp = now + Duration::from_secs(5);
+        let e = CachedVerdict::new(alice(Some(exp)), now, &ttls());
+        assert!(e.expires_at <= exp && e.stale_until <= exp);
+        assert!(!e.is_fresh(exp) && !e.is_servable_stale(exp));
+        // Even an entry written with later deadlines (another replica, another version)
+        // is capped on read.
+        let mut forged = e.clone();
+        forged.expires_at = now + Duration::from_secs(3600);
+        forged.stale_until = now + Duration::from_secs(7200);
+        let d = decode(&encode(&forged)).unwrap();
+        assert!(d.expires_at <= exp && d.stale_until <= exp);
+        assert!(!d.is_fresh(exp + Duration::from_millis(1)));
+        assert!(!d.is_servable_stale(exp + Duration::from_millis(1)));
+    }
+
+    #[test]
+    fn negative_never_stale() {
+        let now = SystemTime::now();
+        let e = CachedVerdict::new(
+            Verdict {
+                identity: None,
+                source: "s".into(),
+            },
+            now,
+            &ttls(),
+        );
+        let mut forged = e.clone();
+        forged.stale_until = now + Duration::from_secs(3600);
+        let d = decode(&encode(&forged)).unwrap();
+        assert_eq!(d.stale_until, d.expires_at);
+        assert!(!d.is_servable_stale(now));
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        assert!(decode(b"not json").is_err());
+        assert!(decode(b"{}").is_err());
+    }
+
+    #[test]
+    fn while_down_only_one_probe_per_interval_tries_redis() {
+        let h = Health::default();
+        assert!(!h.skip(), "healthy: always try");
+        h.failed("get", "connection refused");
+        assert!(h.skip() && h.skip(), "down: skip until the next probe");
+        std::thread::sleep(PROBE_EVERY + Duration::from_millis(20));
+        assert!(!h.skip(), "one probe");
+        assert!(h.skip(), "and only one");
+        h.succeeded();
+        assert!(!h.skip() && !h.skip(), "back: always try");
+    }
+
+    #[test]
+    fn revocation_messages() {
+        let a = Fingerprint([1; 32]);
+        let b = Fingerprint([2; 32]);
+        for r in [
+            Revocation::Token {
+                token_id: a,
+                keys: vec![b, a],
+            },
+            Revocation::User {
+                user_id: b,
+                keys: vec![],
+            },
+        ] {
+            assert_eq!(Revocation::decode(&r.encode()), Some(r));
+        }
+        assert_eq!(Revocation::decode("x 00"), None);
+        assert_eq!(Revocation::decode("t zz"), None);
+        assert_eq!(Revocation::decode(""), None);
+    }
+}

@@ -1,0 +1,585 @@
+//! Issue 3 end to end: authd replicas (separate processes) sharing verdicts through a
+//! private redis-server or a three-master Redis Cluster started here; revocation on every
+//! replica; TTLs; Redis killed under load; nothing secret in Redis.
+//!
+//! Identity-source lookups are counted by authd's own `authd_source_calls_total`, scraped
+//! from each replica's admin listener.
+
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use authd_proto::v1::admin_client::AdminClient;
+use authd_proto::v1::authenticator_client::AuthenticatorClient;
+use authd_proto::v1::{AuthenticateRequest, AuthenticateResponse, RevokeUserRequest};
+use common::redis::{assert_no_secrets, Acl, RedisCluster, RedisServer};
+use common::*;
+
+const ADMIN_SECRET: &str = "test-admin-secret-0123456789";
+
+struct Tokens {
+    alice: String,
+    alice2: String,
+    bob: String,
+    nobody: String,
+    /// Load-test users u0..u19.
+    users: Vec<String>,
+}
+
+impl Tokens {
+    fn all(&self) -> Vec<&str> {
+        let mut v = vec![
+            self.alice.as_str(),
+            self.alice2.as_str(),
+            self.bob.as_str(),
+            self.nobody.as_str(),
+        ];
+        v.extend(self.users.iter().map(String::as_str));
+        v
+    }
+}
+
+/// Token file, HMAC key and admin secret shared by every replica in `dir`.
+fn setup(dir: &Path) -> Tokens {
+    let t = Tokens {
+        alice: token("alice"),
+        alice2: token("alicetwo"),
+        bob: token("bob"),
+        nobody: token("nobody"),
+        users: (0..20).map(|i| token(&format!("u{i}"))).collect(),
+    };
+    let mut csv = format!(
+        "{},alice,uid-alice,\"dev\"\n{},alice,uid-alice\n{},bob,uid-bob\n",
+        t.alice, t.alice2, t.bob
+    );
+    for (i, u) in t.users.iter().enumerate() {
+        csv.push_str(&format!("{u},user{i},uid-{i}\n"));
+    }
+    write(dir, "tokens.csv", &csv);
+    write(
+        dir,
+        "hmac.key",
+        "replicas-share-this-key-0123456789abcdef\n",
+    );
+    write(dir, "admin.token", &format!("{ADMIN_SECRET}\n"));
+    t
+}
+
+/// authd TOML after `listen`/`admin_listen`: cache with `redis_toml`, admin secret, source.
+fn authd_toml(cache_toml: &str, redis_toml: &str) -> String {
+    format!(
+        "[cache]\nhmac_key_file = \"hmac.key\"\n{cache_toml}\n\
+         [cache.redis]\n{redis_toml}\n\
+         [admin]\ntoken_file = \"admin.token\"\n\
+         [[sources]]\nname = \"static\"\ntype = \"token_file\"\npath = \"tokens.csv\"\n"
+    )
+}
+
+/// The `[cache.redis]` body for `server`. Tests that assert where a verdict came from use a
+/// generous timeout, so a busy test machine does not turn a slow Redis answer into a miss;
+/// the load test keeps the default (100 ms).
+fn redis_toml(server: &RedisServer) -> String {
+    format!("{}timeout = \"2s\"\n", redis_toml_default_timeout(server))
+}
+
+fn redis_toml_default_timeout(server: &RedisServer) -> String {
+    let mut s = format!("url = \"{}\"\n", server.url());
+    if let Some(acl) = &server.acl {
+        s.push_str(&format!(
+            "username = \"{}\"\npassword_file = \"redis.password\"\n",
+            acl.user
+        ));
+    }
+    s
+}
+
+async fn metric(p: &Proc, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let (status, text) = admin_get(&p.ready_field("admin"), "/metrics").await;
+    assert_eq!(status, 200);
+    metric_sum(&text, name, labels)
+}
+
+async fn source_calls(p: &Proc) -> f64 {
+    metric(p, "authd_source_calls_total", &[]).await
+}
+
+async fn hits(p: &Proc, level: &str) -> f64 {
+    metric(p, "authd_cache_hits_total", &[("level", level)]).await
+}
+
+async fn grpc_review(p: &Proc, token: &str) -> AuthenticateResponse {
+    let mut c = AuthenticatorClient::connect(format!("http://{}", p.ready_field("grpc")))
+        .await
+        .expect("connect to authd");
+    c.authenticate(AuthenticateRequest {
+        token: token.to_owned(),
+        request_id: "redis-test".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("Authenticate")
+    .into_inner()
+}
+
+/// Runs `kube-authd revoke` against replica `p`; `stdin` is the token for --token-stdin.
+fn revoke_cli(dir: &Path, p: &Proc, args: &[&str], stdin: Option<&str>) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new(bin("kube-authd"))
+        .args([
+            "revoke",
+            "--authd",
+            &format!("http://{}", p.ready_field("grpc")),
+            "--admin-token-file",
+            dir.join("admin.token").to_str().unwrap(),
+        ])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run kube-authd revoke");
+    let mut input = child.stdin.take().unwrap();
+    if let Some(s) = stdin {
+        input.write_all(s.as_bytes()).unwrap();
+    }
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "kube-authd revoke failed: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn removed(cli_output: &str) -> u64 {
+    cli_output
+        .trim()
+        .strip_prefix("revoked: ")
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected revoke output: {cli_output}"))
+}
+
+/// Whether a review of `token` on `p` is still answered from `p`'s in-process cache.
+async fn local_hit(p: &Proc, token: &str) -> bool {
+    let before = hits(p, "local").await;
+    let r = grpc_review(p, token).await;
+    assert!(r.error.is_empty(), "{r:?}");
+    hits(p, "local").await > before
+}
+
+/// Polls for at most one second until no replica serves `token` from its local cache.
+async fn gone_everywhere_within_1s(replicas: &[&Proc], token: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    for p in replicas {
+        loop {
+            if !local_hit(p, token).await {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {} still served its cached verdict 1 s after revocation",
+                p.name
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// The shared scenario: B answers what A verified with zero source calls; revoking a
+/// token and a user reaches both replicas within a second; only admins may revoke.
+async fn share_and_revoke(
+    dir: &Path,
+    t: &Tokens,
+    a: &Proc,
+    b: &Proc,
+    edge: Option<(&reqwest::Client, &str)>,
+) {
+    // Through A (over HTTPS via the edge when there is one).
+    match edge {
+        Some((client, url)) => {
+            let r = review(client, url, V1, &t.alice).await;
+            assert!(r.authenticated(), "{r:?}");
+            assert_eq!(r.username(), "alice");
+            review(client, url, V1, &t.nobody).await.assert_denied();
+        }
+        None => {
+            assert!(grpc_review(a, &t.alice).await.authenticated);
+            assert!(!grpc_review(a, &t.nobody).await.authenticated);
+        }
+    }
+    for tok in [&t.alice2, &t.bob] {
+        assert!(grpc_review(a, tok).await.authenticated);
+    }
+    assert_eq!(
+        source_calls(a).await,
+        4.0,
+        "A asked its source once per token"
+    );
+
+    // B: everything from the shared level, nothing from the source.
+    let r = grpc_review(b, &t.alice).await;
+    assert!(r.authenticated && r.cached, "{r:?}");
+    let user = r.user.unwrap();
+    assert_eq!(
+        (user.username.as_str(), user.uid.as_str(), user.groups),
+        ("alice", "uid-alice", vec!["dev".to_string()])
+    );
+    assert_eq!(r.source, "static");
+    let n = grpc_review(b, &t.nobody).await;
+    assert!(!n.authenticated && n.cached && n.error.is_empty(), "{n:?}");
+    for tok in [&t.alice2, &t.bob] {
+        assert!(grpc_review(b, tok).await.cached);
+    }
+    assert_eq!(
+        source_calls(b).await,
+        0.0,
+        "B answered with zero source calls"
+    );
+    assert_eq!(hits(b, "shared").await, 4.0);
+    assert!(local_hit(b, &t.alice).await, "B now holds it locally");
+
+    // Revoke one token through A; both replicas drop it, other tokens stay.
+    let out = revoke_cli(dir, a, &["--token-stdin"], Some(&format!("{}\n", t.alice)));
+    assert!(removed(&out) >= 1, "{out}");
+    gone_everywhere_within_1s(&[b, a], &t.alice, "RevokeToken").await;
+    assert!(local_hit(b, &t.alice2).await, "token revocation is precise");
+
+    // Revoke the user through B: both of alice's tokens leave both replicas; bob stays.
+    for p in [a, b] {
+        for tok in [&t.alice, &t.alice2] {
+            grpc_review(p, tok).await;
+        }
+    }
+    let out = revoke_cli(dir, b, &["--user", "alice"], None);
+    assert!(removed(&out) >= 2, "{out}");
+    for tok in [&t.alice, &t.alice2] {
+        gone_everywhere_within_1s(&[a, b], tok, "RevokeUser").await;
+    }
+    assert!(local_hit(a, &t.bob).await && local_hit(b, &t.bob).await);
+
+    // Only admins: no credentials, or a wrong secret, is PERMISSION_DENIED.
+    let mut admin = AdminClient::connect(format!("http://{}", a.ready_field("grpc")))
+        .await
+        .unwrap();
+    for auth in [None, Some("Bearer wrong-secret-0123456789")] {
+        let mut req = tonic::Request::new(RevokeUserRequest {
+            username: "bob".into(),
+        });
+        if let Some(v) = auth {
+            req.metadata_mut()
+                .insert("authorization", v.parse().unwrap());
+        }
+        let e = admin.revoke_user(req).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    }
+    assert!(local_hit(a, &t.bob).await, "refused calls revoke nothing");
+}
+
+fn secrets<'a>(t: &'a Tokens, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut s = t.all();
+    s.extend_from_slice(extra);
+    s.push(ADMIN_SECRET);
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_share_verdicts_and_revocations_through_one_redis_with_acl() {
+    let dir = temp_dir();
+    let d = dir.path();
+    let t = setup(d);
+    let acl = Acl {
+        user: "authd".into(),
+        password: "redis-acl-password-for-authd".into(),
+    };
+    write(d, "redis.password", &format!("{}\n", acl.password));
+    let redis = RedisServer::start(d, Some(acl.clone()), &[]);
+    let toml = authd_toml("", &redis_toml(&redis));
+    certs_init(d, &[]);
+    let a = start_authd(d, "authd-a", "127.0.0.1:0", &toml);
+    let b = start_authd(d, "authd-b", "127.0.0.1:0", &toml);
+    let edge = start_edge(d, "edge-a", &a.ready_field("grpc"), "");
+    let url = format!("{}/authenticate", edge.ready_field("https"));
+    let client = client(&std::fs::read(d.join("ca.crt")).unwrap(), Proto::H2, None);
+
+    share_and_revoke(d, &t, &a, &b, Some((&client, &url))).await;
+
+    let dump = redis.dump();
+    assert!(
+        dump.iter().all(|(k, _)| k.starts_with("kube-authd:")),
+        "{dump:?}"
+    );
+    assert!(dump.iter().any(|(k, _)| k.starts_with("kube-authd:v:")));
+    assert_no_secrets(&dump, &secrets(&t, &[&acl.password]));
+    for p in [&a, &b, &edge] {
+        let log = p.stderr();
+        for s in secrets(&t, &[&acl.password]) {
+            assert!(!log.contains(s), "{} logged a secret", p.name);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rediss_with_a_ca_file_and_acl_works_the_same() {
+    let dir = temp_dir();
+    let d = dir.path();
+    let t = setup(d);
+    certs_init(d, &[]);
+    let acl = Acl {
+        user: "authd".into(),
+        password: "tls-redis-acl-password".into(),
+    };
+    write(d, "redis.password", &acl.password);
+    let redis = RedisServer::start_tls(d, Some(acl.clone()), d);
+    assert!(redis.url().starts_with("rediss://"));
+    let toml = authd_toml("", &format!("{}ca_file = \"ca.crt\"\n", redis_toml(&redis)));
+    let a = start_authd(d, "authd-a", "127.0.0.1:0", &toml);
+    let b = start_authd(d, "authd-b", "127.0.0.1:0", &toml);
+
+    share_and_revoke(d, &t, &a, &b, None).await;
+
+    assert_no_secrets(&redis.dump(), &secrets(&t, &[&acl.password]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_three_master_redis_cluster_behaves_like_one_redis() {
+    let dir = temp_dir();
+    let d = dir.path();
+    let t = setup(d);
+    let cluster = RedisCluster::start(d);
+    let toml = authd_toml(
+        "",
+        &format!("cluster_urls = {}\ntimeout = \"2s\"\n", cluster.urls_toml()),
+    );
+    let a = start_authd(d, "authd-a", "127.0.0.1:0", &toml);
+    let b = start_authd(d, "authd-b", "127.0.0.1:0", &toml);
+
+    share_and_revoke(d, &t, &a, &b, None).await;
+
+    let dump = cluster.dump();
+    let masters_with_verdicts = cluster
+        .nodes
+        .iter()
+        .filter(|n| n.dump().iter().any(|(k, _)| k.contains(":v:")))
+        .count();
+    assert!(masters_with_verdicts >= 1, "{dump:?}");
+    assert_no_secrets(&dump, &secrets(&t, &[]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn positive_and_negative_ttls_expire_on_time_at_both_levels() {
+    let dir = temp_dir();
+    let d = dir.path();
+    let t = setup(d);
+    let redis = RedisServer::start(d, None, &[]);
+    let toml = authd_toml(
+        "positive_ttl = \"3s\"\nnegative_ttl = \"2s\"\nlocal_ttl = \"1s\"\n",
+        &redis_toml(&redis),
+    );
+    let a = start_authd(d, "authd-a", "127.0.0.1:0", &toml);
+
+    let first = Instant::now();
+    assert!(grpc_review(&a, &t.alice).await.authenticated);
+    assert!(!grpc_review(&a, &t.nobody).await.authenticated);
+    assert_eq!(source_calls(&a).await, 2.0);
+    // Redis holds them no longer than their TTLs.
+    let ttls: Vec<i64> = redis
+        .dump()
+        .iter()
+        .filter(|(k, _)| k.contains(":v:"))
+        .map(|(k, _)| redis.pttl(k))
+        .collect();
+    assert_eq!(ttls.len(), 2, "two verdicts in Redis");
+    assert!(
+        ttls.iter().all(|ms| *ms > 0 && *ms <= 3000),
+        "PX at most the positive TTL: {ttls:?}"
+    );
+    assert!(ttls.iter().any(|ms| *ms <= 2000), "negative TTL: {ttls:?}");
+
+    // Before any TTL: no new source call.
+    assert!(grpc_review(&a, &t.alice).await.cached);
+    assert!(grpc_review(&a, &t.nobody).await.cached);
+    assert_eq!(source_calls(&a).await, 2.0);
+
+    // Past local_ttl (1 s), before the TTLs: from Redis, still no source call.
+    tokio::time::sleep_until((first + Duration::from_millis(1300)).into()).await;
+    let shared_before = hits(&a, "shared").await;
+    assert!(grpc_review(&a, &t.alice).await.cached);
+    assert_eq!(hits(&a, "shared").await, shared_before + 1.0);
+    assert_eq!(source_calls(&a).await, 2.0);
+
+    // Past the negative TTL (2 s): the denial is asked again, the positive is not.
+    tokio::time::sleep_until((first + Duration::from_millis(2300)).into()).await;
+    assert!(!grpc_review(&a, &t.nobody).await.cached);
+    assert_eq!(
+        metric(&a, "authd_source_calls_total", &[("outcome", "not_mine")]).await,
+        2.0
+    );
+    assert_eq!(
+        metric(
+            &a,
+            "authd_source_calls_total",
+            &[("outcome", "authenticated")]
+        )
+        .await,
+        1.0
+    );
+
+    // Past the positive TTL (3 s): asked again.
+    tokio::time::sleep_until((first + Duration::from_millis(3300)).into()).await;
+    let r = grpc_review(&a, &t.alice).await;
+    assert!(r.authenticated && !r.cached, "{r:?}");
+    assert_eq!(
+        metric(
+            &a,
+            "authd_source_calls_total",
+            &[("outcome", "authenticated")]
+        )
+        .await,
+        2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_killed_under_load_fails_no_review_and_hits_resume_after_restart() {
+    let dir = temp_dir();
+    let d = dir.path();
+    let t = Arc::new(setup(d));
+    let mut redis = RedisServer::start(d, None, &[]);
+    // A short local window so Redis is on the path of most reviews.
+    let toml = authd_toml(
+        "local_ttl = \"200ms\"\n",
+        &redis_toml_default_timeout(&redis),
+    );
+    certs_init(d, &[]);
+    let a = start_authd(d, "authd-a", "127.0.0.1:0", &toml);
+    let b = start_authd(d, "authd-b", "127.0.0.1:0", &toml);
+    let edge = start_edge(d, "edge-a", &a.ready_field("grpc"), "");
+    let url = Arc::new(format!("{}/authenticate", edge.ready_field("https")));
+    let client = client(&std::fs::read(d.join("ca.crt")).unwrap(), Proto::H2, None);
+
+    const TOTAL: usize = 2000;
+    let load_started = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (t, next, client, url) = (t.clone(), next.clone(), client.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut failures = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= TOTAL || Instant::now() > deadline {
+                    return failures;
+                }
+                // Every fifth review is an unknown token, the rest spread over 20 users.
+                let (tok, expect) = if i % 5 == 0 {
+                    (t.nobody.clone(), None)
+                } else {
+                    (t.users[i % 20].clone(), Some(format!("user{}", i % 20)))
+                };
+                let r = review(&client, &url, V1, &tok).await;
+                let ok = r.status == 200
+                    && match &expect {
+                        Some(user) => r.authenticated() && r.username() == user,
+                        None => r.body["status"] == serde_json::json!({"authenticated": false}),
+                    };
+                if !ok {
+                    failures.push(format!("review {i}: {r:?}"));
+                }
+            }
+        }));
+    }
+    // Kill Redis once a quarter of the run is done.
+    while next.load(Ordering::SeqCst) < TOTAL / 4 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    redis.kill();
+    let killed_at = next.load(Ordering::SeqCst);
+    let mut failures = Vec::new();
+    for task in tasks {
+        failures.extend(task.await.unwrap());
+    }
+    let done = next.load(Ordering::SeqCst).min(TOTAL);
+    let load_took = load_started.elapsed();
+    assert!(
+        failures.is_empty(),
+        "{} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert_eq!(done, TOTAL, "the run finished within its time bound");
+    assert!(
+        killed_at < TOTAL,
+        "Redis was killed mid-run (at {killed_at})"
+    );
+    assert!(
+        metric(&a, "authd_redis_errors_total", &[]).await > 0.0,
+        "errors counted while Redis was down"
+    );
+    assert!(a
+        .stderr()
+        .contains("shared cache (Redis) unavailable; answering from the identity sources"));
+    let outage_lines = a
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("shared cache (Redis)"))
+        .count();
+    let errors = metric(&a, "authd_redis_errors_total", &[]).await;
+    eprintln!(
+        "load: {done} reviews in {load_took:?}, 0 failed; Redis killed after {killed_at}; replica A: {errors} \
+         Redis errors, {outage_lines} log lines about it, {} source calls",
+        source_calls(&a).await,
+    );
+    assert!(
+        outage_lines < 20 && (outage_lines as f64) < errors,
+        "Redis errors are logged rate-limited, not once per review"
+    );
+
+    // Same port, empty: both replicas use it again without a restart.
+    redis.restart();
+    let shared_before = hits(&b, "shared").await;
+    let mut i = 0;
+    eventually(Duration::from_secs(15), "shared hits resume on B", || {
+        i += 1;
+        let tok = t.users[i % 20].clone();
+        let (a, b) = (&a, &b);
+        async move {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            grpc_review(a, &tok).await;
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            grpc_review(b, &tok).await;
+            hits(b, "shared").await > shared_before
+        }
+    })
+    .await;
+    eventually(
+        Duration::from_secs(5),
+        "A logs that Redis is back",
+        || async { a.stderr().contains("shared cache (Redis) reachable again") },
+    )
+    .await;
+    assert_no_secrets(&redis.dump(), &secrets(&t, &[]));
+}
+
+#[test]
+fn redis_without_a_shared_hmac_key_stops_start_up_naming_the_field() {
+    let dir = temp_dir();
+    let d = dir.path();
+    setup(d);
+    let cfg = write(
+        d,
+        "authd.toml",
+        "listen = \"127.0.0.1:0\"\n[cache.redis]\nurl = \"redis://127.0.0.1:1\"\n\
+         [[sources]]\nname = \"static\"\ntype = \"token_file\"\npath = \"tokens.csv\"\n",
+    );
+    let mut p = Proc::spawn(
+        "authd",
+        "authd",
+        &["serve", "--config", cfg.to_str().unwrap()],
+        d,
+        &[],
+    );
+    assert_eq!(p.wait_exit(Duration::from_secs(10)), Some(1));
+    assert!(p.stderr().contains("cache.hmac_key_file"), "{}", p.stderr());
+}
