@@ -583,3 +583,128 @@ fn redis_without_a_shared_hmac_key_stops_start_up_naming_the_field() {
     assert_eq!(p.wait_exit(Duration::from_secs(10)), Some(1));
     assert!(p.stderr().contains("cache.hmac_key_file"), "{}", p.stderr());
 }
+
+/// Polls for at most one second until `p` refuses `token` (a definitive no).
+async fn refused_within_1s(p: &Proc, token: &str) {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let r = grpc_review(p, token).await;
+        assert!(r.error.is_empty(), "{}: {r:?}", p.name);
+        if !r.authenticated {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} still authenticated the user 1 s after revocation",
+            p.name
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A user removed from the identity source is still answered from the shared cache (that is
+/// what the cache is for); `kube-authd revoke --user` then makes every replica refuse the
+/// user within a second, while other users are untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_revoked_user_is_refused_on_every_replica_within_a_second() {
+    let dir = temp_dir();
+    let d = dir.path();
+    let t = setup(d);
+    let redis = RedisServer::start(d, None, &[]);
+    let toml = authd_toml(
+        "positive_ttl = \"10m\"\nlocal_ttl = \"10m\"\n",
+        &redis_toml(&redis),
+    );
+    let a = start_authd(d, "authd-a", "127.0.0.1:0", &toml);
+    let b = start_authd(d, "authd-b", "127.0.0.1:0", &toml);
+    assert!(grpc_review(&a, &t.bob).await.authenticated);
+    assert!(grpc_review(&b, &t.bob).await.authenticated);
+    assert!(grpc_review(&b, &t.alice).await.authenticated);
+
+    // Take bob out of the token file; both replicas reload it (and drop their local caches).
+    let csv = std::fs::read_to_string(d.join("tokens.csv")).unwrap();
+    let without_bob: String = csv
+        .lines()
+        .filter(|l| !l.contains(",bob,"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    write(d, "tokens.csv", &without_bob);
+    for p in [&a, &b] {
+        eventually(Duration::from_secs(10), "token file reloaded", || async {
+            metric(p, "authd_config_reloads_total", &[("result", "success")]).await >= 1.0
+        })
+        .await;
+    }
+    // The shared level still holds bob's verdict until it expires or is revoked.
+    let calls = source_calls(&b).await;
+    assert!(grpc_review(&b, &t.bob).await.authenticated);
+    assert_eq!(
+        source_calls(&b).await,
+        calls,
+        "served from Redis, not the source"
+    );
+
+    let out = revoke_cli(d, &a, &["--user", "bob"], None);
+    assert!(removed(&out) >= 1, "{out}");
+    refused_within_1s(&a, &t.bob).await;
+    refused_within_1s(&b, &t.bob).await;
+    assert!(grpc_review(&a, &t.alice).await.authenticated);
+    assert!(grpc_review(&b, &t.alice).await.authenticated);
+}
+
+/// Stale-if-error through the real binaries, with the Basic-auth source: while the service
+/// is down a replica with a grace serves a known user's expired positive verdict, only
+/// within the grace; negative verdicts are never served stale; a replica without the
+/// option answers "could not decide".
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stale_if_error_serves_only_positive_verdicts_within_the_grace_when_enabled() {
+    use common::basic_auth::{BasicAuthServer, Mode};
+    let dir = temp_dir();
+    let d = dir.path();
+    setup(d);
+    let idp = BasicAuthServer::start(&[("carol", "carol-pw")]);
+    let redis = RedisServer::start(d, None, &[]);
+    let config = |stale: &str| {
+        format!(
+            "[cache]\nhmac_key_file = \"hmac.key\"\npositive_ttl = \"1s\"\nnegative_ttl = \"1s\"\n\
+             stale_if_error = \"{stale}\"\n[cache.redis]\n{}\n\
+             [[sources]]\nname = \"idp\"\ntype = \"basic_auth\"\nurl = \"{}\"\ntimeout = \"1s\"\n",
+            redis_toml(&redis),
+            idp.template()
+        )
+    };
+    let a = start_authd(d, "authd-stale", "127.0.0.1:0", &config("4s"));
+    let b = start_authd(d, "authd-strict", "127.0.0.1:0", &config("0s"));
+    let started = Instant::now();
+    assert!(grpc_review(&a, "carol:carol-pw").await.authenticated);
+    let no = grpc_review(&a, "carol:wrong").await;
+    assert!(!no.authenticated && no.error.is_empty(), "{no:?}");
+
+    idp.http.set_mode(Mode::Down);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let stale = grpc_review(&a, "carol:carol-pw").await;
+    assert!(
+        stale.authenticated && stale.error.is_empty(),
+        "within the grace: {stale:?}"
+    );
+    assert!(metric(&a, "authd_stale_serves_total", &[]).await >= 1.0);
+    assert!(a.stderr().contains("stale-if-error"));
+    let neg = grpc_review(&a, "carol:wrong").await;
+    assert!(
+        !neg.authenticated && !neg.error.is_empty(),
+        "negative verdicts are never served stale: {neg:?}"
+    );
+    let strict = grpc_review(&b, "carol:carol-pw").await;
+    assert!(
+        !strict.authenticated && !strict.error.is_empty(),
+        "stale-if-error is off on this replica: {strict:?}"
+    );
+
+    // TTL (1 s) + grace (4 s) after the verdict was made, plus margin: no longer served.
+    tokio::time::sleep(Duration::from_secs(6).saturating_sub(started.elapsed())).await;
+    let late = grpc_review(&a, "carol:carol-pw").await;
+    assert!(
+        !late.authenticated && !late.error.is_empty(),
+        "past the grace: {late:?}"
+    );
+}
