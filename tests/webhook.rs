@@ -78,6 +78,10 @@ async fn check_answers(client: &reqwest::Client, url: &str, t: &Tokens, proto: P
         assert!(aud.authenticated());
         assert!(aud.body["status"].get("audiences").is_none(), "{aud:?}");
     }
+    // Junk too large to be anyone's token is a fast, cacheable denial, not a retried 500.
+    review(client, url, V1, &"x".repeat(100 * 1024))
+        .await
+        .assert_denied();
     // A hashed entry's digest is not itself a token.
     review(
         client,

@@ -12,7 +12,7 @@ pub struct VerdictLabels {
     pub cluster: String,
     /// authenticated | rejected | denied_by_policy | undecided
     pub result: &'static str,
-    /// hit_local | hit_shared | miss | stale
+    /// hit_local | hit_shared | miss | stale | none (rejected before any lookup)
     pub cache: &'static str,
 }
 

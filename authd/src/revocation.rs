@@ -6,9 +6,9 @@ use authd_proto::v1::{RevokeResponse, RevokeTokenRequest, RevokeUserRequest};
 use tonic::{Request, Response, Status};
 
 use crate::authz::ClientIdentity;
-use crate::grpc::MAX_TOKEN_BYTES;
 use crate::metrics::ClientLabels;
 use crate::service::Authd;
+use crate::service::MAX_TOKEN_BYTES;
 
 pub struct AdminGrpc {
     authd: Authd,

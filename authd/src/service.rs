@@ -67,6 +67,20 @@ struct Inner {
     metrics: Arc<Metrics>,
 }
 
+/// Longest token looked up; longer ones are rejected without touching caches or sources.
+pub const MAX_TOKEN_BYTES: usize = 64 * 1024;
+
+fn count_unlooked_rejection(metrics: &Metrics, cluster: &str) {
+    metrics
+        .verdicts
+        .get_or_create(&VerdictLabels {
+            cluster: cluster.to_owned(),
+            result: "rejected",
+            cache: "none",
+        })
+        .inc();
+}
+
 #[derive(Clone)]
 pub struct Authd {
     inner: Arc<Inner>,
@@ -189,6 +203,14 @@ impl Authd {
 
     pub async fn authenticate(&self, req: AuthenticateRequest) -> AuthenticateResponse {
         let started = Instant::now();
+        // No source mints empty or enormous tokens: a definitive, cacheable "no" at once,
+        // not an error (which kube-apiserver would retry five times).
+        if req.token.is_empty() || req.token.len() > MAX_TOKEN_BYTES {
+            tracing::debug!(request_id = %req.request_id, bytes = req.token.len(),
+                "token empty or longer than the limit: rejected without a lookup");
+            count_unlooked_rejection(&self.inner.metrics, &req.cluster);
+            return AuthenticateResponse::default();
+        }
         let response = self.decide(&req).await;
         self.inner
             .metrics
