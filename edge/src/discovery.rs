@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
@@ -310,7 +311,14 @@ pub fn start(targets: Targets, settings: Settings) -> ReplicaSet {
             port,
             refresh,
         } => {
-            tokio::spawn(resolve(host, port, refresh, settings, registry.clone()));
+            tokio::spawn(resolve(
+                host,
+                port,
+                refresh,
+                settings,
+                registry.clone(),
+                system_lookup,
+            ));
         }
     }
     // Replicas and probers hold weak references; the registry lives as long as the
@@ -327,15 +335,33 @@ pub fn start(targets: Targets, settings: Settings) -> ReplicaSet {
     }
 }
 
-/// Re-resolves `host` every `refresh`; replicas whose address disappears leave. A failed
-/// lookup keeps the current set (DNS trouble is not replica trouble).
-async fn resolve(host: String, port: u16, refresh: Duration, settings: Settings, registry: Shared) {
+/// The system resolver (a headless Service's A/AAAA records in Kubernetes).
+async fn system_lookup(host: String, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+    Ok(tokio::net::lookup_host((host.as_str(), port))
+        .await?
+        .collect())
+}
+
+/// Re-resolves `host` every `refresh` with `lookup`; replicas whose address disappears
+/// leave, new ones join. A failed lookup keeps the current set (DNS trouble is not replica
+/// trouble).
+async fn resolve<L, F>(
+    host: String,
+    port: u16,
+    refresh: Duration,
+    settings: Settings,
+    registry: Shared,
+    lookup: L,
+) where
+    L: Fn(String, u16) -> F,
+    F: Future<Output = std::io::Result<Vec<SocketAddr>>>,
+{
     let me = Arc::downgrade(&registry);
     let mut last: Option<Vec<String>> = None;
     loop {
-        match tokio::net::lookup_host((host.as_str(), port)).await {
+        match lookup(host.clone(), port).await {
             Ok(addrs) => {
-                let mut keys: Vec<String> = addrs.map(|a| a.to_string()).collect();
+                let mut keys: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
                 keys.sort();
                 keys.dedup();
                 if last.as_ref() != Some(&keys) {
@@ -368,5 +394,75 @@ async fn resolve(host: String, port: u16, refresh: Duration, settings: Settings,
             return;
         }
         tokio::time::sleep(refresh).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Replica membership follows the DNS answer: addresses that appear join, addresses
+    /// that disappear leave, and a failed lookup changes nothing.
+    #[tokio::test]
+    async fn membership_follows_re_resolution() {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let registry: Shared = Arc::new(Mutex::new(Registry {
+            changes: tx,
+            slots: HashMap::new(),
+            reachability: Reachability::never(),
+        }));
+        let answer: Arc<Mutex<std::io::Result<Vec<SocketAddr>>>> =
+            Arc::new(Mutex::new(Ok(vec!["127.0.0.1:1".parse().unwrap()])));
+        let dns = answer.clone();
+        let lookup = move |_host: String, _port: u16| {
+            let now = match &*dns.lock().unwrap() {
+                Ok(a) => Ok(a.clone()),
+                Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+            };
+            async move { now }
+        };
+        let settings = Settings {
+            tls: None,
+            connect_timeout: Duration::from_millis(100),
+            health_interval: Duration::from_secs(60),
+        };
+        tokio::spawn(resolve(
+            "authd.example".into(),
+            1,
+            Duration::from_millis(20),
+            settings,
+            registry.clone(),
+            lookup,
+        ));
+        let members = || {
+            let mut k: Vec<String> = lock(&registry).slots.keys().cloned().collect();
+            k.sort();
+            k
+        };
+        wait_for(&members, &["127.0.0.1:1"]).await;
+        *answer.lock().unwrap() = Ok(vec![
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.2:1".parse().unwrap(),
+        ]);
+        wait_for(&members, &["127.0.0.1:1", "127.0.0.2:1"]).await;
+        *answer.lock().unwrap() = Ok(vec!["127.0.0.2:1".parse().unwrap()]);
+        wait_for(&members, &["127.0.0.2:1"]).await;
+        *answer.lock().unwrap() = Err(std::io::Error::other("SERVFAIL"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            members(),
+            vec!["127.0.0.2:1"],
+            "a failed lookup keeps the set"
+        );
+    }
+
+    async fn wait_for(members: &impl Fn() -> Vec<String>, want: &[&str]) {
+        for _ in 0..200 {
+            if members() == want {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("members {:?}, expected {want:?}", members());
     }
 }
