@@ -727,3 +727,81 @@ async fn with_a_shared_client_ca_the_certificate_name_binds_the_cluster() {
     )
     .await;
 }
+
+/// authd's own call limit: over `max_concurrent_calls` a call is refused at once with
+/// RESOURCE_EXHAUSTED (not queued), and the edge turns that into its immediate "overloaded"
+/// 500 without Retry-After and without retrying it elsewhere. Calls are held open by a slow
+/// Basic-auth service.
+#[tokio::test(flavor = "multi_thread")]
+async fn authd_refuses_calls_over_its_limit_at_once() {
+    use authd_proto::v1::authenticator_client::AuthenticatorClient;
+    use authd_proto::v1::AuthenticateRequest;
+    use common::basic_auth::{BasicAuthServer, Mode};
+    let dir = temp_dir();
+    let d = dir.path();
+    certs_init(d, &[]);
+    let idp = BasicAuthServer::start(&[("dave", "dave-pw")]);
+    let authd = start_authd(
+        d,
+        "authd",
+        "127.0.0.1:0",
+        &format!(
+            "max_concurrent_calls = 2\n\
+             [[sources]]\nname = \"idp\"\ntype = \"basic_auth\"\nurl = \"{}\"\ntimeout = \"8s\"\n",
+            idp.template()
+        ),
+    );
+    let grpc = authd.ready_field("grpc");
+    let edge = start_edge(d, "edge", &grpc, "review_timeout = \"9s\"\n");
+    let url = format!("{}/authenticate", edge.ready_field("https"));
+    let ca = std::fs::read(d.join("ca.crt")).unwrap();
+    let c = client(&ca, Proto::H2, None);
+    assert!(review(&c, &url, V1, "dave:dave-pw").await.authenticated());
+
+    idp.http.set_mode(Mode::Slow(Duration::from_secs(4)));
+    let held: Vec<_> = (0..2)
+        .map(|i| {
+            let grpc = grpc.clone();
+            tokio::spawn(async move {
+                let mut a = AuthenticatorClient::connect(format!("http://{grpc}"))
+                    .await
+                    .unwrap();
+                a.authenticate(AuthenticateRequest {
+                    token: format!("dave:held-{i}"),
+                    ..Default::default()
+                })
+                .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut direct = AuthenticatorClient::connect(format!("http://{grpc}"))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let refused = direct
+        .authenticate(AuthenticateRequest {
+            token: "dave:third".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a third concurrent call is over the limit");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "refused at once, not queued"
+    );
+    let a = review(&c, &url, V1, "dave:via-edge").await;
+    a.assert_undecided();
+    let msg = a.body["message"].as_str().unwrap_or("");
+    assert!(msg.contains("overloaded"), "{a:?}");
+    for h in held {
+        // Answered (a wrong password) once the slow service replies: never a yes.
+        let r = h.await.unwrap().expect("held calls complete");
+        assert!(!r.into_inner().authenticated);
+    }
+}
