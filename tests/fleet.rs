@@ -805,3 +805,60 @@ async fn authd_refuses_calls_over_its_limit_at_once() {
         assert!(!r.into_inner().authenticated);
     }
 }
+
+/// `tls.client_ca` puts `POST /authenticate` (the default cluster) behind mutual TLS too:
+/// its own kube-apiserver certificate is accepted, another cluster's is refused (403), and
+/// with every route requiring a certificate, a client without one fails the handshake.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_default_endpoint_can_require_a_client_certificate() {
+    let dir = temp_dir();
+    let d = dir.path();
+    certs_init_with(d, &["--cluster", "default", "--cluster", "dev"]);
+    let alice = tokens(d);
+    let authd = start_authd(d, "authd", "127.0.0.1:0", SOURCES);
+    let cfg = write(
+        d,
+        "edge-default-mtls.toml",
+        &format!(
+            "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+             [tls]\ncert = \"edge.crt\"\nkey = \"edge.key\"\nclient_ca = \"cluster-default-ca.crt\"\n\
+             [authd]\nendpoint = \"http://{}\"\n\
+             [clusters.dev]\nclient_ca = \"cluster-dev-ca.crt\"\n",
+            authd.ready_field("grpc")
+        ),
+    );
+    let edge = Proc::start_named(
+        "edge",
+        "authd-edge",
+        &["serve", "--config", cfg.to_str().unwrap()],
+        d,
+        "authd-edge ready",
+    );
+    let base = edge.ready_field("https");
+    let url = format!("{base}/authenticate");
+    let ca = std::fs::read(d.join("ca.crt")).unwrap();
+    let default_client = client(&ca, Proto::H2, Some(identity(d, "apiserver-default")));
+    assert_authenticated(&default_client, &url, &alice).await;
+    let dev_client = client(&ca, Proto::H1, Some(identity(d, "apiserver-dev")));
+    assert_authenticated(
+        &dev_client,
+        &format!("{base}/clusters/dev/authenticate"),
+        &alice,
+    )
+    .await;
+    let a = review(&dev_client, &url, V1, &alice).await;
+    assert_eq!(
+        a.status, 403,
+        "dev's certificate on the default endpoint: {a:?}"
+    );
+    let anonymous = client(&ca, Proto::H2, None);
+    let r = anonymous
+        .post(format!("{url}?timeout=30s"))
+        .body(review_body(V1, &alice, &[]))
+        .send()
+        .await;
+    assert!(
+        r.is_err(),
+        "no certificate: refused at the handshake: {r:?}"
+    );
+}
