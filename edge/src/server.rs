@@ -447,6 +447,10 @@ async fn drive<C>(
     let first_request_deadline = tokio::time::sleep(settings.header_read_timeout);
     tokio::pin!(first_request_deadline);
     let mut closing = false;
+    // A `select!` precondition is only evaluated on entry, so whether a request was seen
+    // is checked again when the deadline fires: a busy keep-alive connection must not be
+    // closed just because it is older than the header timeout.
+    let mut deadline_passed = false;
     loop {
         tokio::select! {
             res = conn.as_mut() => {
@@ -455,7 +459,11 @@ async fn drive<C>(
                 }
                 return;
             }
-            _ = &mut first_request_deadline, if !closing && !seen_request.load(Ordering::Relaxed) => {
+            _ = &mut first_request_deadline, if !closing && !deadline_passed => {
+                deadline_passed = true;
+                if seen_request.load(Ordering::Relaxed) {
+                    continue;
+                }
                 tracing::info!(%peer, timeout = ?settings.header_read_timeout,
                     "client sent no request within the header read timeout; closing");
                 break;
