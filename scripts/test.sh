@@ -11,11 +11,14 @@ cd "$(dirname "$0")/.."
 declare -A need=(
   [redis-server]=redis-server
   [redis-cli]=redis-tools
+  [python3]=python3
 )
 missing=()
 for cmd in "${!need[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${need[$cmd]}")
 done
+# The benchmark smoke test runs the seed's Flask app from a venv.
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 if ((${#missing[@]})); then
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
     echo "installing test dependencies: ${missing[*]}"

@@ -320,33 +320,15 @@ impl Scenario {
 
 fn scenarios(open_rate: f64) -> Vec<Scenario> {
     use Proto::{H1, H2};
-    let mut v = Vec::new();
+    let seed = |server, work| Scenario::new(server, work, Source::Basic, H1);
     // Baselines first: the ratios below refer to them.
-    v.push(Scenario::new(
-        Server::SeedGunicorn,
-        Work::Warm,
-        Source::Basic,
-        H1,
-    ));
-    v.push(Scenario::new(
-        Server::SeedGunicorn,
-        Work::Cold,
-        Source::Basic,
-        H1,
-    ));
-    v.push(Scenario::new(
-        Server::SeedGunicorn,
-        Work::Mix95,
-        Source::Basic,
-        H1,
-    ));
-    v.push(Scenario::new(Server::SeedGunicorn, Work::Warm, Source::Basic, H1).open(open_rate));
-    v.push(Scenario::new(
-        Server::SeedFlask,
-        Work::Warm,
-        Source::Basic,
-        H1,
-    ));
+    let mut v = vec![
+        seed(Server::SeedGunicorn, Work::Warm),
+        seed(Server::SeedGunicorn, Work::Cold),
+        seed(Server::SeedGunicorn, Work::Mix95),
+        seed(Server::SeedGunicorn, Work::Warm).open(open_rate),
+        seed(Server::SeedFlask, Work::Warm),
+    ];
     for p in [H1, H2] {
         v.push(Scenario::new(
             Server::CeilingHttps,
