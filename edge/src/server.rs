@@ -71,27 +71,28 @@ impl Handler {
     }
 
     /// `/authenticate` → default cluster; `/clusters/{name}/authenticate` → a configured one.
-    fn route<'p>(&'p self, path: &'p str) -> Option<&'p str> {
+    /// The name returned is the handler's own, so the request can be moved on without
+    /// copying its path.
+    fn route(&self, path: &str) -> Option<&str> {
         if path == "/authenticate" {
             return Some(&self.default_cluster);
         }
         let name = path
             .strip_prefix("/clusters/")?
             .strip_suffix("/authenticate")?;
-        self.clusters.contains(name).then_some(name)
+        self.clusters.get(name).map(String::as_str)
     }
 
     pub async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let started = Instant::now();
         let request_id = format!("{:016x}", rand::random::<u64>());
-        let path = req.uri().path().to_owned();
-        let cluster = self.route(&path).map(str::to_owned);
-        let answer = match &cluster {
+        let cluster = self.route(req.uri().path());
+        let answer = match cluster {
             None => Answer::failure(
                 StatusCode::NOT_FOUND,
                 "NotFound",
                 "not_found",
-                &format!("no TokenReview endpoint at {}", clip_path(&path)),
+                &format!("no TokenReview endpoint at {}", clip_path(req.uri().path())),
             ),
             Some(cluster) => self.review(req, cluster, &request_id).await,
         };
@@ -99,7 +100,7 @@ impl Handler {
         self.metrics
             .reviews
             .get_or_create(&ReviewLabels {
-                cluster: cluster.clone().unwrap_or_else(|| "unknown".into()),
+                cluster: cluster.unwrap_or("unknown").to_owned(),
                 api_version: answer.api_version,
                 result: answer.result,
                 code,
@@ -109,7 +110,7 @@ impl Handler {
         self.metrics.latency.observe(elapsed.as_secs_f64());
         tracing::debug!(
             request_id,
-            cluster = cluster.as_deref().unwrap_or("-"),
+            cluster = cluster.unwrap_or("-"),
             api_version = answer.api_version,
             result = answer.result,
             code,
@@ -247,6 +248,9 @@ async fn read_body(mut body: Incoming, limit: usize) -> BodyRead {
     if declared.is_some_and(|n| n > DRAIN_CAP as u64) {
         return BodyRead::TooLarge;
     }
+    // A review body usually arrives as one frame: keep it as is and copy only when a
+    // second frame shows up.
+    let mut first: Option<Bytes> = None;
     let mut buf = bytes::BytesMut::new();
     let mut seen = 0usize;
     while let Some(frame) = body.frame().await {
@@ -260,14 +264,22 @@ async fn read_body(mut body: Incoming, limit: usize) -> BodyRead {
                 return BodyRead::TooLarge;
             }
             if seen <= limit {
-                buf.extend_from_slice(&data);
+                match first.take() {
+                    None if buf.is_empty() => first = Some(data),
+                    earlier => {
+                        if let Some(e) = earlier {
+                            buf.extend_from_slice(&e);
+                        }
+                        buf.extend_from_slice(&data);
+                    }
+                }
             }
         }
     }
     if seen > limit {
         BodyRead::TooLarge
     } else {
-        BodyRead::Complete(buf.freeze())
+        BodyRead::Complete(first.unwrap_or_else(|| buf.freeze()))
     }
 }
 
