@@ -37,12 +37,12 @@ pub struct Args {
     #[arg(long, default_value_t = 100)]
     hot_tokens: usize,
     /// Cold tokens, each sent once; also the size of the static token file.
-    #[arg(long, default_value_t = 300_000)]
+    #[arg(long, default_value_t = 800_000)]
     cold_tokens: usize,
-    /// Open-loop rows offer this many reviews per second (below the seed's capacity, so
-    /// latencies compare at the same load).
-    #[arg(long, default_value_t = 500.0)]
-    open_rate: f64,
+    /// Open-loop rows offer this many reviews per second (default: half the seed's
+    /// measured closed-loop throughput, so latencies compare at one load the seed can carry).
+    #[arg(long)]
+    open_rate: Option<f64>,
     /// gunicorn sync workers for the seed (default: 2 × nproc + 1, gunicorn's advice).
     #[arg(long)]
     gunicorn_workers: Option<usize>,
@@ -299,10 +299,15 @@ impl Scenario {
         }
     }
 
-    fn open(mut self, rate: f64) -> Self {
+    /// Open loop; the rate is fixed when the row runs (see `Args::open_rate`).
+    fn open(mut self) -> Self {
+        self.rate = Some(0.0);
+        self
+    }
+
+    fn set_rate(&mut self, rate: f64) {
         self.rate = Some(rate);
         self.name = format!("{}/open{rate:.0}", self.name);
-        self
     }
 
     /// The issues whose features this scenario's configuration needs.
@@ -318,7 +323,7 @@ impl Scenario {
     }
 }
 
-fn scenarios(open_rate: f64) -> Vec<Scenario> {
+fn scenarios() -> Vec<Scenario> {
     use Proto::{H1, H2};
     let seed = |server, work| Scenario::new(server, work, Source::Basic, H1);
     // Baselines first: the ratios below refer to them.
@@ -326,7 +331,7 @@ fn scenarios(open_rate: f64) -> Vec<Scenario> {
         seed(Server::SeedGunicorn, Work::Warm),
         seed(Server::SeedGunicorn, Work::Cold),
         seed(Server::SeedGunicorn, Work::Mix95),
-        seed(Server::SeedGunicorn, Work::Warm).open(open_rate),
+        seed(Server::SeedGunicorn, Work::Warm).open(),
         seed(Server::SeedFlask, Work::Warm),
     ];
     for p in [H1, H2] {
@@ -358,9 +363,7 @@ fn scenarios(open_rate: f64) -> Vec<Scenario> {
             H1,
         ));
     }
-    v.push(
-        Scenario::new(Server::AllInOne(Cache::Local), Work::Warm, Source::File, H1).open(open_rate),
-    );
+    v.push(Scenario::new(Server::AllInOne(Cache::Local), Work::Warm, Source::File, H1).open());
     v
 }
 
@@ -592,7 +595,13 @@ fn start(env: &Env, sc: &Scenario, idx: usize) -> anyhow::Result<Start> {
         Ok(Start::Skipped(format!(
             "skipped: needs {} on this branch ({})",
             sc.needs().join(" and "),
-            e.lines().last().unwrap_or_default().trim()
+            e.lines()
+                .last()
+                .unwrap_or_default()
+                .trim()
+                .chars()
+                .take(100)
+                .collect::<String>()
         )))
     };
     if let Some(cache) = sc.server.cache() {
@@ -837,7 +846,7 @@ fn report(args: &Args, rows: &[Row], env: &Env, started: &str, machine: &str) ->
     let _ = writeln!(s, "- Machine: {machine}.");
     let _ = writeln!(
         s,
-        "- Load: closed loop, {} keep-alive HTTPS connections (HTTP/1.1, one review at a time each) or {} streams over one HTTP/2 connection (h2) or one gRPC channel (grpc); warm-up {:?}, then {:?} measured per scenario; `open N` rows are open loop at N reviews/s with latency from the intended send time. Client and servers share the machine.",
+        "- Load: closed loop, {} keep-alive HTTPS connections (HTTP/1.1, one review at a time each) or {} streams over one HTTP/2 connection (h2) or one gRPC channel (grpc); warm-up {:?}, then {:?} measured per scenario; `/openN` rows are open loop at N reviews/s (half the seed's closed-loop throughput unless `--open-rate` says otherwise) with latency from the intended send time. Client and servers share the machine.",
         args.connections, args.connections, args.warmup, args.duration
     );
     let _ = writeln!(
@@ -1041,13 +1050,13 @@ pub async fn run(mut args: Args) -> anyhow::Result<bool> {
         args.connections = args.connections.min(4);
         args.hot_tokens = args.hot_tokens.min(20);
         args.cold_tokens = args.cold_tokens.min(3_000);
-        args.open_rate = args.open_rate.min(50.0);
+        args.open_rate = Some(args.open_rate.unwrap_or(50.0).min(50.0));
     }
     let machine = machine();
     let started = utc_now();
     let tmp = std::env::temp_dir().join(format!("kube-authd-bench-{}", std::process::id()));
     std::fs::create_dir_all(&tmp)?;
-    let list: Vec<Scenario> = scenarios(args.open_rate)
+    let list: Vec<Scenario> = scenarios()
         .into_iter()
         .filter(|s| {
             args.only
@@ -1063,7 +1072,14 @@ pub async fn run(mut args: Args) -> anyhow::Result<bool> {
     let hot = env.universe.hot_items();
     let cold = env.universe.cold_items();
     let mut rows = Vec::new();
-    for (i, sc) in list.into_iter().enumerate() {
+    for (i, mut sc) in list.into_iter().enumerate() {
+        if sc.rate.is_some() {
+            let rate = args.open_rate.unwrap_or_else(|| {
+                find(&rows, "seed-gunicorn/warm/h1")
+                    .map_or(200.0, |o| (o.throughput() / 2.0).round().max(1.0))
+            });
+            sc.set_rate(rate);
+        }
         eprint!("bench: {:<40} ", sc.name);
         let running = match start(&env, &sc, i)? {
             Start::Skipped(why) => {
