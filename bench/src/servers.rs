@@ -197,7 +197,16 @@ pub async fn fixed_authd(listen: SocketAddr) -> anyhow::Result<()> {
     println!("bench-fixed-authd ready grpc={}", listener.local_addr()?);
     tonic::transport::Server::builder()
         .add_service(AuthenticatorServer::new(FixedVerdict))
-        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+        .serve_with_incoming(tokio_stream::StreamExt::map(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            |conn| {
+                // As authd does: no Nagle delay on small answers.
+                if let Ok(tcp) = &conn {
+                    let _ = tcp.set_nodelay(true);
+                }
+                conn
+            },
+        ))
         .await
         .context("fixed authd gRPC server")
 }

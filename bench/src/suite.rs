@@ -861,18 +861,18 @@ fn report(args: &Args, rows: &[Row], env: &Env, started: &str, machine: &str) ->
     );
     let _ = writeln!(
         s,
-        "| scenario | server | reviews/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors | CPU s / 1k reviews | × seed (gunicorn) | of ceiling |"
+        "| scenario | server | reviews/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors | CPU s / 1k reviews | × seed (gunicorn) | of ceiling | of ceiling (CPU) |"
     );
     let _ = writeln!(
         s,
-        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|"
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"
     );
     for r in rows {
         match &r.result {
             Err(why) => {
                 let _ = writeln!(
                     s,
-                    "| {} | {} | – | | | | | | {} | | | |",
+                    "| {} | {} | – | | | | | | {} | | | | |",
                     r.sc.name,
                     r.sc.server.label(),
                     why.replace('|', "/")
@@ -891,6 +891,13 @@ fn report(args: &Args, rows: &[Row], env: &Env, started: &str, machine: &str) ->
                             }
                         })
                 };
+                // Throughput ratios move with whatever else the machine runs; the CPU a
+                // review costs, compared with the ceiling's, does not.
+                let cpu_ratio = ceiling
+                    .as_deref()
+                    .and_then(|n| find(rows, n))
+                    .and_then(|c| Some(c.cpu_per_1k()? / o.cpu_per_1k()?))
+                    .map_or(String::new(), |x| format!("{:.0}%", x * 100.0));
                 let note = if o.exhausted {
                     format!(
                         " (cold set used up after {:.1} s)",
@@ -901,7 +908,7 @@ fn report(args: &Args, rows: &[Row], env: &Env, started: &str, machine: &str) ->
                 };
                 let _ = writeln!(
                     s,
-                    "| {}{} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} |",
+                    "| {}{} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {} |",
                     r.sc.name,
                     note,
                     r.sc.server.label(),
@@ -914,7 +921,8 @@ fn report(args: &Args, rows: &[Row], env: &Env, started: &str, machine: &str) ->
                     o.errors_text(),
                     o.cpu_per_1k().map_or("–".into(), |c| format!("{c:.3}")),
                     ratio(seed, false),
-                    ratio(ceiling, true),
+                    ratio(ceiling.clone(), true),
+                    cpu_ratio,
                 );
             }
         }
