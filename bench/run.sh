@@ -5,4 +5,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --workspace --bins --locked
-exec target/release/kube-authd-bench suite --out bench/RESULTS.md "$@"
+exec target/release/kube-authd-bench suite "$@"

@@ -21,9 +21,10 @@ use crate::tokens::{Universe, Workload, GROUP};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Where the Markdown report goes.
-    #[arg(long, default_value = "target/bench-report.md")]
-    out: PathBuf,
+    /// Where the Markdown report goes (default: bench/RESULTS.md, or
+    /// target/bench-smoke.md with --smoke; relative to the current folder).
+    #[arg(long)]
+    out: Option<PathBuf>,
     /// Measured time per scenario.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     duration: Duration,
@@ -1161,11 +1162,18 @@ pub async fn run(mut args: Args) -> anyhow::Result<bool> {
         });
     }
     let text = report(&args, &rows, &env, &started, &machine);
-    if let Some(parent) = args.out.parent() {
+    let out = args.out.clone().unwrap_or_else(|| {
+        PathBuf::from(if args.smoke {
+            "target/bench-smoke.md"
+        } else {
+            "bench/RESULTS.md"
+        })
+    });
+    if let Some(parent) = out.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    std::fs::write(&args.out, &text).with_context(|| format!("writing {}", args.out.display()))?;
-    eprintln!("bench: report written to {}", args.out.display());
+    std::fs::write(&out, &text).with_context(|| format!("writing {}", out.display()))?;
+    eprintln!("bench: report written to {}", out.display());
     drop(env);
     if args.keep {
         eprintln!("bench: kept {}", tmp.display());
