@@ -25,7 +25,8 @@ done
 # PostgreSQL's server binaries are not on PATH on Debian: look under /usr/lib/postgresql.
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 compgen -G '/usr/lib/postgresql/*/bin/pg_ctl' >/dev/null || missing+=(postgresql)
-# The manifest schema check runs kubernetes-validate from a venv.
+# The manifest schema check (kubernetes-validate) and the benchmark smoke test (the seed's
+# Flask app) run from venvs.
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 if ((${#missing[@]})); then
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then

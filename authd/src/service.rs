@@ -330,7 +330,13 @@ impl Authd {
                 fingerprint = %fp.short(), source = %verdict.source, cached, "rejected");
             return rejected("rejected");
         };
-        let pipeline = self.pipeline();
+        // Under the read lock instead of cloning the Arc: no await here, and the refcount's
+        // cache line is not bounced between cores on every verdict.
+        let pipeline = self
+            .inner
+            .pipeline
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
         let identity = match crate::policy::admit(&pipeline.clusters, &req.cluster, identity) {
             Ok(identity) => identity,
             Err(why) => {

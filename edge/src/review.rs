@@ -7,7 +7,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-use authd_proto::v1::AuthenticateResponse;
+use authd_proto::v1::{AuthenticateResponse, StringList};
 use serde::{Deserialize, Serialize};
 
 /// The two TokenReview versions kube-apiserver can speak.
@@ -150,9 +150,27 @@ struct OutUser<'a> {
     uid: &'a str,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     groups: &'a [String],
-    #[serde(skip_serializing_if = "HashMap::is_empty")]
-    extra: HashMap<&'a str, &'a [String]>,
+    #[serde(skip_serializing_if = "Extra::is_empty")]
+    extra: Extra<'a>,
 }
+
+/// The verdict's `extra` map serialised in place (no intermediate map per review).
+struct Extra<'a>(&'a HashMap<String, StringList>);
+
+impl Extra<'_> {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Serialize for Extra<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(k, v)| (k, &v.values)))
+    }
+}
+
+/// Room for a typical answer, so serialising does not grow the buffer several times.
+const ANSWER_CAPACITY: usize = 512;
 
 /// Serialises a definitive verdict (authenticated or not) as a TokenReview in the
 /// request's version. Callers route "could not decide" to [`status_body`] instead.
@@ -182,15 +200,15 @@ pub fn render(review: &Review<'_>, verdict: &AuthenticateResponse) -> Vec<u8> {
                 username: &u.username,
                 uid: &u.uid,
                 groups: &u.groups,
-                extra: u
-                    .extra
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.values.as_slice()))
-                    .collect(),
+                extra: Extra(&u.extra),
             }),
         },
     };
-    let mut body = serde_json::to_vec(&out).unwrap_or_default();
+    let mut body = Vec::with_capacity(ANSWER_CAPACITY);
+    if serde_json::to_writer(&mut body, &out).is_err() {
+        // Serialising borrowed strings into a Vec cannot fail; never send half an answer.
+        body.clear();
+    }
     body.push(b'\n');
     body
 }
@@ -214,7 +232,7 @@ pub fn status_body(code: u16, reason: &str, message: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use authd_proto::v1::{StringList, User};
+    use authd_proto::v1::User;
 
     const V1: &str = r#"{"kind":"TokenReview","apiVersion":"authentication.k8s.io/v1","metadata":{"creationTimestamp":null},"spec":{"token":"014fbff9a07c","audiences":["https://kubernetes.default.svc.cluster.local"]},"status":{"user":{}}}"#;
 

@@ -73,29 +73,30 @@ impl Handler {
     }
 
     /// `/authenticate` → default cluster; `/clusters/{name}/authenticate` → a configured one.
-    fn route<'p>(&'p self, path: &'p str) -> Option<&'p str> {
+    /// The name returned is the handler's own, so the request can be moved on without
+    /// copying its path.
+    fn route(&self, path: &str) -> Option<&str> {
         if path == "/authenticate" {
             return Some(&self.default_cluster);
         }
         let name = path
             .strip_prefix("/clusters/")?
             .strip_suffix("/authenticate")?;
-        self.clusters.contains(name).then_some(name)
+        self.clusters.get(name).map(String::as_str)
     }
 
     pub async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let started = Instant::now();
         let request_id = format!("{:016x}", rand::random::<u64>());
-        let path = req.uri().path().to_owned();
-        let cluster = self.route(&path).map(str::to_owned);
-        let answer = match &cluster {
+        let cluster = self.route(req.uri().path());
+        let answer = match cluster {
             None => Answer::failure(
                 StatusCode::NOT_FOUND,
                 "NotFound",
                 "not_found",
-                &format!("no TokenReview endpoint at {}", clip_path(&path)),
+                &format!("no TokenReview endpoint at {}", clip_path(req.uri().path())),
             ),
-            Some(cluster) => match client_cert_refusal(&req, &path, cluster) {
+            Some(cluster) => match client_cert_refusal(&req, req.uri().path(), cluster) {
                 Some(why) => {
                     tracing::warn!(request_id, cluster, reason = %why,
                         "kube-apiserver client certificate refused; answering 403");
@@ -108,7 +109,7 @@ impl Handler {
         self.metrics
             .reviews
             .get_or_create(&ReviewLabels {
-                cluster: cluster.clone().unwrap_or_else(|| "unknown".into()),
+                cluster: cluster.unwrap_or("unknown").to_owned(),
                 api_version: answer.api_version,
                 result: answer.result,
                 code,
@@ -118,7 +119,7 @@ impl Handler {
         self.metrics.latency.observe(elapsed.as_secs_f64());
         tracing::debug!(
             request_id,
-            cluster = cluster.as_deref().unwrap_or("-"),
+            cluster = cluster.unwrap_or("-"),
             api_version = answer.api_version,
             result = answer.result,
             code,
@@ -297,6 +298,9 @@ async fn read_body(mut body: Incoming, limit: usize) -> BodyRead {
     if declared.is_some_and(|n| n > DRAIN_CAP as u64) {
         return BodyRead::TooLarge;
     }
+    // A review body usually arrives as one frame: keep it as is and copy only when a
+    // second frame shows up.
+    let mut first: Option<Bytes> = None;
     let mut buf = bytes::BytesMut::new();
     let mut seen = 0usize;
     while let Some(frame) = body.frame().await {
@@ -310,14 +314,22 @@ async fn read_body(mut body: Incoming, limit: usize) -> BodyRead {
                 return BodyRead::TooLarge;
             }
             if seen <= limit {
-                buf.extend_from_slice(&data);
+                match first.take() {
+                    None if buf.is_empty() => first = Some(data),
+                    earlier => {
+                        if let Some(e) = earlier {
+                            buf.extend_from_slice(&e);
+                        }
+                        buf.extend_from_slice(&data);
+                    }
+                }
             }
         }
     }
     if seen > limit {
         BodyRead::TooLarge
     } else {
-        BodyRead::Complete(buf.freeze())
+        BodyRead::Complete(first.unwrap_or_else(|| buf.freeze()))
     }
 }
 
@@ -518,6 +530,10 @@ async fn drive<C>(
     tokio::pin!(first_request_deadline);
     let mut closing = false;
     let mut idle_check = tokio::time::interval(settings.idle_timeout.min(Duration::from_secs(1)));
+    // A `select!` precondition is only evaluated on entry, so whether a request was seen
+    // is checked again when the deadline fires: a busy keep-alive connection must not be
+    // closed just because it is older than the header timeout.
+    let mut deadline_passed = false;
     loop {
         tokio::select! {
             res = conn.as_mut() => {
@@ -526,7 +542,11 @@ async fn drive<C>(
                 }
                 return;
             }
-            _ = &mut first_request_deadline, if !closing && !seen_request.load(Ordering::Relaxed) => {
+            _ = &mut first_request_deadline, if !closing && !deadline_passed => {
+                deadline_passed = true;
+                if seen_request.load(Ordering::Relaxed) {
+                    continue;
+                }
                 tracing::info!(%peer, timeout = ?settings.header_read_timeout,
                     "client sent no request within the header read timeout; closing");
                 break;
