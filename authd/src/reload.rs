@@ -2,10 +2,11 @@
 //! keys, CA bundles) and, on a change, re-parses and validates the whole configuration and
 //! rebuilds the sources. A reload that fails keeps the last good configuration and logs why.
 //!
-//! Polling (length, modification time and a SHA-256 of the content, every `interval`)
-//! rather than inotify: it sees editors' rename-over-write, files replaced through symlinks
-//! (Kubernetes ConfigMaps and Secrets) and network file systems alike, and costs one read of
-//! a few small files per second.
+//! Polling rather than inotify: it sees editors' rename-over-write, files replaced through
+//! symlinks (Kubernetes ConfigMaps and Secrets) and network file systems alike. Each poll
+//! compares cheap metadata (size, mtime, ctime, inode); only a file whose metadata moved is
+//! read and hashed, and only a changed hash triggers a reload (a `touch` does not). Polls run
+//! on tokio's blocking pool: a large token file must never stall the request path.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -21,20 +22,46 @@ use crate::verifiers;
 /// How often files are polled.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Every this many polls every file is re-hashed whatever its metadata says: a same-size
+/// rewrite within one kernel timestamp tick leaves the metadata unchanged.
+const FULL_CHECK_EVERY: u64 = 30;
+
+/// A file's metadata as far as change detection cares.
+type Meta = (u64, Option<SystemTime>, i64, i64, u64, u64);
+
 /// How a file looked when last polled; `None` when it could not be read.
-type FileState = Option<(u64, Option<SystemTime>, [u8; 32])>;
+type FileState = Option<(Meta, [u8; 32])>;
 
 /// Produces a fresh, validated configuration; the error names file, line and field.
 pub type Loader = Box<dyn Fn() -> anyhow::Result<Config> + Send + Sync>;
 
-fn state_of(path: &PathBuf) -> FileState {
-    let meta = std::fs::metadata(path).ok()?;
+fn meta_of(m: &std::fs::Metadata) -> Meta {
+    use std::os::unix::fs::MetadataExt;
+    (
+        m.len(),
+        m.modified().ok(),
+        m.ctime(),
+        m.ctime_nsec(),
+        m.ino(),
+        m.dev(),
+    )
+}
+
+/// The file's state, reading and hashing it only when its metadata differs from `previous`.
+fn state_of(path: &PathBuf, previous: Option<&FileState>) -> FileState {
+    let meta = meta_of(&std::fs::metadata(path).ok()?);
+    if let Some(Some((m, hash))) = previous {
+        if *m == meta {
+            return Some((meta, *hash));
+        }
+    }
     let bytes = std::fs::read(path).ok()?;
-    Some((
-        meta.len(),
-        meta.modified().ok(),
-        Sha256::digest(&bytes).into(),
-    ))
+    Some((meta, Sha256::digest(&bytes).into()))
+}
+
+/// Whether the content (or existence) differs; metadata alone does not count.
+fn content_differs(a: Option<&FileState>, b: &FileState) -> bool {
+    a.map(|s| s.as_ref().map(|(_, h)| *h)) != Some(b.as_ref().map(|(_, h)| *h))
 }
 
 fn watched(config_file: Option<&PathBuf>, config: &Config) -> BTreeMap<PathBuf, FileState> {
@@ -43,7 +70,7 @@ fn watched(config_file: Option<&PathBuf>, config: &Config) -> BTreeMap<PathBuf, 
         .cloned()
         .chain(config.sources.iter().flat_map(|s| s.files()))
         .map(|p| {
-            let s = state_of(&p);
+            let s = state_of(&p, None);
             (p, s)
         })
         .collect()
@@ -58,55 +85,102 @@ pub fn spawn(
     interval: Duration,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut seen = watched(config_file.as_ref(), &current);
-        let mut good = current;
+        let first = tokio::task::spawn_blocking(move || Watch {
+            seen: watched(config_file.as_ref(), &current),
+            polls: 0,
+            config_file,
+            good: current,
+            authd,
+            load,
+        })
+        .await;
+        let mut watch = match first {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(error = %e, "configuration watcher could not start; hot reload is off");
+                return;
+            }
+        };
         loop {
             tokio::time::sleep(interval).await;
-            let now: BTreeMap<PathBuf, FileState> =
-                seen.keys().map(|p| (p.clone(), state_of(p))).collect();
-            if now == seen {
-                continue;
-            }
-            let changed: Vec<String> = now
-                .iter()
-                .filter(|(p, s)| seen.get(*p) != Some(s))
-                .map(|(p, _)| p.display().to_string())
-                .collect();
-            // Remember what we saw even on failure: the next attempt waits for another edit
-            // instead of logging the same error every second.
-            seen = now;
-            match try_reload(&authd, &load) {
-                Ok(config) => {
-                    warn_restart_only(&good, &config);
-                    seen = watched(config_file.as_ref(), &config);
-                    tracing::info!(changed = ?changed, sources = config.sources.len(),
-                        "configuration reloaded; cached verdicts cleared");
-                    authd
-                        .metrics()
-                        .config_reloads
-                        .get_or_create(&ReloadLabels { result: "success" })
-                        .inc();
-                    good = config;
-                }
+            watch = match tokio::task::spawn_blocking(move || {
+                watch.poll();
+                watch
+            })
+            .await
+            {
+                Ok(w) => w,
                 Err(e) => {
-                    // TOML errors span lines (source excerpt, caret); keep one log line.
-                    let error = format!("{e:#}")
-                        .lines()
-                        .map(str::trim)
-                        .filter(|l| !l.is_empty())
-                        .collect::<Vec<_>>()
-                        .join(" ");
-                    tracing::error!(changed = ?changed, error = %error,
-                        "configuration reload failed; keeping the last good configuration");
-                    authd
-                        .metrics()
-                        .config_reloads
-                        .get_or_create(&ReloadLabels { result: "failure" })
-                        .inc();
+                    tracing::error!(error = %e, "configuration watcher failed; hot reload is off");
+                    return;
                 }
-            }
+            };
         }
     })
+}
+
+/// The watcher's state between polls.
+struct Watch {
+    config_file: Option<PathBuf>,
+    seen: BTreeMap<PathBuf, FileState>,
+    polls: u64,
+    good: Config,
+    authd: Authd,
+    load: Loader,
+}
+
+impl Watch {
+    /// One poll: blocking file I/O and, on a content change, a reload.
+    fn poll(&mut self) {
+        self.polls += 1;
+        let full = self.polls % FULL_CHECK_EVERY == 0;
+        let now: BTreeMap<PathBuf, FileState> = self
+            .seen
+            .iter()
+            .map(|(p, s)| (p.clone(), state_of(p, (!full).then_some(s))))
+            .collect();
+        let changed: Vec<String> = now
+            .iter()
+            .filter(|(p, s)| content_differs(self.seen.get(*p), s))
+            .map(|(p, _)| p.display().to_string())
+            .collect();
+        // Remember what we saw even on failure: the next attempt waits for another edit
+        // instead of logging the same error every second.
+        self.seen = now;
+        if changed.is_empty() {
+            return;
+        }
+        match try_reload(&self.authd, &self.load) {
+            Ok(config) => {
+                warn_restart_only(&self.good, &config);
+                self.seen = watched(self.config_file.as_ref(), &config);
+                tracing::info!(changed = ?changed, sources = config.sources.len(),
+                    "configuration reloaded; cached verdicts cleared");
+                self.authd
+                    .metrics()
+                    .config_reloads
+                    .get_or_create(&ReloadLabels { result: "success" })
+                    .inc();
+                self.good = config;
+            }
+            Err(e) => {
+                // TOML errors span lines (source excerpt, caret); keep one log line.
+                let error = format!("{e:#}")
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                tracing::error!(changed = ?changed, error = %error,
+                    "configuration reload failed; keeping the last good configuration");
+                self.authd
+                    .metrics()
+                    .config_reloads
+                    .get_or_create(&ReloadLabels { result: "failure" })
+                    .inc();
+            }
+        }
+    }
 }
 
 fn try_reload(authd: &Authd, load: &Loader) -> anyhow::Result<Config> {
@@ -129,5 +203,29 @@ fn warn_restart_only(old: &Config, new: &Config) {
         tracing::warn!(
             "listen, admin_listen, shutdown_grace and cache settings changed: they take effect only after a restart"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_content_changes_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("tokens.csv");
+        std::fs::write(&p, "a,alice,1\n").unwrap();
+        let first = state_of(&p, None);
+        assert!(!content_differs(Some(&first), &state_of(&p, Some(&first))));
+        // Same bytes rewritten (metadata moves): read again, but not a change.
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(&p, "a,alice,1\n").unwrap();
+        let touched = state_of(&p, Some(&first));
+        assert!(!content_differs(Some(&first), &touched));
+        std::fs::write(&p, "b,bobby,2\n").unwrap();
+        let edited = state_of(&p, None);
+        assert!(content_differs(Some(&touched), &edited));
+        std::fs::remove_file(&p).unwrap();
+        assert!(content_differs(Some(&edited), &state_of(&p, Some(&edited))));
     }
 }
