@@ -23,6 +23,46 @@ fn tokens(dir: &Path) -> String {
     alice
 }
 
+/// `n` authd replicas (static token source, plaintext gRPC) behind one edge that already
+/// reports ready. Fields drop in order: processes first, then the folder they live in.
+struct Fleet {
+    replicas: Vec<Replica>,
+    edge: Proc,
+    admin: String,
+    url: String,
+    alice: String,
+    dir: tempfile::TempDir,
+}
+
+impl Fleet {
+    async fn start(n: usize, review_timeout: &str) -> Fleet {
+        let dir = temp_dir();
+        let d = dir.path();
+        certs_init_with(d, &[]);
+        let alice = tokens(d);
+        let replicas: Vec<Replica> = (0..n)
+            .map(|i| Replica::start(d, &format!("authd{i}"), SOURCES))
+            .collect();
+        let edge = start_fleet_edge(
+            d,
+            "edge",
+            &format!("review_timeout = \"{review_timeout}\""),
+            &endpoints_toml(&replicas, "http"),
+        );
+        let admin = edge.ready_field("admin");
+        let url = format!("{}/authenticate", edge.ready_field("https"));
+        eventually(Duration::from_secs(10), "edge ready", || ready(&admin)).await;
+        Fleet {
+            replicas,
+            edge,
+            admin,
+            url,
+            alice,
+            dir,
+        }
+    }
+}
+
 /// Zero failed reviews; otherwise the failures and the edge's rotation changes.
 fn assert_no_failures(result: &LoadResult, edge: &Proc) {
     if result.failed.is_empty() {
@@ -68,22 +108,15 @@ fn https_client(dir: &Path) -> reqwest::Client {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_replica_fails_no_review_and_gets_traffic_again() {
-    let dir = temp_dir();
+    let Fleet {
+        mut replicas,
+        edge,
+        admin: _admin,
+        url,
+        alice,
+        dir,
+    } = Fleet::start(3, "5s").await;
     let d = dir.path();
-    certs_init_with(d, &[]);
-    let alice = tokens(d);
-    let mut replicas: Vec<Replica> = (0..3)
-        .map(|i| Replica::start(d, &format!("authd{i}"), SOURCES))
-        .collect();
-    let edge = start_fleet_edge(
-        d,
-        "edge",
-        "review_timeout = \"5s\"",
-        &endpoints_toml(&replicas, "http"),
-    );
-    let admin = edge.ready_field("admin");
-    let url = format!("{}/authenticate", edge.ready_field("https"));
-    eventually(Duration::from_secs(10), "edge ready", || ready(&admin)).await;
 
     let load = Load::start(
         https_client(d),
@@ -137,23 +170,16 @@ async fn a_killed_replica_fails_no_review_and_gets_traffic_again() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn all_replicas_down_answers_retryable_500_then_recovers_without_edge_restart() {
-    let dir = temp_dir();
+    let Fleet {
+        mut replicas,
+        edge: _edge,
+        admin,
+        url,
+        alice,
+        dir,
+    } = Fleet::start(2, "3s").await;
     let d = dir.path();
-    certs_init_with(d, &[]);
-    let alice = tokens(d);
-    let mut replicas: Vec<Replica> = (0..2)
-        .map(|i| Replica::start(d, &format!("authd{i}"), SOURCES))
-        .collect();
-    let edge = start_fleet_edge(
-        d,
-        "edge",
-        "review_timeout = \"3s\"",
-        &endpoints_toml(&replicas, "http"),
-    );
-    let admin = edge.ready_field("admin");
-    let url = format!("{}/authenticate", edge.ready_field("https"));
     let c = https_client(d);
-    eventually(Duration::from_secs(10), "edge ready", || ready(&admin)).await;
     assert_authenticated(&c, &url, &alice).await;
 
     for r in &mut replicas {
@@ -578,22 +604,15 @@ async fn over_capacity_reviews_are_answered_at_once_without_retry_after() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rolling_restart_of_replicas_fails_no_review() {
-    let dir = temp_dir();
+    let Fleet {
+        mut replicas,
+        edge,
+        admin: _admin,
+        url,
+        alice,
+        dir,
+    } = Fleet::start(3, "5s").await;
     let d = dir.path();
-    certs_init_with(d, &[]);
-    let alice = tokens(d);
-    let mut replicas: Vec<Replica> = (0..3)
-        .map(|i| Replica::start(d, &format!("authd{i}"), SOURCES))
-        .collect();
-    let edge = start_fleet_edge(
-        d,
-        "edge",
-        "review_timeout = \"5s\"",
-        &endpoints_toml(&replicas, "http"),
-    );
-    let admin = edge.ready_field("admin");
-    let url = format!("{}/authenticate", edge.ready_field("https"));
-    eventually(Duration::from_secs(10), "edge ready", || ready(&admin)).await;
     let load = Load::start(
         https_client(d),
         url,

@@ -949,41 +949,30 @@ fn report(args: &Args, rows: &[Row], env: &Env, started: &str, machine: &str) ->
             .and_then(|c| Some(c.cpu_per_1k()? / o.cpu_per_1k()?))
             .map_or("–".to_owned(), |x| format!("{:.0}%", x * 100.0))
     };
+    // Split mode, with or without Redis: ≥ 25× the seed, a tenth of its p99, 85% of the ceiling.
+    let split = |o: &Outcome, b: &Outcome| {
+        let x = o.throughput() / b.throughput();
+        let c = ceiling_split.map_or(0.0, |c| o.throughput() / c);
+        (
+            format!(
+                "{x:.1}× seed, p99 {:.2} ms vs seed {:.2} ms, {:.0}% of ceiling ({} by CPU per review)",
+                o.ms(0.99),
+                b.ms(0.99),
+                c * 100.0,
+                cpu_of("ceiling-split/warm/h1", o)
+            ),
+            x >= 25.0 && o.ms(0.99) * 10.0 <= b.ms(0.99) && c >= 0.85,
+        )
+    };
     target(
         "warm, split, Redis: ≥ 25× seed, p99 ≤ seed p99 / 10, ≥ 85% of the split ceiling",
         "split-redis/warm/h1",
-        &|o, b| {
-            let x = o.throughput() / b.throughput();
-            let c = ceiling_split.map_or(0.0, |c| o.throughput() / c);
-            (
-                format!(
-                    "{x:.1}× seed, p99 {:.2} ms vs seed {:.2} ms, {:.0}% of ceiling ({} by CPU per review)",
-                    o.ms(0.99),
-                    b.ms(0.99),
-                    c * 100.0,
-                    cpu_of("ceiling-split/warm/h1", o)
-                ),
-                x >= 25.0 && o.ms(0.99) * 10.0 <= b.ms(0.99) && c >= 0.85,
-            )
-        },
+        &split,
     );
     target(
         "warm, split, in-process cache only (same targets, for reference)",
         "split-local/warm/h1",
-        &|o, b| {
-            let x = o.throughput() / b.throughput();
-            let c = ceiling_split.map_or(0.0, |c| o.throughput() / c);
-            (
-                format!(
-                    "{x:.1}× seed, p99 {:.2} ms vs seed {:.2} ms, {:.0}% of ceiling ({} by CPU per review)",
-                    o.ms(0.99),
-                    b.ms(0.99),
-                    c * 100.0,
-                    cpu_of("ceiling-split/warm/h1", o)
-                ),
-                x >= 25.0 && o.ms(0.99) * 10.0 <= b.ms(0.99) && c >= 0.85,
-            )
-        },
+        &split,
     );
     target(
         "warm, all-in-one: ≥ 50× seed, ≥ 60% of the HTTPS ceiling",
