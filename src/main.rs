@@ -10,6 +10,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+
+/// mimalloc instead of glibc's malloc: the request path allocates small, short-lived
+/// buffers on several threads, where glibc's arenas cost ≈ 15% of the CPU (perf, warm path).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]

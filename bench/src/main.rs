@@ -16,6 +16,11 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
+/// The allocator kube-authd's binaries use (mimalloc), so the fixed-answer ceilings served
+/// from this binary are measured on the same footing as the servers they bound.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "kube-authd-bench",

@@ -8,6 +8,11 @@ use anyhow::Context;
 use authd_edge::discovery;
 use clap::{Parser, Subcommand};
 
+/// mimalloc instead of glibc's malloc: the request path allocates small, short-lived
+/// buffers on several threads, where glibc's arenas cost ≈ 15% of the CPU (perf, warm path).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "authd-edge",
