@@ -7,9 +7,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use authd_proto::v1::authenticator_client::AuthenticatorClient;
@@ -82,13 +80,6 @@ pub struct Settings {
     pub tls: Option<Reloading<ClientConfig>>,
     pub connect_timeout: Duration,
     pub health_interval: Duration,
-}
-
-/// One call to a replica, with the absolute deadline of the review it serves.
-#[derive(Clone, Debug)]
-pub struct Call {
-    pub request: AuthenticateRequest,
-    pub deadline: tokio::time::Instant,
 }
 
 struct Slot {
@@ -223,61 +214,48 @@ async fn probe(key: String, channel: Channel, interval: Duration, registry: Weak
     }
 }
 
-/// A replica in rotation: one `Authenticate` call per request, the review's remaining time
+/// A replica in rotation: one `Authenticate` call per review, the review's remaining time
 /// sent as the gRPC timeout. A transport failure ejects the replica before the error is
-/// returned, so the retry layer's second attempt is balanced over the others.
-#[derive(Clone)]
+/// returned, so a retry is balanced over the others. The caller bounds the wait (the edge's
+/// handler times the whole review out at the same deadline).
 pub struct Replica {
     key: String,
     client: AuthenticatorClient<Channel>,
     registry: Weak<Mutex<Registry>>,
 }
 
-impl tower::Service<Call> for Replica {
-    type Response = AuthenticateResponse;
-    type Error = BackendError;
-    type Future = Pin<Box<dyn Future<Output = Result<AuthenticateResponse, BackendError>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BackendError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, call: Call) -> Self::Future {
-        let mut client = self.client.clone();
-        let key = self.key.clone();
-        let registry = self.registry.clone();
-        Box::pin(async move {
-            let left = call
-                .deadline
-                .saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() {
-                return Err(BackendError::Timeout(Duration::ZERO));
+impl Replica {
+    pub async fn authenticate(
+        &self,
+        request: AuthenticateRequest,
+        deadline: tokio::time::Instant,
+    ) -> Result<AuthenticateResponse, BackendError> {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return Err(BackendError::Timeout(Duration::ZERO));
+        }
+        let mut request = tonic::Request::new(request);
+        request.set_timeout(left);
+        let status = match self.client.clone().authenticate(request).await {
+            Ok(resp) => return Ok(resp.into_inner()),
+            Err(status) => status,
+        };
+        let message = format!("{}: {:?}: {}", self.key, status.code(), status.message());
+        Err(match status.code() {
+            tonic::Code::InvalidArgument | tonic::Code::PermissionDenied => {
+                BackendError::Refused(message)
             }
-            let mut request = tonic::Request::new(call.request);
-            request.set_timeout(left);
-            let status =
-                match tokio::time::timeout_at(call.deadline, client.authenticate(request)).await {
-                    Err(_) => return Err(BackendError::Timeout(left)),
-                    Ok(Ok(resp)) => return Ok(resp.into_inner()),
-                    Ok(Err(status)) => status,
-                };
-            let message = format!("{}: {:?}: {}", key, status.code(), status.message());
-            Err(match status.code() {
-                tonic::Code::InvalidArgument | tonic::Code::PermissionDenied => {
-                    BackendError::Refused(message)
+            tonic::Code::DeadlineExceeded => BackendError::Timeout(left),
+            tonic::Code::ResourceExhausted => BackendError::Overloaded(message),
+            // Transport failures (UNAVAILABLE; CANCELLED or UNKNOWN when a connection
+            // closes under the call, as when authd drains): the replica or the way to it
+            // is down, so it leaves the rotation before the retry is balanced.
+            _ => {
+                if let Some(r) = self.registry.upgrade() {
+                    lock(&r).set(&self.key, false, &message, &Arc::downgrade(&r));
                 }
-                tonic::Code::DeadlineExceeded => BackendError::Timeout(left),
-                tonic::Code::ResourceExhausted => BackendError::Overloaded(message),
-                // Transport failures (UNAVAILABLE; CANCELLED or UNKNOWN when a connection
-                // closes under the call, as when authd drains): the replica or the way to
-                // it is down, so it leaves the rotation before the retry is balanced.
-                _ => {
-                    if let Some(r) = registry.upgrade() {
-                        lock(&r).set(&key, false, &message, &Arc::downgrade(&r));
-                    }
-                    BackendError::Unavailable(message)
-                }
-            })
+                BackendError::Unavailable(message)
+            }
         })
     }
 }
