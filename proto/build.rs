@@ -7,6 +7,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out.join("kubeauthd_descriptor.bin"),
         prost::Message::encode_to_vec(&fds),
     )?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    // BTreeMap for map fields (`User.extra`): a verdict carries one or two entries, for which
+    // a sorted vector-backed map decodes without hashing, and serialises in a stable order.
+    tonic_prost_build::configure()
+        .btree_map(".")
+        .compile_fds(fds)?;
     Ok(())
 }

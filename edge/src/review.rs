@@ -5,10 +5,9 @@
 //! ignored, as the contract says. Field names are case-sensitive.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 
-use authd_proto::v1::{AuthenticateResponse, StringList};
-use serde::{Deserialize, Serialize};
+use authd_proto::v1::AuthenticateResponse;
+use serde::Deserialize;
 
 /// The two TokenReview versions kube-apiserver can speak.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,106 +110,85 @@ pub fn parse(body: &[u8]) -> Result<Review<'_>, ReviewError> {
     })
 }
 
-#[derive(Serialize)]
-struct OutReview<'a> {
-    #[serde(rename = "apiVersion")]
-    api_version: &'static str,
-    kind: &'static str,
-    metadata: OutMeta,
-    spec: OutSpec<'a>,
-    status: OutStatus<'a>,
-}
-
-#[derive(Serialize)]
-struct OutMeta {
-    #[serde(rename = "creationTimestamp")]
-    creation_timestamp: Option<()>,
-}
-
-/// The response spec: ignored by kube-apiserver; the token is deliberately not echoed.
-#[derive(Serialize)]
-struct OutSpec<'a> {
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
-    audiences: &'a [String],
-}
-
-#[derive(Serialize)]
-struct OutStatus<'a> {
-    authenticated: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    user: Option<OutUser<'a>>,
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
-    audiences: &'a [String],
-}
-
-#[derive(Serialize)]
-struct OutUser<'a> {
-    username: &'a str,
-    #[serde(skip_serializing_if = "str::is_empty")]
-    uid: &'a str,
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
-    groups: &'a [String],
-    #[serde(skip_serializing_if = "Extra::is_empty")]
-    extra: Extra<'a>,
-}
-
-/// The verdict's `extra` map serialised in place (no intermediate map per review).
-struct Extra<'a>(&'a HashMap<String, StringList>);
-
-impl Extra<'_> {
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl Serialize for Extra<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_map(self.0.iter().map(|(k, v)| (k, &v.values)))
-    }
-}
-
-/// Room for a typical answer, so serialising does not grow the buffer several times.
+/// Room for a typical answer, so writing it does not grow the buffer several times.
 const ANSWER_CAPACITY: usize = 512;
 
 /// Serialises a definitive verdict (authenticated or not) as a TokenReview in the
 /// request's version. Callers route "could not decide" to [`status_body`] instead.
+///
+/// Written field by field: the keys and the constant parts are literals, and only the
+/// verdict's strings go through serde_json's escaper. Shape: `apiVersion`, `kind`,
+/// `metadata.creationTimestamp: null`, `spec.audiences` (the request's, when it had any;
+/// the token is deliberately not echoed), `status.authenticated`, and for an authenticated
+/// user `status.user` (`username`; `uid`, `groups`, `extra` when not empty) and
+/// `status.audiences` when not empty.
 pub fn render(review: &Review<'_>, verdict: &AuthenticateResponse) -> Vec<u8> {
     // authenticated:true with an empty username would make kube-apiserver accept user "".
     let user = verdict
         .user
         .as_ref()
         .filter(|u| verdict.authenticated && !u.username.is_empty());
-    let out = OutReview {
-        api_version: review.api_version.as_str(),
-        kind: "TokenReview",
-        metadata: OutMeta {
-            creation_timestamp: None,
-        },
-        spec: OutSpec {
-            audiences: &review.audiences,
-        },
-        status: OutStatus {
-            authenticated: user.is_some(),
-            audiences: if user.is_some() {
-                &verdict.audiences
-            } else {
-                &[]
-            },
-            user: user.map(|u| OutUser {
-                username: &u.username,
-                uid: &u.uid,
-                groups: &u.groups,
-                extra: Extra(&u.extra),
-            }),
-        },
-    };
-    let mut body = Vec::with_capacity(ANSWER_CAPACITY);
-    if serde_json::to_writer(&mut body, &out).is_err() {
-        // Serialising borrowed strings into a Vec cannot fail; never send half an answer.
-        body.clear();
+    let mut out = Vec::with_capacity(ANSWER_CAPACITY);
+    out.extend_from_slice(b"{\"apiVersion\":\"");
+    out.extend_from_slice(review.api_version.as_str().as_bytes());
+    out.extend_from_slice(
+        b"\",\"kind\":\"TokenReview\",\"metadata\":{\"creationTimestamp\":null},\"spec\":{",
+    );
+    if !review.audiences.is_empty() {
+        out.extend_from_slice(b"\"audiences\":");
+        json_strings(&mut out, &review.audiences);
     }
-    body.push(b'\n');
-    body
+    out.extend_from_slice(b"},\"status\":{\"authenticated\":");
+    match user {
+        None => out.extend_from_slice(b"false"),
+        Some(u) => {
+            out.extend_from_slice(b"true,\"user\":{\"username\":");
+            json_string(&mut out, &u.username);
+            if !u.uid.is_empty() {
+                out.extend_from_slice(b",\"uid\":");
+                json_string(&mut out, &u.uid);
+            }
+            if !u.groups.is_empty() {
+                out.extend_from_slice(b",\"groups\":");
+                json_strings(&mut out, &u.groups);
+            }
+            if !u.extra.is_empty() {
+                out.extend_from_slice(b",\"extra\":{");
+                for (i, (key, values)) in u.extra.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    json_string(&mut out, key);
+                    out.push(b':');
+                    json_strings(&mut out, &values.values);
+                }
+                out.push(b'}');
+            }
+            out.push(b'}');
+            if !verdict.audiences.is_empty() {
+                out.extend_from_slice(b",\"audiences\":");
+                json_strings(&mut out, &verdict.audiences);
+            }
+        }
+    }
+    out.extend_from_slice(b"}}\n");
+    out
+}
+
+/// A JSON string literal, escaped by serde_json (writing into a `Vec` cannot fail).
+fn json_string(out: &mut Vec<u8>, s: &str) {
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+fn json_strings(out: &mut Vec<u8>, items: &[String]) {
+    out.push(b'[');
+    for (i, s) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        json_string(out, s);
+    }
+    out.push(b']');
 }
 
 /// A `metav1.Status` failure body, the shape client-go decodes for non-2xx answers.
@@ -232,7 +210,7 @@ pub fn status_body(code: u16, reason: &str, message: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use authd_proto::v1::User;
+    use authd_proto::v1::{StringList, User};
 
     const V1: &str = r#"{"kind":"TokenReview","apiVersion":"authentication.k8s.io/v1","metadata":{"creationTimestamp":null},"spec":{"token":"014fbff9a07c","audiences":["https://kubernetes.default.svc.cluster.local"]},"status":{"user":{}}}"#;
 
@@ -281,10 +259,56 @@ mod tests {
         );
     }
 
+    /// What is written by hand parses back as JSON to exactly the verdict's values, with
+    /// quotes, backslashes, control characters and non-ASCII in every string position.
+    #[test]
+    fn render_escapes_every_string() {
+        let r = parse(V1.as_bytes()).unwrap();
+        let nasty = "q\"b\\c\n\u{1}é☃/";
+        let mut extra = std::collections::BTreeMap::new();
+        for k in ["a", nasty] {
+            extra.insert(
+                k.to_string(),
+                StringList {
+                    values: vec![nasty.into(), "".into()],
+                },
+            );
+        }
+        let yes = AuthenticateResponse {
+            authenticated: true,
+            user: Some(User {
+                username: nasty.into(),
+                uid: nasty.into(),
+                groups: vec![nasty.into(), "g".into()],
+                extra,
+            }),
+            audiences: vec![nasty.into()],
+            ..Default::default()
+        };
+        let v: serde_json::Value = serde_json::from_slice(&render(&r, &yes)).unwrap();
+        let want = serde_json::json!({
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenReview",
+            "metadata": {"creationTimestamp": null},
+            "spec": {"audiences": ["https://kubernetes.default.svc.cluster.local"]},
+            "status": {
+                "authenticated": true,
+                "user": {
+                    "username": nasty,
+                    "uid": nasty,
+                    "groups": [nasty, "g"],
+                    "extra": {"a": [nasty, ""], nasty: [nasty, ""]},
+                },
+                "audiences": [nasty],
+            },
+        });
+        assert_eq!(v, want);
+    }
+
     #[test]
     fn renders_authenticated_and_denied() {
         let r = parse(V1.as_bytes()).unwrap();
-        let mut extra = std::collections::HashMap::new();
+        let mut extra = std::collections::BTreeMap::new();
         extra.insert(
             "example.org/source".to_string(),
             StringList {

@@ -24,7 +24,7 @@ use tower::ServiceExt;
 
 use crate::backend::{Backend, BackendError};
 use crate::config::Config;
-use crate::metrics::{Metrics, ReviewLabels};
+use crate::metrics::{Metrics, Name, ReviewLabels};
 use crate::reload::Reloading;
 use crate::review::{self, ApiVersion, ReviewError};
 use crate::tls::{handshake_refusal, ServerTls};
@@ -32,8 +32,10 @@ use crate::tls::{handshake_refusal, ServerTls};
 /// Everything a request handler needs; shared by all connections.
 pub struct Handler {
     backend: Backend,
-    default_cluster: String,
-    clusters: std::collections::BTreeSet<String>,
+    default_cluster: Name,
+    clusters: std::collections::BTreeMap<String, Name>,
+    /// The metric label of requests that matched no endpoint.
+    unknown: Name,
     max_body_bytes: usize,
     body_read_timeout: Duration,
     review_timeout: Duration,
@@ -63,8 +65,13 @@ impl Handler {
     pub fn new(config: &Config, backend: Backend, metrics: Arc<Metrics>) -> Self {
         Self {
             backend,
-            default_cluster: config.default_cluster.clone(),
-            clusters: config.clusters.keys().cloned().collect(),
+            default_cluster: config.default_cluster.as_str().into(),
+            clusters: config
+                .clusters
+                .keys()
+                .map(|k| (k.clone(), k.as_str().into()))
+                .collect(),
+            unknown: "unknown".into(),
             max_body_bytes: config.max_body_bytes,
             body_read_timeout: config.body_read_timeout,
             review_timeout: config.review_timeout,
@@ -75,20 +82,22 @@ impl Handler {
     /// `/authenticate` → default cluster; `/clusters/{name}/authenticate` → a configured one.
     /// The name returned is the handler's own, so the request can be moved on without
     /// copying its path.
-    fn route(&self, path: &str) -> Option<&str> {
+    fn route(&self, path: &str) -> Option<&Name> {
         if path == "/authenticate" {
             return Some(&self.default_cluster);
         }
         let name = path
             .strip_prefix("/clusters/")?
             .strip_suffix("/authenticate")?;
-        self.clusters.get(name).map(String::as_str)
+        self.clusters.get(name)
     }
 
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    /// Answers one request that arrived on a connection from `peer`.
+    pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<Full<Bytes>> {
         let started = Instant::now();
-        let request_id = format!("{:016x}", rand::random::<u64>());
-        let cluster = self.route(req.uri().path());
+        let request_id = request_id();
+        let label = self.route(req.uri().path());
+        let cluster = label.map(|n| &*n.0);
         let answer = match cluster {
             None => Answer::failure(
                 StatusCode::NOT_FOUND,
@@ -96,7 +105,7 @@ impl Handler {
                 "not_found",
                 &format!("no TokenReview endpoint at {}", clip_path(req.uri().path())),
             ),
-            Some(cluster) => match client_cert_refusal(&req, req.uri().path(), cluster) {
+            Some(cluster) => match peer.refusal(req.uri().path(), cluster) {
                 Some(why) => {
                     tracing::warn!(request_id, cluster, reason = %why,
                         "kube-apiserver client certificate refused; answering 403");
@@ -109,7 +118,7 @@ impl Handler {
         self.metrics
             .reviews
             .get_or_create(&ReviewLabels {
-                cluster: cluster.unwrap_or("unknown").to_owned(),
+                cluster: label.unwrap_or(&self.unknown).clone(),
                 api_version: answer.api_version,
                 result: answer.result,
                 code,
@@ -225,14 +234,15 @@ impl Handler {
     }
 }
 
-/// The mTLS binding of clusters: why the connection's client certificate may not use this
-/// route, if it may not. Connections always carry a [`Peer`]; a request without one is
-/// refused like a client without a certificate.
-fn client_cert_refusal(req: &Request<Incoming>, path: &str, cluster: &str) -> Option<String> {
-    match req.extensions().get::<Arc<Peer>>() {
-        Some(peer) => peer.refusal(path, cluster),
-        None => Some("no TLS client information on this connection".into()),
-    }
+/// A random id for one review, in logs and in the `X-Request-Id` answer header: 16 hex
+/// digits.
+fn request_id() -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let n = rand::random::<u64>();
+    (0..16)
+        .rev()
+        .map(|i| char::from(HEX[((n >> (i * 4)) & 0xf) as usize]))
+        .collect()
 }
 
 /// What the TLS handshake established for one connection: the certificate chain the client
@@ -482,14 +492,14 @@ async fn connection(
     let seen = seen_request.clone();
     let activity = Arc::new(Activity::new());
     let busy = activity.clone();
-    let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         seen.store(true, Ordering::Relaxed);
-        req.extensions_mut().insert(client.clone());
+        let client = client.clone();
         let handler = handler.clone();
         let busy = busy.clone();
         async move {
             let _request = busy.begin();
-            Ok::<_, Infallible>(handler.handle(req).await)
+            Ok::<_, Infallible>(handler.handle(req, &client).await)
         }
     });
     let io = TokioIo::new(tls);
