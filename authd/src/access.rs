@@ -2,15 +2,15 @@
 //! from its verified client certificate, attaches it as [`ClientIdentity`], and enforces
 //! the per-client RPC allow-lists of `[clients.NAME]` (PERMISSION_DENIED otherwise).
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 
 use futures::future::{Either, Ready};
 use rustls_pki_types::CertificateDer;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
-use crate::authz::{ClientIdentity, ANONYMOUS};
+use crate::authz::ClientIdentity;
 
 /// The health service is open to every caller that passed the TLS layer: load balancers
 /// and edges probe it before they send anything else.
@@ -59,23 +59,62 @@ pub fn certificate_identity(cert: &CertificateDer<'_>) -> Option<String> {
     })
 }
 
-fn caller(extensions: &http::Extensions) -> String {
-    extensions
-        .get::<TlsConnectInfo<TcpConnectInfo>>()
-        .and_then(|info| info.peer_certs())
-        .and_then(|chain| chain.first().and_then(certificate_identity))
-        .unwrap_or_else(|| ANONYMOUS.to_owned())
+type Chain = Vec<CertificateDer<'static>>;
+
+/// Caller names by connection: every call on one TLS connection carries the same
+/// `Arc` of the peer's chain, so the leaf certificate is parsed once per connection, not
+/// once per call. Keyed by the chain's address; the entry's `Weak` keeps that address from
+/// being reused by another connection's chain while the entry exists, and a dead one is
+/// recomputed.
+#[derive(Default)]
+struct Names {
+    by_chain: Mutex<HashMap<usize, (Weak<Chain>, ClientIdentity)>>,
+}
+
+/// Entries kept before the dead ones (closed connections) are swept.
+const NAMES_SWEEP_AT: usize = 4096;
+
+impl Names {
+    fn caller(&self, extensions: &http::Extensions) -> ClientIdentity {
+        let Some(chain) = extensions
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .and_then(|info| info.peer_certs())
+        else {
+            return ClientIdentity::anonymous();
+        };
+        let key = Arc::as_ptr(&chain) as usize;
+        let mut names = self.by_chain.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((weak, name)) = names.get(&key) {
+            if weak
+                .upgrade()
+                .is_some_and(|live| Arc::ptr_eq(&live, &chain))
+            {
+                return name.clone();
+            }
+        }
+        let name = chain
+            .first()
+            .and_then(certificate_identity)
+            .map_or_else(ClientIdentity::anonymous, |n| ClientIdentity::new(&n));
+        if names.len() >= NAMES_SWEEP_AT {
+            names.retain(|_, (weak, _)| weak.strong_count() > 0);
+        }
+        names.insert(key, (Arc::downgrade(&chain), name.clone()));
+        name
+    }
 }
 
 #[derive(Clone)]
 pub struct AccessLayer {
     policy: Arc<AccessPolicy>,
+    names: Arc<Names>,
 }
 
 impl AccessLayer {
     pub fn new(policy: AccessPolicy) -> Self {
         Self {
             policy: Arc::new(policy),
+            names: Arc::default(),
         }
     }
 }
@@ -86,6 +125,7 @@ impl<S> tower::Layer<S> for AccessLayer {
         Access {
             inner,
             policy: self.policy.clone(),
+            names: self.names.clone(),
         }
     }
 }
@@ -94,6 +134,7 @@ impl<S> tower::Layer<S> for AccessLayer {
 pub struct Access<S> {
     inner: S,
     policy: Arc<AccessPolicy>,
+    names: Arc<Names>,
 }
 
 impl<S, B, R> tower::Service<http::Request<B>> for Access<S>
@@ -110,14 +151,14 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        let client = caller(req.extensions());
+        let client = self.names.caller(req.extensions());
         // gRPC paths are /package.Service/Method.
         let mut parts = req.uri().path().trim_start_matches('/').splitn(2, '/');
         let service = parts.next().unwrap_or("");
         let method = parts.next().unwrap_or("");
-        if let Err(why) = self.policy.check(&client, service, method) {
+        if let Err(why) = self.policy.check(&client.0, service, method) {
             tracing::warn!(
-                client,
+                client = &*client.0,
                 rpc = req.uri().path(),
                 reason = why,
                 "gRPC call refused: PERMISSION_DENIED"
@@ -125,8 +166,8 @@ where
             let status = tonic::Status::permission_denied(why);
             return Either::Left(futures::future::ready(Ok(status.into_http())));
         }
-        tracing::debug!(client, rpc = req.uri().path(), "gRPC call");
-        req.extensions_mut().insert(ClientIdentity(client));
+        tracing::debug!(client = &*client.0, rpc = req.uri().path(), "gRPC call");
+        req.extensions_mut().insert(client);
         Either::Right(self.inner.call(req))
     }
 }

@@ -8,21 +8,35 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::sync::Arc;
 
 use subtle::ConstantTimeEq;
 use tonic::metadata::MetadataMap;
 use tonic::Status;
 
 use crate::config::AdminConfig;
+use crate::metrics::Name;
 
 /// The caller's certificate identity (CN, or the first DNS SAN without a CN), inserted into
-/// the request extensions by the TLS layer. Absent on plaintext listeners, where callers
-/// count as [`ANONYMOUS`].
+/// the request extensions by the access layer; [`ANONYMOUS`] for callers without a client
+/// certificate (plaintext listeners).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClientIdentity(pub String);
+pub struct ClientIdentity(pub Arc<str>);
 
 /// The name used for callers without a client certificate.
 pub const ANONYMOUS: &str = "anonymous";
+
+impl ClientIdentity {
+    pub fn new(name: &str) -> Self {
+        Self(name.into())
+    }
+
+    /// [`ANONYMOUS`], shared: a plaintext call costs a reference count, not an allocation.
+    pub fn anonymous() -> Self {
+        static NAME: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| ANONYMOUS.into());
+        Self(NAME.clone())
+    }
+}
 
 impl ClientIdentity {
     /// The identity the TLS layer attached to `request`, if any.
@@ -31,8 +45,8 @@ impl ClientIdentity {
     }
 
     /// The caller's name for logs and metrics: its identity or "anonymous".
-    pub fn name_of<T>(request: &tonic::Request<T>) -> &str {
-        Self::of(request).map_or(ANONYMOUS, |c| c.0.as_str())
+    pub fn name_of<T>(request: &tonic::Request<T>) -> Name {
+        Name(Self::of(request).map_or_else(|| Self::anonymous().0, |c| c.0.clone()))
     }
 }
 
@@ -76,10 +90,10 @@ impl AdminAuthz {
         &self,
         identity: Option<&ClientIdentity>,
         metadata: &MetadataMap,
-    ) -> Result<String, Status> {
+    ) -> Result<Name, Status> {
         if let Some(ClientIdentity(name)) = identity {
-            if self.allowed_clients.contains(name) {
-                return Ok(name.clone());
+            if self.allowed_clients.contains(&**name) {
+                return Ok(Name(name.clone()));
             }
         }
         if let (Some(expected), Some(presented)) = (&self.token, bearer(metadata)) {
@@ -87,7 +101,7 @@ impl AdminAuthz {
                 return Ok("admin-token".into());
             }
         }
-        let who = identity.map_or("no client certificate", |i| i.0.as_str());
+        let who = identity.map_or("no client certificate", |i| &*i.0);
         tracing::warn!(client = %who, "Admin call refused");
         Err(Status::permission_denied(
             "this caller may not use the Admin service",
@@ -141,8 +155,8 @@ mod tests {
     #[test]
     fn allowed_identity_or_token() {
         let a = authz();
-        let ops = ClientIdentity("ops".into());
-        assert_eq!(a.authorize(Some(&ops), &md(None)).unwrap(), "ops");
+        let ops = ClientIdentity::new("ops");
+        assert_eq!(&*a.authorize(Some(&ops), &md(None)).unwrap().0, "ops");
         assert!(a
             .authorize(None, &md(Some("Bearer 0123456789abcdef-secret")))
             .is_ok());
@@ -151,7 +165,7 @@ mod tests {
     #[test]
     fn everything_else_refused() {
         let a = authz();
-        let edge = ClientIdentity("edge".into());
+        let edge = ClientIdentity::new("edge");
         for (id, auth) in [
             (None, None),
             (Some(&edge), None),
@@ -166,7 +180,7 @@ mod tests {
         }
         let none = AdminAuthz::deny_all();
         assert!(none
-            .authorize(Some(&ClientIdentity("ops".into())), &md(Some("Bearer x")))
+            .authorize(Some(&ClientIdentity::new("ops")), &md(Some("Bearer x")))
             .is_err());
     }
 }

@@ -28,7 +28,7 @@ impl Authenticator for AuthenticatorGrpc {
             .metrics()
             .grpc_requests
             .get_or_create(&ClientLabels {
-                client: ClientIdentity::name_of(&request).to_owned(),
+                client: ClientIdentity::name_of(&request),
                 method: "Authenticate",
             })
             .inc();

@@ -1,7 +1,9 @@
 //! authd's Prometheus metrics. Labels carry source, cluster and result names only: never a
 //! token, a password or a fingerprint.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use std::sync::Arc;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
@@ -38,7 +40,7 @@ pub struct RedisOpLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClientLabels {
     /// The caller's identity (client certificate name) or "anonymous".
-    pub client: String,
+    pub client: Name,
     pub method: &'static str,
 }
 
@@ -46,6 +48,23 @@ pub struct ClientLabels {
 pub struct ReloadLabels {
     /// success | failure
     pub result: &'static str,
+}
+
+/// A label value shared rather than copied: counting a call clones an `Arc`, where a
+/// `String` label would allocate on every call.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct Name(pub Arc<str>);
+
+impl From<&str> for Name {
+    fn from(s: &str) -> Self {
+        Self(s.into())
+    }
+}
+
+impl EncodeLabelValue for Name {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&&*self.0, encoder)
+    }
 }
 
 /// Every metric authd exports, registered once.
