@@ -37,4 +37,19 @@ fn bench_suite_smoke_runs_with_zero_errors() {
             .unwrap_or_else(|| panic!("no row {name} in the report:\n{text}"));
         assert!(!row.contains("skipped"), "{row}");
     }
+    // The ceiling comparisons run again interleaved (one round in smoke mode), and the
+    // targets say they used those rounds.
+    for pair in [
+        "| `split-redis/warm/h1` vs `ceiling-split/warm/h1` | 1 |",
+        "| `aio-local/warm/h1` vs `ceiling-https/warm/h1` | 1 |",
+    ] {
+        assert!(
+            text.contains(pair),
+            "no round {pair} in the report:\n{text}"
+        );
+    }
+    assert!(
+        text.contains("interleaved rounds (main table:"),
+        "targets do not use the rounds:\n{text}"
+    );
 }

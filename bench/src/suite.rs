@@ -62,6 +62,10 @@ pub struct Args {
     /// Keep the temp dir (configs, logs) and print its path.
     #[arg(long)]
     keep: bool,
+    /// Interleaved rounds of each ceiling comparison (ceiling and ours back to back, the
+    /// order alternating), after the main table; the targets use their median.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
 }
 
 /// A child process killed (with its process group) on drop.
@@ -836,7 +840,14 @@ fn references(sc: &Scenario) -> (Option<String>, Option<String>) {
     (Some(seed.into()), ceiling)
 }
 
-fn report(args: &Args, rows: &[Row], env: &Env, started: &str, machine: &str) -> String {
+fn report(
+    args: &Args,
+    rows: &[Row],
+    pairs: &[Pair],
+    env: &Env,
+    started: &str,
+    machine: &str,
+) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "# kube-authd benchmark report\n");
     let _ = writeln!(
@@ -928,6 +939,76 @@ fn report(args: &Args, rows: &[Row], env: &Env, started: &str, machine: &str) ->
             }
         }
     }
+    if !pairs.is_empty() {
+        let _ = writeln!(s, "\n## Ceiling comparisons in interleaved rounds\n");
+        let _ = writeln!(
+            s,
+            "The table above runs every ceiling once, minutes before the rows compared with it, and this machine's speed drifts over minutes (other tenants). So each ceiling comparison runs again here in {} rounds, ceiling and ours back to back, the order alternating (ABBA); the targets use the median of the rounds' ratios, and every round is shown.\n",
+            args.rounds
+        );
+        let _ = writeln!(
+            s,
+            "| ours vs ceiling | round | order | ceiling reviews/s | ours reviews/s | of ceiling | CPU s / 1k: ceiling | ours | of ceiling (CPU) | errors |"
+        );
+        let _ = writeln!(s, "|---|---:|---|---:|---:|---:|---:|---:|---:|---|");
+        for p in pairs {
+            let rps = |r: &Row| {
+                r.result
+                    .as_ref()
+                    .map_or("–".to_owned(), |o| format!("{:.0}", o.throughput()))
+            };
+            let cpu = |r: &Row| {
+                r.result
+                    .as_ref()
+                    .ok()
+                    .and_then(Outcome::cpu_per_1k)
+                    .map_or("–".to_owned(), |c| format!("{c:.3}"))
+            };
+            let errors = |r: &Row| match &r.result {
+                Ok(o) => o.errors_text(),
+                Err(why) => why.replace('|', "/"),
+            };
+            let (ratio, cpu_ratio) = match p.ratios() {
+                Some((r, c)) => (
+                    format!("{:.0}%", r * 100.0),
+                    c.map_or("–".to_owned(), |c| format!("{:.0}%", c * 100.0)),
+                ),
+                None => ("–".to_owned(), "–".to_owned()),
+            };
+            let _ = writeln!(
+                s,
+                "| `{}` vs `{}` | {} | {} | {} | {} | {ratio} | {} | {} | {cpu_ratio} | {} / {} |",
+                p.ours,
+                p.ceiling,
+                p.round,
+                if p.ours_first {
+                    "ours, then ceiling"
+                } else {
+                    "ceiling, then ours"
+                },
+                rps(&p.ceiling_row),
+                rps(&p.ours_row),
+                cpu(&p.ceiling_row),
+                cpu(&p.ours_row),
+                errors(&p.ceiling_row),
+                errors(&p.ours_row),
+            );
+        }
+        for ours in PAIRS.map(|(_, o)| o) {
+            if let Some((median, each)) = paired(pairs, ours) {
+                let _ = writeln!(
+                    s,
+                    "\n`{ours}`: median {:.0}% of its ceiling over {} rounds ({}).",
+                    median * 100.0,
+                    each.len(),
+                    each.iter()
+                        .map(|r| format!("{:.0}%", r * 100.0))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+        }
+    }
     let _ = writeln!(s, "\n## Targets (issue 6)\n");
     let seed = find(rows, "seed-gunicorn/warm/h1");
     let mut target =
@@ -950,40 +1031,57 @@ fn report(args: &Args, rows: &[Row], env: &Env, started: &str, machine: &str) ->
             .map_or("–".to_owned(), |x| format!("{:.0}%", x * 100.0))
     };
     // Split mode, with or without Redis: ≥ 25× the seed, a tenth of its p99, 85% of the ceiling.
-    let split = |o: &Outcome, b: &Outcome| {
-        let x = o.throughput() / b.throughput();
-        let c = ceiling_split.map_or(0.0, |c| o.throughput() / c);
-        (
+    // Of the ceiling: the median of the interleaved rounds when they ran, else the main
+    // table's single comparison.
+    let of_ceiling = |ours: &str, single: f64| match paired(pairs, ours) {
+        Some((median, each)) => (
+            median,
             format!(
-                "{x:.1}× seed, p99 {:.2} ms vs seed {:.2} ms, {:.0}% of ceiling ({} by CPU per review)",
-                o.ms(0.99),
-                b.ms(0.99),
-                c * 100.0,
-                cpu_of("ceiling-split/warm/h1", o)
+                "median {:.0}% of ceiling over {} interleaved rounds (main table: {:.0}%)",
+                median * 100.0,
+                each.len(),
+                single * 100.0
             ),
-            x >= 25.0 && o.ms(0.99) * 10.0 <= b.ms(0.99) && c >= 0.85,
-        )
+        ),
+        None => (single, format!("{:.0}% of ceiling", single * 100.0)),
+    };
+    let split = |ours: &'static str| {
+        move |o: &Outcome, b: &Outcome| {
+            let x = o.throughput() / b.throughput();
+            let (c, text) = of_ceiling(ours, ceiling_split.map_or(0.0, |c| o.throughput() / c));
+            (
+                format!(
+                    "{x:.1}× seed, p99 {:.2} ms vs seed {:.2} ms, {text} ({} by CPU per review in the main table)",
+                    o.ms(0.99),
+                    b.ms(0.99),
+                    cpu_of("ceiling-split/warm/h1", o)
+                ),
+                x >= 25.0 && o.ms(0.99) * 10.0 <= b.ms(0.99) && c >= 0.85,
+            )
+        }
     };
     target(
         "warm, split, Redis: ≥ 25× seed, p99 ≤ seed p99 / 10, ≥ 85% of the split ceiling",
         "split-redis/warm/h1",
-        &split,
+        &split("split-redis/warm/h1"),
     );
     target(
         "warm, split, in-process cache only (same targets, for reference)",
         "split-local/warm/h1",
-        &split,
+        &split("split-local/warm/h1"),
     );
     target(
         "warm, all-in-one: ≥ 50× seed, ≥ 60% of the HTTPS ceiling",
         "aio-local/warm/h1",
         &|o, b| {
             let x = o.throughput() / b.throughput();
-            let c = ceiling_https.map_or(0.0, |c| o.throughput() / c);
+            let (c, text) = of_ceiling(
+                "aio-local/warm/h1",
+                ceiling_https.map_or(0.0, |c| o.throughput() / c),
+            );
             (
                 format!(
-                    "{x:.1}× seed, {:.0}% of ceiling ({} by CPU per review)",
-                    c * 100.0,
+                    "{x:.1}× seed, {text} ({} by CPU per review in the main table)",
                     cpu_of("ceiling-https/warm/h1", o)
                 ),
                 x >= 50.0 && c >= 0.60,
@@ -1052,6 +1150,126 @@ fn utc_now() -> String {
         .unwrap_or_default()
 }
 
+/// Starts the servers of one scenario, loads them and stops them.
+async fn run_one(
+    args: &Args,
+    env: &Env,
+    sc: Scenario,
+    idx: usize,
+    hot: &[crate::tokens::Item],
+    cold: &[crate::tokens::Item],
+) -> anyhow::Result<Row> {
+    eprint!("bench: {:<40} ", sc.name);
+    let running = match start(env, &sc, idx)? {
+        Start::Skipped(why) => {
+            eprintln!("{why}");
+            return Ok(Row {
+                sc,
+                result: Err(why),
+                cold_used: 0,
+            });
+        }
+        Start::Up(r) => r,
+    };
+    // The fixed-answer ceilings say "authenticated" to every token: no verdict check.
+    let strip = |items: &[crate::tokens::Item]| -> Vec<crate::tokens::Item> {
+        items
+            .iter()
+            .map(|it| crate::tokens::Item {
+                token: it.token.clone(),
+                expect: None,
+            })
+            .collect()
+    };
+    let fixed = matches!(sc.server, Server::CeilingHttps | Server::CeilingSplit);
+    let (h, c) = if fixed {
+        (strip(hot), strip(cold))
+    } else {
+        (hot.to_vec(), cold.to_vec())
+    };
+    let workload = Arc::new(Workload::new(h, c, sc.work.hot_permille()));
+    let spec = load::Spec {
+        target: running.target.clone(),
+        concurrency: args.connections,
+        h2_connections: 1,
+        rate: sc.rate,
+        warmup: args.warmup,
+        duration: args.duration,
+        timeout: Duration::from_secs(10),
+        pids: running.pids.clone(),
+    };
+    let outcome = load::run(&spec, workload.clone()).await?;
+    eprintln!(
+        "{:>8.0}/s p99 {:>7.2} ms errors {} connects {}{}",
+        outcome.throughput(),
+        outcome.ms(0.99),
+        outcome.errors_text(),
+        outcome.connects,
+        if outcome.exhausted {
+            " (cold set used up)"
+        } else {
+            ""
+        }
+    );
+    drop(running);
+    Ok(Row {
+        sc,
+        result: Ok(outcome),
+        cold_used: workload.cold_used(),
+    })
+}
+
+/// The ceiling comparisons run again in interleaved rounds: (ceiling, ours).
+const PAIRS: [(&str, &str); 2] = [
+    ("ceiling-split/warm/h1", "split-redis/warm/h1"),
+    ("ceiling-https/warm/h1", "aio-local/warm/h1"),
+];
+
+/// One round of a ceiling comparison.
+struct Pair {
+    ceiling: String,
+    ours: String,
+    round: usize,
+    ours_first: bool,
+    ceiling_row: Row,
+    ours_row: Row,
+}
+
+impl Pair {
+    /// Ours over the ceiling: (throughput ratio, CPU-per-review ratio).
+    fn ratios(&self) -> Option<(f64, Option<f64>)> {
+        let (Ok(c), Ok(o)) = (&self.ceiling_row.result, &self.ours_row.result) else {
+            return None;
+        };
+        if c.ok == 0 || o.ok == 0 {
+            return None;
+        }
+        let cpu = c.cpu_per_1k().zip(o.cpu_per_1k()).map(|(c, o)| c / o);
+        Some((o.throughput() / c.throughput(), cpu))
+    }
+}
+
+/// The median of the rounds' throughput ratios for `ours`, with every round's ratio.
+fn paired(pairs: &[Pair], ours: &str) -> Option<(f64, Vec<f64>)> {
+    let mut each: Vec<f64> = pairs
+        .iter()
+        .filter(|p| p.ours == ours)
+        .filter_map(|p| p.ratios().map(|r| r.0))
+        .collect();
+    if each.is_empty() {
+        return None;
+    }
+    let shown = each.clone();
+    each.sort_by(f64::total_cmp);
+    let n = each.len();
+    let median = if n % 2 == 1 {
+        each[n / 2]
+    } else {
+        (each[n / 2 - 1] + each[n / 2]) / 2.0
+    };
+    Some((median, shown))
+}
+
 /// Runs the suite; Ok(false) when any scenario that ran had errors.
 pub async fn run(mut args: Args) -> anyhow::Result<bool> {
     if args.smoke {
@@ -1061,6 +1279,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<bool> {
         args.hot_tokens = args.hot_tokens.min(20);
         args.cold_tokens = args.cold_tokens.min(3_000);
         args.open_rate = Some(args.open_rate.unwrap_or(50.0).min(50.0));
+        args.rounds = args.rounds.min(1);
     }
     let machine = machine();
     let started = utc_now();
@@ -1090,67 +1309,54 @@ pub async fn run(mut args: Args) -> anyhow::Result<bool> {
             });
             sc.set_rate(rate);
         }
-        eprint!("bench: {:<40} ", sc.name);
-        let running = match start(&env, &sc, i)? {
-            Start::Skipped(why) => {
-                eprintln!("{why}");
-                rows.push(Row {
-                    sc,
-                    result: Err(why),
-                    cold_used: 0,
-                });
-                continue;
-            }
-            Start::Up(r) => r,
-        };
-        // The fixed-answer ceilings say "authenticated" to every token: no verdict check.
-        let strip = |items: &[crate::tokens::Item]| -> Vec<crate::tokens::Item> {
-            items
-                .iter()
-                .map(|it| crate::tokens::Item {
-                    token: it.token.clone(),
-                    expect: None,
-                })
-                .collect()
-        };
-        let fixed = matches!(sc.server, Server::CeilingHttps | Server::CeilingSplit);
-        let (h, c) = if fixed {
-            (strip(&hot), strip(&cold))
-        } else {
-            (hot.clone(), cold.clone())
-        };
-        let workload = Arc::new(Workload::new(h, c, sc.work.hot_permille()));
-        let spec = load::Spec {
-            target: running.target.clone(),
-            concurrency: args.connections,
-            h2_connections: 1,
-            rate: sc.rate,
-            warmup: args.warmup,
-            duration: args.duration,
-            timeout: Duration::from_secs(10),
-            pids: running.pids.clone(),
-        };
-        let outcome = load::run(&spec, workload.clone()).await?;
-        eprintln!(
-            "{:>8.0}/s p99 {:>7.2} ms errors {} connects {}{}",
-            outcome.throughput(),
-            outcome.ms(0.99),
-            outcome.errors_text(),
-            outcome.connects,
-            if outcome.exhausted {
-                " (cold set used up)"
-            } else {
-                ""
-            }
-        );
-        drop(running);
-        rows.push(Row {
-            sc,
-            result: Ok(outcome),
-            cold_used: workload.cold_used(),
-        });
+        let row = run_one(&args, &env, sc, i, &hot, &cold).await?;
+        rows.push(row);
     }
-    let text = report(&args, &rows, &env, &started, &machine);
+    let mut pairs = Vec::new();
+    let wanted = |name: &str| args.only.as_ref().is_none_or(|o| name.contains(o.as_str()));
+    let all = scenarios();
+    let by_name = |name: &str| all.iter().find(|s| s.name == name).cloned();
+    for (ceiling, ours) in PAIRS {
+        let (Some(c), Some(o)) = (by_name(ceiling), by_name(ours)) else {
+            continue;
+        };
+        if !(wanted(ceiling) && wanted(ours)) {
+            continue;
+        }
+        for round in 0..args.rounds {
+            // ABBA: drift over the run favours neither side.
+            let ours_first = round % 2 == 1;
+            let next = |sc: &Scenario| {
+                let mut sc = sc.clone();
+                sc.name = format!("{} (round {})", sc.name, round + 1);
+                sc
+            };
+            let order = if ours_first {
+                [next(&o), next(&c)]
+            } else {
+                [next(&c), next(&o)]
+            };
+            let mut got = Vec::new();
+            for sc in order {
+                let idx = 100 + pairs.len() * 2 + got.len();
+                got.push(run_one(&args, &env, sc, idx, &hot, &cold).await?);
+            }
+            let (c_row, o_row) = if ours_first {
+                (got.remove(1), got.remove(0))
+            } else {
+                (got.remove(0), got.remove(0))
+            };
+            pairs.push(Pair {
+                ceiling: ceiling.into(),
+                ours: ours.into(),
+                round: round + 1,
+                ours_first,
+                ceiling_row: c_row,
+                ours_row: o_row,
+            });
+        }
+    }
+    let text = report(&args, &rows, &pairs, &env, &started, &machine);
     let out = args.out.clone().unwrap_or_else(|| {
         PathBuf::from(if args.smoke {
             "target/bench-smoke.md"
@@ -1169,9 +1375,12 @@ pub async fn run(mut args: Args) -> anyhow::Result<bool> {
     } else {
         let _ = std::fs::remove_dir_all(&tmp);
     }
-    let clean = rows.iter().all(|r| match &r.result {
-        Ok(o) => o.error_count() == 0 && o.ok > 0,
-        Err(_) => true,
-    });
+    let clean = rows
+        .iter()
+        .chain(pairs.iter().flat_map(|p| [&p.ceiling_row, &p.ours_row]))
+        .all(|r| match &r.result {
+            Ok(o) => o.error_count() == 0 && o.ok > 0,
+            Err(_) => true,
+        });
     Ok(clean)
 }
