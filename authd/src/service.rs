@@ -226,11 +226,11 @@ impl Authd {
         let cached = inner.local.get(&fp).await;
         let (lookup, cache_label) = match cached {
             Some(entry) if entry.is_fresh(now) => {
-                inner.metrics.cache_hits.get_or_create(&LOCAL).inc();
+                inner.metrics.local_hits.inc();
                 (Ok(entry.verdict), "hit_local")
             }
             local => {
-                inner.metrics.cache_misses.get_or_create(&LOCAL).inc();
+                inner.metrics.local_misses.inc();
                 match self.lookup_coalesced(fp, req).await {
                     Ok((entry, Found::Shared)) => (Ok(entry), "hit_shared"),
                     Ok((entry, Found::Source)) => (Ok(entry), "miss"),
@@ -238,7 +238,7 @@ impl Authd {
                         // Past its local trust window but within its TTL: as good as a
                         // shared hit would have been.
                         Some(l) if l.verdict.is_fresh(now) => {
-                            inner.metrics.cache_hits.get_or_create(&LOCAL).inc();
+                            inner.metrics.local_hits.inc();
                             (Ok(l.verdict), "hit_local")
                         }
                         local => match self
