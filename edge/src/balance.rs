@@ -132,9 +132,9 @@ impl Shared {
         let Some(first) = self.rotation.pick(None) else {
             return Err(unavailable());
         };
-        // Kept for the retry, which the request itself cannot be: the call consumes it.
-        let again = request.clone();
-        let error = match first.call(request, deadline).await {
+        // Shared, so the retry can send it again without copying it.
+        let request = Arc::new(request);
+        let error = match first.call(request.clone(), deadline).await {
             Err(e @ BackendError::Unavailable(_)) => e,
             other => return other,
         };
@@ -146,8 +146,8 @@ impl Shared {
         let Some(second) = self.rotation.pick(Some(&first)) else {
             return Err(error);
         };
-        tracing::debug!(request_id = %again.request_id, %error, "retrying on another authd replica");
-        second.call(again, deadline).await
+        tracing::debug!(request_id = %request.request_id, %error, "retrying on another authd replica");
+        second.call(request, deadline).await
     }
 }
 
@@ -256,7 +256,7 @@ impl Member {
 
     async fn call(
         &self,
-        request: AuthenticateRequest,
+        request: Arc<AuthenticateRequest>,
         deadline: Instant,
     ) -> Result<AuthenticateResponse, BackendError> {
         struct InFlight<'a>(&'a AtomicUsize);
@@ -268,7 +268,8 @@ impl Member {
         self.in_flight.fetch_add(1, Relaxed);
         let _in_flight = InFlight(&self.in_flight);
         let started = Instant::now();
-        let result = self.replica.authenticate(request, deadline).await;
+        let left = deadline.saturating_duration_since(started);
+        let result = self.replica.authenticate(request, left).await;
         if result.is_ok() {
             let now = Instant::now();
             self.observe(now - started, now);

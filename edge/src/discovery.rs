@@ -10,10 +10,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use authd_proto::v1::authenticator_client::AuthenticatorClient;
 use authd_proto::v1::{AuthenticateRequest, AuthenticateResponse};
 use rustls::ClientConfig;
 use tokio::sync::mpsc;
+use tonic::client::Grpc;
 use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tower::discover::Change;
@@ -21,6 +21,9 @@ use tower::discover::Change;
 use crate::backend::{BackendError, Reachability};
 use crate::channel::{self, Target};
 use crate::reload::Reloading;
+
+/// The one RPC the edge calls.
+const AUTHENTICATE_PATH: &str = "/kubeauthd.v1.Authenticator/Authenticate";
 
 /// The gRPC health service name authd reports NOT_SERVING for while it drains.
 const HEALTH_SERVICE: &str = "kubeauthd.v1.Authenticator";
@@ -83,7 +86,7 @@ pub struct Settings {
 }
 
 struct Slot {
-    client: AuthenticatorClient<Channel>,
+    client: Grpc<Channel>,
     in_rotation: bool,
     prober: tokio::task::AbortHandle,
 }
@@ -169,7 +172,7 @@ impl Registry {
         self.slots.insert(
             key,
             Slot {
-                client: AuthenticatorClient::new(channel),
+                client: Grpc::new(channel),
                 in_rotation: false,
                 prober: prober.abort_handle(),
             },
@@ -220,23 +223,43 @@ async fn probe(key: String, channel: Channel, interval: Duration, registry: Weak
 /// handler times the whole review out at the same deadline).
 pub struct Replica {
     key: String,
-    client: AuthenticatorClient<Channel>,
+    client: Grpc<Channel>,
     registry: Weak<Mutex<Registry>>,
 }
 
 impl Replica {
+    /// One `Authenticate` call with `left` of the review's time, sent as its gRPC timeout.
+    /// The request is shared rather than owned so the balancer can keep it for a retry
+    /// without copying its strings.
     pub async fn authenticate(
         &self,
-        request: AuthenticateRequest,
-        deadline: tokio::time::Instant,
+        request: Arc<AuthenticateRequest>,
+        left: Duration,
     ) -> Result<AuthenticateResponse, BackendError> {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         if left.is_zero() {
             return Err(BackendError::Timeout(Duration::ZERO));
         }
-        let mut request = tonic::Request::new(request);
+        let mut request = tonic::Request::new(SharedRequest(request));
         request.set_timeout(left);
-        let status = match self.client.clone().authenticate(request).await {
+        request.extensions_mut().insert(tonic::GrpcMethod::new(
+            "kubeauthd.v1.Authenticator",
+            "Authenticate",
+        ));
+        let mut client = self.client.clone();
+        let call = async {
+            client
+                .ready()
+                .await
+                .map_err(|e| tonic::Status::unknown(format!("Service was not ready: {e}")))?;
+            client
+                .unary(
+                    request,
+                    http::uri::PathAndQuery::from_static(AUTHENTICATE_PATH),
+                    tonic_prost::ProstCodec::<SharedRequest, AuthenticateResponse>::default(),
+                )
+                .await
+        };
+        let status = match call.await {
             Ok(resp) => return Ok(resp.into_inner()),
             Err(status) => status,
         };
@@ -375,6 +398,35 @@ async fn resolve<L, F>(
     }
 }
 
+/// An `AuthenticateRequest` behind an `Arc`, encoded as the request itself: what the
+/// generated client would send, without owning (and so copying) the message.
+#[derive(Debug, Default)]
+struct SharedRequest(Arc<AuthenticateRequest>);
+
+impl prost::Message for SharedRequest {
+    fn encode_raw(&self, buf: &mut impl prost::bytes::BufMut) {
+        self.0.encode_raw(buf)
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: prost::encoding::WireType,
+        buf: &mut impl prost::bytes::Buf,
+        ctx: prost::encoding::DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        Arc::make_mut(&mut self.0).merge_field(tag, wire_type, buf, ctx)
+    }
+
+    fn encoded_len(&self) -> usize {
+        self.0.encoded_len()
+    }
+
+    fn clear(&mut self) {
+        *self = SharedRequest(Arc::default());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -442,5 +494,23 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("members {:?}, expected {want:?}", members());
+    }
+
+    /// On the wire a shared request is exactly the request, both ways.
+    #[test]
+    fn shared_request_encodes_as_the_request() {
+        use prost::Message;
+        let request = AuthenticateRequest {
+            token: "t0ken".into(),
+            audiences: vec!["https://a".into(), "b".into()],
+            cluster: "prod".into(),
+            request_id: "0123456789abcdef".into(),
+        };
+        let shared = SharedRequest(Arc::new(request.clone()));
+        assert_eq!(shared.encoded_len(), request.encoded_len());
+        let bytes = shared.encode_to_vec();
+        assert_eq!(bytes, request.encode_to_vec());
+        let back = SharedRequest::decode(bytes.as_slice()).unwrap();
+        assert_eq!(*back.0, request);
     }
 }
