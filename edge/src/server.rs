@@ -28,12 +28,13 @@ use crate::metrics::{Metrics, Name, ReviewLabels};
 use crate::reload::Reloading;
 use crate::review::{self, ApiVersion, ReviewError};
 use crate::tls::{handshake_refusal, ServerTls};
+use prometheus_client::metrics::counter::Counter;
 
 /// Everything a request handler needs; shared by all connections.
 pub struct Handler {
     backend: Backend,
-    default_cluster: Name,
-    clusters: std::collections::BTreeMap<String, Name>,
+    default_cluster: Route,
+    clusters: std::collections::BTreeMap<String, Route>,
     /// The metric label of requests that matched no endpoint.
     unknown: Name,
     max_body_bytes: usize,
@@ -41,6 +42,57 @@ pub struct Handler {
     review_timeout: Duration,
     metrics: Arc<Metrics>,
 }
+
+/// One TokenReview endpoint: its cluster, and the `reviews` counters of its definitive
+/// answers (HTTP 200 in either version, authenticated or not), resolved once so counting
+/// the common case is one atomic add instead of a family lookup (a read lock and a hash
+/// of the labels) per review.
+struct Route {
+    name: Name,
+    /// `[v1, v1beta1][authenticated, rejected]`
+    answered: [[Counter; 2]; 2],
+}
+
+impl Route {
+    fn new(cluster: &str, metrics: &Metrics) -> Self {
+        let name: Name = cluster.into();
+        let counter = |api_version, result| {
+            metrics
+                .reviews
+                .get_or_create(&ReviewLabels {
+                    cluster: name.clone(),
+                    api_version,
+                    result,
+                    code: StatusCode::OK.as_u16(),
+                })
+                .clone()
+        };
+        let answered = [ApiVersion::V1, ApiVersion::V1beta1]
+            .map(|v| [AUTHENTICATED, REJECTED].map(|r| counter(v.label(), r)));
+        Self { name, answered }
+    }
+
+    /// The resolved counter for `answer`, if it is one of the definitive answers.
+    fn answered(&self, answer: &Answer) -> Option<&Counter> {
+        if answer.status != StatusCode::OK {
+            return None;
+        }
+        let version = match answer.api_version {
+            v if v == ApiVersion::V1.label() => 0,
+            v if v == ApiVersion::V1beta1.label() => 1,
+            _ => return None,
+        };
+        let result = match answer.result {
+            AUTHENTICATED => 0,
+            REJECTED => 1,
+            _ => return None,
+        };
+        Some(&self.answered[version][result])
+    }
+}
+
+const AUTHENTICATED: &str = "authenticated";
+const REJECTED: &str = "rejected";
 
 /// How a request was answered, for the metric and the log line.
 struct Answer {
@@ -65,11 +117,11 @@ impl Handler {
     pub fn new(config: &Config, backend: Backend, metrics: Arc<Metrics>) -> Self {
         Self {
             backend,
-            default_cluster: config.default_cluster.as_str().into(),
+            default_cluster: Route::new(&config.default_cluster, &metrics),
             clusters: config
                 .clusters
                 .keys()
-                .map(|k| (k.clone(), k.as_str().into()))
+                .map(|k| (k.clone(), Route::new(k, &metrics)))
                 .collect(),
             unknown: "unknown".into(),
             max_body_bytes: config.max_body_bytes,
@@ -80,9 +132,9 @@ impl Handler {
     }
 
     /// `/authenticate` → default cluster; `/clusters/{name}/authenticate` → a configured one.
-    /// The name returned is the handler's own, so the request can be moved on without
+    /// The route returned is the handler's own, so the request can be moved on without
     /// copying its path.
-    fn route(&self, path: &str) -> Option<&Name> {
+    fn route(&self, path: &str) -> Option<&Route> {
         if path == "/authenticate" {
             return Some(&self.default_cluster);
         }
@@ -96,8 +148,8 @@ impl Handler {
     pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<Full<Bytes>> {
         let started = Instant::now();
         let request_id = request_id();
-        let label = self.route(req.uri().path());
-        let cluster = label.map(|n| &*n.0);
+        let route = self.route(req.uri().path());
+        let cluster = route.map(|r| &*r.name.0);
         let answer = match cluster {
             None => Answer::failure(
                 StatusCode::NOT_FOUND,
@@ -111,19 +163,23 @@ impl Handler {
                         "kube-apiserver client certificate refused; answering 403");
                     Answer::failure(StatusCode::FORBIDDEN, "Forbidden", "forbidden", &why)
                 }
-                None => self.review(req, cluster, &request_id).await,
+                None => self.review(req, cluster, &request_id, started).await,
             },
         };
         let code = answer.status.as_u16();
-        self.metrics
-            .reviews
-            .get_or_create(&ReviewLabels {
-                cluster: label.unwrap_or(&self.unknown).clone(),
-                api_version: answer.api_version,
-                result: answer.result,
-                code,
-            })
-            .inc();
+        match route.and_then(|r| r.answered(&answer)) {
+            Some(counter) => counter.inc(),
+            None => self
+                .metrics
+                .reviews
+                .get_or_create(&ReviewLabels {
+                    cluster: route.map_or(&self.unknown, |r| &r.name).clone(),
+                    api_version: answer.api_version,
+                    result: answer.result,
+                    code,
+                })
+                .inc(),
+        };
         let elapsed = started.elapsed();
         self.metrics.latency.observe(elapsed.as_secs_f64());
         tracing::debug!(
@@ -152,7 +208,16 @@ impl Handler {
         resp
     }
 
-    async fn review(&self, req: Request<Incoming>, cluster: &str, request_id: &str) -> Answer {
+    /// Reads, parses and answers one TokenReview. Its deadlines count from `started`, the
+    /// clock reading the handler already took.
+    async fn review(
+        &self,
+        req: Request<Incoming>,
+        cluster: &str,
+        request_id: &str,
+        started: Instant,
+    ) -> Answer {
+        let started = tokio::time::Instant::from_std(started);
         if req.method() != Method::POST {
             return Answer::failure(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -170,7 +235,7 @@ impl Handler {
             )
         };
         let read = read_body(req.into_body(), self.max_body_bytes);
-        let body = match tokio::time::timeout(self.body_read_timeout, read).await {
+        let body = match tokio::time::timeout_at(started + self.body_read_timeout, read).await {
             Err(_) => {
                 return Answer::failure(
                     StatusCode::REQUEST_TIMEOUT,
@@ -218,10 +283,12 @@ impl Handler {
             cluster: cluster.to_owned(),
             request_id: request_id.to_owned(),
         };
-        let verdict =
-            tokio::time::timeout(self.review_timeout, self.backend.clone().oneshot(request))
-                .await
-                .unwrap_or(Err(BackendError::Timeout(self.review_timeout)));
+        let verdict = tokio::time::timeout_at(
+            started + self.review_timeout,
+            self.backend.clone().oneshot(request),
+        )
+        .await
+        .unwrap_or(Err(BackendError::Timeout(self.review_timeout)));
         match verdict {
             Ok(v) if v.error.is_empty() => ok_answer(&parsed.api_version, &parsed, &v),
             Ok(v) => undecided(
@@ -285,9 +352,9 @@ fn ok_answer(
         status: StatusCode::OK,
         body: review::render(parsed, v),
         result: if v.authenticated {
-            "authenticated"
+            AUTHENTICATED
         } else {
-            "rejected"
+            REJECTED
         },
         api_version: version.label(),
     }
