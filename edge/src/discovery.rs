@@ -400,8 +400,18 @@ async fn resolve<L, F>(
 
 /// An `AuthenticateRequest` behind an `Arc`, encoded as the request itself: what the
 /// generated client would send, without owning (and so copying) the message.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct SharedRequest(Arc<AuthenticateRequest>);
+
+/// Without the token (prost's `Message` requires `Debug`; nothing here should print one).
+impl std::fmt::Debug for SharedRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedRequest")
+            .field("cluster", &self.0.cluster)
+            .field("request_id", &self.0.request_id)
+            .finish_non_exhaustive()
+    }
+}
 
 impl prost::Message for SharedRequest {
     fn encode_raw(&self, buf: &mut impl prost::bytes::BufMut) {
@@ -512,5 +522,6 @@ mod tests {
         assert_eq!(bytes, request.encode_to_vec());
         let back = SharedRequest::decode(bytes.as_slice()).unwrap();
         assert_eq!(*back.0, request);
+        assert!(!format!("{shared:?}").contains("t0ken"));
     }
 }
