@@ -17,6 +17,7 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use prometheus_client::metrics::counter::Counter;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
@@ -28,7 +29,6 @@ use crate::metrics::{Metrics, Name, ReviewLabels};
 use crate::reload::Reloading;
 use crate::review::{self, ApiVersion, ReviewError};
 use crate::tls::{handshake_refusal, ServerTls};
-use prometheus_client::metrics::counter::Counter;
 
 /// Everything a request handler needs; shared by all connections.
 pub struct Handler {
