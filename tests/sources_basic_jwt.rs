@@ -288,6 +288,46 @@ async fn basic_auth_over_https_trusts_only_its_ca_file() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn jwks_over_https_trusts_only_its_ca_file() {
+    let dir = temp_dir();
+    certs_init(dir.path(), &[]);
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    certs_init(&other, &[]);
+    let read = |name: &str| std::fs::read(dir.path().join(name)).unwrap();
+    let key = TestKey::es256("k1");
+    let jwks = JwksServer::start_tls(&[&key], &read("edge.crt"), &read("edge.key"));
+    assert!(jwks.url().starts_with("https://"));
+    // Two issuers whose keys are at one HTTPS JWKS endpoint: one source trusts the CA that
+    // signed its certificate, the other a CA that did not.
+    let authd_toml = format!(
+        "[[sources]]\nname = \"right\"\ntype = \"jwt\"\nissuer = \"https://right.test\"\n\
+         audiences = [\"k8s\"]\nalgorithms = [\"ES256\"]\njwks_url = \"{url}\"\nca_file = \"ca.crt\"\n\
+         [[sources]]\nname = \"wrong\"\ntype = \"jwt\"\nissuer = \"https://wrong.test\"\n\
+         audiences = [\"k8s\"]\nalgorithms = [\"ES256\"]\njwks_url = \"{url}\"\n\
+         ca_file = \"other/ca.crt\"\n",
+        url = jwks.url()
+    );
+    let split = Split::start(dir.path(), &authd_toml, "");
+    let c = client(&split.ca_pem, Proto::H1, None);
+    let right = key.sign(&claims("https://right.test", "k8s", "alice", 300));
+    let a = review(&c, &split.url, V1, &right).await;
+    assert!(a.authenticated(), "{a:?}");
+    assert_eq!(a.username(), "alice");
+    let fetched = jwks.fetches();
+    assert!(fetched >= 1, "the JWKS was fetched over HTTPS");
+    // The same key, but the source cannot fetch it: its TLS session is not trusted. That is
+    // a fault of the deployment (retryable 500), not an invalid token.
+    let wrong = key.sign(&claims("https://wrong.test", "k8s", "bob", 300));
+    review(&c, &split.url, V1, &wrong).await.assert_undecided();
+    assert_eq!(
+        jwks.fetches(),
+        fetched,
+        "no JWKS request over the untrusted TLS session"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn jwt_sources_verify_signatures_claims_and_keys() {
     let k1 = TestKey::es256("k1");
     let k2 = TestKey::es256("k2");

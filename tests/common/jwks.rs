@@ -8,7 +8,7 @@ use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 
-use super::basic_auth::{HttpServer, Recorded};
+use super::basic_auth::{Handler, HttpServer, Recorded};
 
 /// A signing key pair.
 pub struct TestKey {
@@ -130,9 +130,18 @@ pub struct JwksServer {
 
 impl JwksServer {
     pub fn start(keys: &[&TestKey]) -> JwksServer {
+        Self::start_with(keys, HttpServer::start)
+    }
+
+    /// Over HTTPS with a PEM certificate chain and key.
+    pub fn start_tls(keys: &[&TestKey], cert_pem: &[u8], key_pem: &[u8]) -> JwksServer {
+        Self::start_with(keys, |h| HttpServer::start_tls(h, cert_pem, key_pem))
+    }
+
+    fn start_with(keys: &[&TestKey], serve: impl FnOnce(Handler) -> HttpServer) -> JwksServer {
         let published = Arc::new(Mutex::new(keys.iter().map(|k| k.jwk.clone()).collect()));
         let p = published.clone();
-        let http = HttpServer::start(Arc::new(move |r: &Recorded| {
+        let http = serve(Arc::new(move |r: &Recorded| {
             if r.target == "/jwks" {
                 (200, json!({"keys": *p.lock().unwrap()}).to_string())
             } else {
