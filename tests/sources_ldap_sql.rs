@@ -326,6 +326,66 @@ async fn ldap_source_end_to_end() {
     }
 }
 
+/// A database role that must prove its password: `password_file` supplies it, and a wrong
+/// one is a fault (retryable 500), never a verdict.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_password_file_authenticates_the_connection() {
+    let dir = temp_dir();
+    let pg = Postgres::start(dir.path());
+    const PASSWORD: &str = "pw-7c1e-reader";
+    pg.psql(&format!("CREATE ROLE reader LOGIN PASSWORD '{PASSWORD}'"));
+    pg.psql("GRANT CREATE ON SCHEMA public TO reader");
+    pg.require_password("reader");
+    write(dir.path(), "right.pw", &format!("{PASSWORD}\n"));
+    // The schema and a token, by `kube-authd token create` with the same password file.
+    let key = write(dir.path(), "token.key", &hex(&rand_bytes::<32>()));
+    let out = std::process::Command::new(bin("kube-authd"))
+        .args(["token", "create", "--database-url", &pg.url_as("reader")])
+        .args([
+            "--password-file",
+            dir.path().join("right.pw").to_str().unwrap(),
+        ])
+        .args(["--secret-key-file", key.to_str().unwrap()])
+        .args(["--user", "erin", "--groups", "ops"])
+        .output()
+        .expect("run kube-authd token create");
+    assert!(out.status.success(), "token create: {out:?}");
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+
+    let source = |password_file: &str| {
+        format!(
+            "[[sources]]\nname = \"{PG}\"\ntype = \"postgres\"\ndatabase_url = \"{}\"\n\
+             password_file = \"{password_file}\"\nsecret_key_file = \"token.key\"\n\
+             migrate = false\ntimeout = \"2s\"\n",
+            pg.url_as("reader")
+        )
+    };
+    let split = Split::start(dir.path(), &source("right.pw"), "");
+    let c = client(&split.ca_pem, Proto::H1, None);
+    let a = review(&c, &split.url, V1, &token).await;
+    assert!(a.authenticated(), "{a:?}");
+    assert_eq!(a.username(), "erin");
+    assert_eq!(a.groups(), vec!["ops"]);
+
+    // The same source with a wrong password, in a second authd beside the first.
+    let other = dir.path().join("wrong");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::copy(&key, other.join("token.key")).unwrap();
+    write(&other, "wrong.pw", "not-the-password\n");
+    let wrong = Split::start(&other, &source("wrong.pw"), "");
+    let c = client(&wrong.ca_pem, Proto::H1, None);
+    review(&c, &wrong.url, V1, &token).await.assert_undecided();
+    assert!(
+        pg.log()
+            .contains("password authentication failed for user \"reader\""),
+        "PostgreSQL checked the password"
+    );
+    for log in [split.authd.stderr(), wrong.authd.stderr()] {
+        assert!(!log.contains(PASSWORD), "the password is in authd's log");
+        assert!(!log.contains(&token), "the token is in authd's log");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_source_end_to_end() {
     let mut env = Env::start();

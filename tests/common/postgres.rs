@@ -118,7 +118,38 @@ impl Postgres {
 
     /// The URL authd uses.
     pub fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/authd", self.port)
+        self.url_as("postgres")
+    }
+
+    /// The URL of another role, without a password.
+    pub fn url_as(&self, role: &str) -> String {
+        format!("postgres://{role}@127.0.0.1:{}/authd", self.port)
+    }
+
+    /// Makes `role` prove its password (SCRAM) on loopback TCP; every other role stays
+    /// trusted. pg_hba.conf is read top down, so the rule goes first; applied by a reload.
+    pub fn require_password(&self, role: &str) {
+        let hba = self.data.join("pg_hba.conf");
+        let rest = std::fs::read_to_string(&hba).expect("read pg_hba.conf");
+        std::fs::write(
+            &hba,
+            format!("host all {role} 127.0.0.1/32 scram-sha-256\n{rest}"),
+        )
+        .expect("write pg_hba.conf");
+        assert_eq!(self.psql("SELECT pg_reload_conf()").trim(), "t");
+        // The reload is asynchronous: wait until a password-less login is refused.
+        for _ in 0..100 {
+            let out = Command::new(pg_bin("psql"))
+                .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", role])
+                .args(["-d", "authd", "-w", "-At", "-c", "SELECT 1"])
+                .output()
+                .expect("run psql");
+            if !out.status.success() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("PostgreSQL still lets {role} in without a password after the reload");
     }
 
     /// Starts (again) on the same port and waits until it accepts connections.
