@@ -324,8 +324,15 @@ impl RedisCluster {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        let cluster = RedisCluster { nodes };
+        cluster.wait_ok();
+        cluster
+    }
+
+    /// Waits until every node reports `cluster_state:ok` (at most 30 s).
+    pub fn wait_ok(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        for n in &nodes {
+        for n in &self.nodes {
             while !n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok") {
                 assert!(
                     Instant::now() < deadline,
@@ -335,7 +342,6 @@ impl RedisCluster {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
-        RedisCluster { nodes }
     }
 
     /// TOML array of the nodes' URLs for `cluster_urls`.
