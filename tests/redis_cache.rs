@@ -124,6 +124,34 @@ async fn grpc_review(p: &Proc, token: &str) -> AuthenticateResponse {
     .into_inner()
 }
 
+/// `p` counted Redis errors during an outage and logged it rate-limited: fewer lines than
+/// errors, and under 20. Returns (lines, errors).
+async fn outage_logged_rate_limited(p: &Proc) -> (usize, f64) {
+    let errors = metric(p, "authd_redis_errors_total", &[]).await;
+    assert!(errors > 0.0, "errors counted while Redis was down");
+    let log = p.stderr();
+    assert!(log.contains("shared cache (Redis) unavailable; answering from the identity sources"));
+    let lines = log
+        .lines()
+        .filter(|l| l.contains("shared cache (Redis)"))
+        .count();
+    assert!(
+        lines < 20 && (lines as f64) < errors,
+        "Redis errors are logged rate-limited, not once per review: {lines} lines, {errors} errors"
+    );
+    (lines, errors)
+}
+
+/// `p` logs within 5 s that Redis is reachable again.
+async fn logs_redis_back(p: &Proc) {
+    eventually(
+        Duration::from_secs(5),
+        "authd logs that Redis is back",
+        || async { p.stderr().contains("shared cache (Redis) reachable again") },
+    )
+    .await;
+}
+
 /// Runs `kube-authd revoke` against replica `p`; `stdin` is the token for --token-stdin.
 fn revoke_cli(dir: &Path, p: &Proc, args: &[&str], stdin: Option<&str>) -> String {
     use std::io::Write;
@@ -421,20 +449,7 @@ async fn a_whole_redis_cluster_down_fails_no_review_and_hits_resume_after_restar
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let errors = metric(&a, "authd_redis_errors_total", &[]).await;
-    assert!(errors > 0.0, "errors counted while the cluster was down");
-    let outage_lines = a
-        .stderr()
-        .lines()
-        .filter(|l| l.contains("shared cache (Redis)"))
-        .count();
-    assert!(a
-        .stderr()
-        .contains("shared cache (Redis) unavailable; answering from the identity sources"));
-    assert!(
-        outage_lines < 20 && (outage_lines as f64) < errors,
-        "logged rate-limited: {outage_lines} lines for {errors} errors"
-    );
+    outage_logged_rate_limited(&a).await;
 
     // Same ports, same cluster configuration files, no data.
     for node in &mut cluster.nodes {
@@ -451,12 +466,7 @@ async fn a_whole_redis_cluster_down_fails_no_review_and_hits_resume_after_restar
         },
     )
     .await;
-    eventually(
-        Duration::from_secs(5),
-        "A logs that Redis is back",
-        || async { a.stderr().contains("shared cache (Redis) reachable again") },
-    )
-    .await;
+    logs_redis_back(&a).await;
     assert_no_secrets(&cluster.dump(), &secrets(&t, &[]));
 }
 
@@ -613,34 +623,18 @@ async fn redis_killed_under_load_fails_no_review_and_hits_resume_after_restart()
         &failures[..failures.len().min(5)]
     );
     assert!(
-        done >= TOTAL && done < MAX && Instant::now() < deadline,
+        (TOTAL..MAX).contains(&done) && Instant::now() < deadline,
         "the run ended with its outage, not at a bound ({done} reviews in {load_took:?})"
     );
     assert!(
         killed_at < TOTAL,
         "Redis was killed mid-run (at {killed_at})"
     );
-    assert!(
-        metric(&a, "authd_redis_errors_total", &[]).await > 0.0,
-        "errors counted while Redis was down"
-    );
-    assert!(a
-        .stderr()
-        .contains("shared cache (Redis) unavailable; answering from the identity sources"));
-    let outage_lines = a
-        .stderr()
-        .lines()
-        .filter(|l| l.contains("shared cache (Redis)"))
-        .count();
-    let errors = metric(&a, "authd_redis_errors_total", &[]).await;
+    let (outage_lines, errors) = outage_logged_rate_limited(&a).await;
     eprintln!(
         "load: {done} reviews in {load_took:?}, 0 failed; Redis killed after {killed_at}; replica A: {errors} \
          Redis errors, {outage_lines} log lines about it, {} source calls",
         source_calls(&a).await,
-    );
-    assert!(
-        outage_lines < 20 && (outage_lines as f64) < errors,
-        "Redis errors are logged rate-limited, not once per review"
     );
 
     // Same port, empty: both replicas use it again without a restart.
@@ -660,12 +654,7 @@ async fn redis_killed_under_load_fails_no_review_and_hits_resume_after_restart()
         }
     })
     .await;
-    eventually(
-        Duration::from_secs(5),
-        "A logs that Redis is back",
-        || async { a.stderr().contains("shared cache (Redis) reachable again") },
-    )
-    .await;
+    logs_redis_back(&a).await;
     assert_no_secrets(&redis.dump(), &secrets(&t, &[]));
 }
 

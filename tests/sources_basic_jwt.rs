@@ -251,15 +251,23 @@ async fn basic_auth_faults_are_retryable_500s_never_cached() {
     );
 }
 
+/// Certificates in `dir` (its `ca.crt` signs `edge.crt`) and in `dir/other` (an
+/// `other/ca.crt` that signs nothing used here). Returns `edge.crt` and `edge.key` (PEM), for
+/// an HTTPS server that only the first CA vouches for.
+fn two_cas(dir: &Path) -> (Vec<u8>, Vec<u8>) {
+    certs_init(dir, &[]);
+    let other = dir.join("other");
+    std::fs::create_dir(&other).unwrap();
+    certs_init(&other, &[]);
+    let read = |name: &str| std::fs::read(dir.join(name)).unwrap();
+    (read("edge.crt"), read("edge.key"))
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn basic_auth_over_https_trusts_only_its_ca_file() {
     let dir = temp_dir();
-    certs_init(dir.path(), &[]);
-    let other = dir.path().join("other");
-    std::fs::create_dir(&other).unwrap();
-    certs_init(&other, &[]);
-    let read = |name: &str| std::fs::read(dir.path().join(name)).unwrap();
-    let ba = BasicAuthServer::start_tls(&[("alice", "pw")], &read("edge.crt"), &read("edge.key"));
+    let (cert, key) = two_cas(dir.path());
+    let ba = BasicAuthServer::start_tls(&[("alice", "pw")], &cert, &key);
     let template = ba.template();
     assert!(template.starts_with("https://"));
     // Two sources on one server: the right CA, and a CA that did not sign its certificate.
@@ -290,13 +298,9 @@ async fn basic_auth_over_https_trusts_only_its_ca_file() {
 #[tokio::test(flavor = "multi_thread")]
 async fn jwks_over_https_trusts_only_its_ca_file() {
     let dir = temp_dir();
-    certs_init(dir.path(), &[]);
-    let other = dir.path().join("other");
-    std::fs::create_dir(&other).unwrap();
-    certs_init(&other, &[]);
-    let read = |name: &str| std::fs::read(dir.path().join(name)).unwrap();
+    let (cert, tls_key) = two_cas(dir.path());
     let key = TestKey::es256("k1");
-    let jwks = JwksServer::start_tls(&[&key], &read("edge.crt"), &read("edge.key"));
+    let jwks = JwksServer::start_tls(&[&key], &cert, &tls_key);
     assert!(jwks.url().starts_with("https://"));
     // Two issuers whose keys are at one HTTPS JWKS endpoint: one source trusts the CA that
     // signed its certificate, the other a CA that did not.
