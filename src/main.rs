@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use authd_runtime::process::{self, LogArgs};
 
 /// mimalloc instead of glibc's malloc: the request path allocates small, short-lived
 /// buffers on several threads, where glibc's arenas cost ≈ 15% of the CPU (perf, warm path).
@@ -24,9 +25,8 @@ use clap::{Parser, Subcommand};
     about = "Kubernetes webhook token authentication"
 )]
 struct Cli {
-    /// Log as JSON lines instead of text.
-    #[arg(long, global = true, env = "AUTHD_LOG_JSON")]
-    log_json: bool,
+    #[command(flatten)]
+    log: LogArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -189,15 +189,7 @@ enum CertsCommand {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    authd::init_tracing(cli.log_json);
-    authd::install_crypto_provider();
-    match run(cli.command).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("kube-authd: error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    process::main("kube-authd", cli.log, run(cli.command)).await
 }
 
 fn read(path: &PathBuf, flag: &str) -> anyhow::Result<String> {

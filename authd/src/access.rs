@@ -42,23 +42,6 @@ impl AccessPolicy {
     }
 }
 
-/// The identity in a certificate: its subject CN, else its first DNS SAN.
-pub fn certificate_identity(cert: &CertificateDer<'_>) -> Option<String> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
-    if let Some(cn) = parsed
-        .subject()
-        .iter_common_name()
-        .find_map(|cn| cn.as_str().ok())
-    {
-        return Some(cn.to_owned());
-    }
-    let san = parsed.subject_alternative_name().ok().flatten()?;
-    san.value.general_names.iter().find_map(|n| match n {
-        x509_parser::extensions::GeneralName::DNSName(d) => Some((*d).to_owned()),
-        _ => None,
-    })
-}
-
 type Chain = Vec<CertificateDer<'static>>;
 
 /// Caller names by connection: every call on one TLS connection carries the same
@@ -94,7 +77,7 @@ impl Names {
         }
         let name = chain
             .first()
-            .and_then(certificate_identity)
+            .and_then(authd_runtime::cert::identity)
             .map_or_else(ClientIdentity::anonymous, |n| ClientIdentity::new(&n));
         if names.len() >= NAMES_SWEEP_AT {
             names.retain(|_, (weak, _)| weak.strong_count() > 0);

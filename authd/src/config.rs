@@ -14,16 +14,7 @@ use crate::policy::ClusterPolicy;
 use crate::verifiers::basic_auth::BasicAuthConfig;
 use crate::verifiers::jwt::JwtConfig;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("config file {path}: cannot read: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("config file {path}: {message}")]
-    Invalid { path: PathBuf, message: String },
-}
+pub use authd_runtime::config::ConfigError;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -419,20 +410,12 @@ fn default_redis_connect_timeout() -> Duration {
 impl Config {
     /// Reads, parses and validates; relative paths are resolved against the file's folder.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        Self::parse(&text, base).map_err(|message| ConfigError::Invalid {
-            path: path.to_owned(),
-            message,
-        })
+        authd_runtime::config::load(path, Self::parse)
     }
 
     /// Parses and validates TOML text; `base` anchors relative paths.
     pub fn parse(text: &str, base: &Path) -> Result<Self, String> {
-        let mut config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut config: Config = authd_runtime::config::from_toml(text)?;
         config.resolve_paths(base);
         config.validate()?;
         Ok(config)

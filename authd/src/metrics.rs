@@ -1,18 +1,15 @@
 //! authd's Prometheus metrics. Labels carry source, cluster and result names only: never a
 //! token, a password or a fingerprint.
 
-use std::sync::Arc;
-
-use std::sync::atomic::{AtomicU64, Ordering};
-
-use prometheus_client::encoding::{
-    EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder, MetricEncoder, NoLabelSet,
-};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+/// Re-exported: authd's label structs and callers name it as `metrics::Name`.
+pub use authd_runtime::metrics::Name;
+use authd_runtime::metrics::{latency_buckets, LatencyHistogram};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VerdictLabels {
@@ -55,23 +52,6 @@ pub struct ReloadLabels {
     pub result: &'static str,
 }
 
-/// A label value shared rather than copied: counting a call clones an `Arc`, where a
-/// `String` label would allocate on every call.
-#[derive(Clone, Debug, Hash, PartialEq, Eq)]
-pub struct Name(pub Arc<str>);
-
-impl From<&str> for Name {
-    fn from(s: &str) -> Self {
-        Self(s.into())
-    }
-}
-
-impl EncodeLabelValue for Name {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
-        EncodeLabelValue::encode(&&*self.0, encoder)
-    }
-}
-
 /// Every metric authd exports, registered once.
 pub struct Metrics {
     pub verdicts: Family<VerdictLabels, Counter>,
@@ -94,7 +74,7 @@ pub struct Metrics {
 }
 
 fn latency_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
+    Histogram::new(latency_buckets())
 }
 
 impl Metrics {
@@ -143,7 +123,7 @@ impl Metrics {
             "gRPC calls by client identity and method",
             grpc_requests.clone(),
         );
-        let latency = LatencyHistogram::new(exponential_buckets(0.000_05, 2.0, 18));
+        let latency = LatencyHistogram::new(latency_buckets());
         registry.register(
             "authenticate_latency_seconds",
             "Time to produce a verdict",
@@ -202,103 +182,12 @@ impl Metrics {
     }
 
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
-    }
-}
-
-/// A latency histogram without a lock: bucket counts and the sum (in nanoseconds) are
-/// atomics, so observations from every worker thread never wait for each other.
-/// prometheus-client's `Histogram` takes a write lock on every observation, which two
-/// threads answering reviews contend for on every review. Encoded as a Prometheus
-/// histogram (`_bucket`, `_sum`, `_count`); `_count` is the sum of the buckets.
-#[derive(Clone, Debug)]
-pub struct LatencyHistogram(Arc<Buckets>);
-
-#[derive(Debug)]
-struct Buckets {
-    /// Upper bounds in seconds, ascending; the last count is the `+Inf` bucket.
-    bounds: Vec<f64>,
-    counts: Vec<AtomicU64>,
-    sum_nanos: AtomicU64,
-}
-
-impl LatencyHistogram {
-    pub fn new(bounds: impl IntoIterator<Item = f64>) -> Self {
-        let bounds: Vec<f64> = bounds.into_iter().collect();
-        let counts = (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect();
-        Self(Arc::new(Buckets {
-            bounds,
-            counts,
-            sum_nanos: AtomicU64::new(0),
-        }))
-    }
-
-    /// Records one observation of `seconds`.
-    pub fn observe(&self, seconds: f64) {
-        let b = &self.0;
-        // The first bucket whose upper bound is ≥ the value, as Prometheus' `le`.
-        let i = b.bounds.partition_point(|bound| *bound < seconds);
-        b.counts[i].fetch_add(1, Ordering::Relaxed);
-        b.sum_nanos
-            .fetch_add((seconds.max(0.0) * 1e9) as u64, Ordering::Relaxed);
-    }
-}
-
-impl TypedMetric for LatencyHistogram {
-    const TYPE: MetricType = MetricType::Histogram;
-}
-
-impl EncodeMetric for LatencyHistogram {
-    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        let b = &self.0;
-        let buckets: Vec<(f64, u64)> = b
-            .bounds
-            .iter()
-            .copied()
-            .chain(std::iter::once(f64::MAX))
-            .zip(b.counts.iter().map(|c| c.load(Ordering::Relaxed)))
-            .collect();
-        let count = buckets.iter().map(|(_, n)| n).sum();
-        let sum = b.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
-    }
-
-    fn metric_type(&self) -> MetricType {
-        Self::TYPE
+        authd_runtime::metrics::encode(&self.registry)
     }
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-#[cfg(test)]
-mod latency_tests {
-    use super::*;
-
-    #[test]
-    fn latency_histogram_buckets_like_prometheus() {
-        let h = LatencyHistogram::new([0.001, 0.01]);
-        for v in [0.0005, 0.001, 0.005, 0.5] {
-            h.observe(v);
-        }
-        let mut registry = Registry::default();
-        registry.register("t", "test", h.clone());
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
-        for line in [
-            "t_bucket{le=\"0.001\"} 2",
-            "t_bucket{le=\"0.01\"} 3",
-            "t_bucket{le=\"+Inf\"} 4",
-            "t_count 4",
-            "t_sum 0.5065",
-        ] {
-            assert!(out.contains(line), "{line} not in:\n{out}");
-        }
     }
 }

@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use authd_proto::v1::authenticator_server::AuthenticatorServer;
+use authd_runtime::admin::{self, AdminState, Readiness};
+use authd_runtime::Reloading;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
 
 use crate::access::{AccessLayer, AccessPolicy};
-use crate::admin::{self, Readiness};
 use crate::authz::AdminAuthz;
 use crate::cache::redis::SharedCache;
 use crate::cache::Ttls;
@@ -20,7 +21,6 @@ use crate::config::Config;
 use crate::fingerprint::Fingerprinter;
 use crate::grpc::AuthenticatorGrpc;
 use crate::metrics::Metrics;
-use crate::reloading::Reloading;
 use crate::revocation::AdminGrpc;
 use crate::service::{Authd, Pipeline, SharedLevel};
 use crate::tls;
@@ -150,7 +150,7 @@ pub async fn serve(
     readiness.set(true);
     let admin_task = listeners
         .admin
-        .map(|l| tokio::spawn(admin::serve(l, authd.metrics().clone(), readiness.clone())));
+        .map(|l| tokio::spawn(admin::serve(l, admin_state(&authd, &readiness))));
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<AuthenticatorServer<AuthenticatorGrpc>>()
@@ -232,21 +232,12 @@ pub async fn serve(
     result
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot install SIGTERM handler");
-                std::future::pending::<()>().await
-            }
-        }
-    };
-    tokio::select! {
-        _ = term => {},
-        _ = tokio::signal::ctrl_c() => {},
+/// The admin routes: ready while serving, `/metrics` from authd's registry.
+fn admin_state(authd: &Authd, readiness: &Readiness) -> AdminState {
+    let metrics = authd.metrics().clone();
+    AdminState {
+        accepting: readiness.clone(),
+        checks: Vec::new(),
+        encoders: vec![Arc::new(move || metrics.encode())],
     }
 }

@@ -3,15 +3,13 @@
 //! `serve_with_incoming`, so every new connection uses the current certificate.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use authd_runtime::{cert, net, pem, Reloading};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
@@ -20,42 +18,16 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use sha2::{Digest, Sha256};
 
-use crate::access::certificate_identity;
 use crate::config::TlsConfig;
-use crate::reloading::Reloading;
-
-fn certs(path: &Path, field: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .with_context(|| format!("{field} {}: cannot read certificate file", path.display()))?
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("{field} {}: not a valid PEM certificate", path.display()))?;
-    if certs.is_empty() {
-        anyhow::bail!("{field} {}: no PEM certificate found", path.display());
-    }
-    Ok(certs)
-}
 
 /// Builds the server configuration from the files named in `[tls]`.
 pub fn server_config(tls: &TlsConfig) -> anyhow::Result<ServerConfig> {
-    let chain = certs(&tls.cert, "tls.cert")?;
-    let key = PrivateKeyDer::from_pem_file(&tls.key).with_context(|| {
-        format!(
-            "tls.key {}: cannot read a PEM private key",
-            tls.key.display()
-        )
-    })?;
+    let chain = pem::load_certs(&tls.cert, "tls.cert")?;
+    let key = pem::load_key(&tls.key, "tls.key")?;
     let builder = ServerConfig::builder();
     let builder = match &tls.client_ca {
         Some(ca) => {
-            let mut roots = RootCertStore::empty();
-            for c in certs(ca, "tls.client_ca")? {
-                roots.add(c).with_context(|| {
-                    format!(
-                        "tls.client_ca {}: not a usable CA certificate",
-                        ca.display()
-                    )
-                })?;
-            }
+            let roots = pem::root_store([(ca.as_path(), "tls.client_ca")])?;
             // Client certificates are required: only edges and internal clients holding a
             // certificate from this CA may call.
             let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
@@ -91,18 +63,9 @@ pub fn incoming(
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         loop {
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
+            let (tcp, peer) = tokio::select! {
+                a = net::accept(&listener, "gRPC") => a,
                 _ = tx.closed() => return,
-            };
-            let (tcp, peer) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "gRPC accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
             };
             let _ = tcp.set_nodelay(true);
             let acceptor = TlsAcceptor::from(tls.get());
@@ -128,7 +91,7 @@ async fn handshake(
             if let Some(leaf) = s.get_ref().1.peer_certificates().and_then(|c| c.first()) {
                 // Which certificate a client connected with: shows rotations taking effect.
                 tracing::debug!(%peer,
-                    client = certificate_identity(leaf).as_deref().unwrap_or("-"),
+                    client = cert::identity(leaf).as_deref().unwrap_or("-"),
                     cert_sha256 = %hex::encode(Sha256::digest(leaf)),
                     "gRPC client connected");
             }

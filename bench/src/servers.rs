@@ -129,8 +129,8 @@ pub async fn fixed_https(
     key: &Path,
     authd: Option<String>,
 ) -> anyhow::Result<()> {
-    let certs = authd_edge::tls::load_certs(cert, "cert")?;
-    let key = authd_edge::tls::load_key(key, "key")?;
+    let certs = authd_runtime::pem::load_certs(cert, "cert")?;
+    let key = authd_runtime::pem::load_key(key, "key")?;
     let mut tls = rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(certs, key)?;

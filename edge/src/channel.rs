@@ -10,7 +10,7 @@ use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::reload::Reloading;
+use authd_runtime::Reloading;
 
 /// Where one replica is and what name its certificate must carry.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

@@ -7,16 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("config file {path}: cannot read: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("config file {path}: {message}")]
-    Invalid { path: PathBuf, message: String },
-}
+pub use authd_runtime::config::ConfigError;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -215,19 +206,11 @@ fn default_cluster() -> String {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        Self::parse(&text, base).map_err(|message| ConfigError::Invalid {
-            path: path.to_owned(),
-            message,
-        })
+        authd_runtime::config::load(path, Self::parse)
     }
 
     pub fn parse(text: &str, base: &Path) -> Result<Self, String> {
-        let mut c: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut c: Config = authd_runtime::config::from_toml(text)?;
         let mut paths = vec![&mut c.tls.cert, &mut c.tls.key];
         paths.extend(c.tls.client_ca.as_mut());
         paths.extend(c.clusters.values_mut().filter_map(|k| k.client_ca.as_mut()));

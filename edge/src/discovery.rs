@@ -20,7 +20,7 @@ use tower::discover::Change;
 
 use crate::backend::{BackendError, Reachability};
 use crate::channel::{self, Target};
-use crate::reload::Reloading;
+use authd_runtime::Reloading;
 
 /// The one RPC the edge calls.
 const AUTHENTICATE_PATH: &str = "/kubeauthd.v1.Authenticator/Authenticate";

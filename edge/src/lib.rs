@@ -1,24 +1,23 @@
 //! authd-edge: the HTTPS endpoint kube-apiserver calls. It turns TokenReview JSON into
 //! `Authenticate` calls and back, and holds no identity logic.
 
-pub mod admin;
 pub mod backend;
 pub mod balance;
 pub mod channel;
 pub mod config;
 pub mod discovery;
 pub mod metrics;
-pub mod reload;
 pub mod review;
 pub mod server;
 pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
+use authd_runtime::admin::{self, AdminState, Encoder, Readiness};
+use authd_runtime::Reloading;
 use tokio::net::TcpListener;
 
 pub use backend::{Backend, BackendError, Reachability};
@@ -28,10 +27,10 @@ pub use config::Config;
 pub struct Edge {
     listener: TcpListener,
     admin: Option<TcpListener>,
-    tls: reload::Reloading<tls::ServerTls>,
+    tls: Reloading<tls::ServerTls>,
     handler: Arc<server::Handler>,
     settings: server::ConnSettings,
-    admin_state: admin::AdminState,
+    admin_state: AdminState,
 }
 
 impl Edge {
@@ -41,7 +40,7 @@ impl Edge {
         config: &Config,
         backend: Backend,
         reachability: Reachability,
-        extra_metrics: Vec<admin::Encoder>,
+        extra_metrics: Vec<Encoder>,
     ) -> anyhow::Result<Self> {
         let tls = tls::reloading_server(config)?;
         let listener = TcpListener::bind(config.listen)
@@ -57,7 +56,9 @@ impl Edge {
         };
         let metrics = Arc::new(metrics::Metrics::new());
         let m = metrics.clone();
-        let mut encoders: Vec<admin::Encoder> = vec![Arc::new(move || m.encode())];
+        let mut encoders: Vec<Encoder> = vec![Arc::new(move || {
+            authd_runtime::metrics::encode(&m.registry)
+        })];
         encoders.extend(extra_metrics);
         Ok(Self {
             listener,
@@ -65,9 +66,15 @@ impl Edge {
             tls,
             handler: Arc::new(server::Handler::new(config, backend, metrics)),
             settings: config.into(),
-            admin_state: admin::AdminState {
-                accepting: Arc::new(AtomicBool::new(true)),
-                authd: reachability,
+            admin_state: AdminState {
+                accepting: Readiness::default(),
+                checks: vec![Arc::new(move || {
+                    if reachability.get() {
+                        Ok(())
+                    } else {
+                        Err("no healthy authd replica")
+                    }
+                })],
                 encoders,
             },
         })
@@ -84,13 +91,14 @@ impl Edge {
     /// Serves until `shutdown` resolves; then readiness goes false first, open connections
     /// finish their in-flight reviews, and this returns.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+        self.admin_state.accepting.set(true);
         let admin_task = self
             .admin
             .map(|l| tokio::spawn(admin::serve(l, self.admin_state.clone())));
         let accepting = self.admin_state.accepting.clone();
         let shutdown = async move {
             shutdown.await;
-            accepting.store(false, Ordering::SeqCst);
+            accepting.set(false);
         };
         server::serve(
             self.listener,
@@ -103,24 +111,5 @@ impl Edge {
         if let Some(t) = admin_task {
             t.abort();
         }
-    }
-}
-
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot install SIGTERM handler");
-                std::future::pending::<()>().await
-            }
-        }
-    };
-    tokio::select! {
-        _ = term => {},
-        _ = tokio::signal::ctrl_c() => {},
     }
 }

@@ -26,9 +26,9 @@ use tower::ServiceExt;
 use crate::backend::{Backend, BackendError};
 use crate::config::Config;
 use crate::metrics::{Metrics, Name, ReviewLabels};
-use crate::reload::Reloading;
 use crate::review::{self, ApiVersion, ReviewError};
 use crate::tls::{handshake_refusal, ServerTls};
+use authd_runtime::Reloading;
 
 /// Everything a request handler needs; shared by all connections.
 pub struct Handler {
@@ -487,16 +487,7 @@ pub async fn serve(
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let (tcp, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
+            (tcp, peer) = authd_runtime::net::accept(&listener, "edge") => {
                 let _ = tcp.set_nodelay(true);
                 tokio::spawn(connection(
                     tcp,

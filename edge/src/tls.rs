@@ -8,47 +8,19 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
+use authd_runtime::pem::{load_certs, load_key, root_store};
+use authd_runtime::{cert, Reloading};
 use rustls::client::WebPkiServerVerifier;
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls_pki_types::{CertificateDer, UnixTime};
 
 use crate::config::{AuthdConfig, Config};
-use crate::reload::Reloading;
 
 /// The common-name prefix `kube-authd certs init --cluster NAME` gives kube-apiserver
 /// client certificates; such a certificate is only accepted on cluster NAME's endpoint.
 pub const APISERVER_CN_PREFIX: &str = "kube-apiserver:";
-
-pub fn load_certs(path: &Path, field: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .with_context(|| format!("{field} {}: cannot read certificate file", path.display()))?
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("{field} {}: not a valid PEM certificate", path.display()))?;
-    if certs.is_empty() {
-        anyhow::bail!("{field} {}: no PEM certificate found", path.display());
-    }
-    Ok(certs)
-}
-
-pub fn load_key(path: &Path, field: &str) -> anyhow::Result<PrivateKeyDer<'static>> {
-    PrivateKeyDer::from_pem_file(path)
-        .with_context(|| format!("{field} {}: cannot read a PEM private key", path.display()))
-}
-
-fn roots(files: &[(&Path, String)]) -> anyhow::Result<RootCertStore> {
-    let mut roots = RootCertStore::empty();
-    for (path, field) in files {
-        for c in load_certs(path, field)? {
-            roots.add(c).with_context(|| {
-                format!("{field} {}: not a usable CA certificate", path.display())
-            })?;
-        }
-    }
-    Ok(roots)
-}
 
 fn verifier(roots: RootCertStore, optional: bool) -> anyhow::Result<Arc<dyn ClientCertVerifier>> {
     let b = WebPkiClientVerifier::builder(Arc::new(roots));
@@ -101,7 +73,7 @@ impl ClientAuth {
                 "no client certificate presented; cluster {cluster:?} requires one issued by {field}"
             ));
         };
-        let subject = subject_cn(leaf).unwrap_or_else(|| "<no CN>".into());
+        let subject = cert::common_name(leaf).unwrap_or_else(|| "<no CN>".into());
         verifier
             .verify_client_cert(leaf, intermediates, UnixTime::now())
             .map_err(|e| {
@@ -124,16 +96,6 @@ impl ClientAuth {
     }
 }
 
-/// The subject common name of a DER certificate.
-pub fn subject_cn(cert: &CertificateDer<'_>) -> Option<String> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
-    let cn = parsed
-        .subject()
-        .iter_common_name()
-        .find_map(|cn| cn.as_str().ok().map(str::to_owned));
-    cn
-}
-
 /// Builds the serving configuration. With any client CA configured, the handshake asks
 /// for a client certificate and verifies a presented one against the union of the CAs
 /// (the route, hence the cluster, is only known once the request arrives); it is required
@@ -142,7 +104,10 @@ pub fn server_tls(config: &Config) -> anyhow::Result<ServerTls> {
     let certs = load_certs(&config.tls.cert, "tls.cert")?;
     let key = load_key(&config.tls.key, "tls.key")?;
     let default_route = match &config.tls.client_ca {
-        Some(p) => Some(verifier(roots(&[(p, "tls.client_ca".into())])?, false)?),
+        Some(p) => Some(verifier(
+            root_store([(p.as_path(), "tls.client_ca")])?,
+            false,
+        )?),
         None => None,
     };
     let mut clusters = BTreeMap::new();
@@ -157,7 +122,7 @@ pub fn server_tls(config: &Config) -> anyhow::Result<ServerTls> {
             let field = format!("clusters.{name}.client_ca");
             clusters.insert(
                 name.clone(),
-                verifier(roots(&[(p, field.clone())])?, false)?,
+                verifier(root_store([(p.as_path(), field.as_str())])?, false)?,
             );
             all.push((p, field));
         }
@@ -168,7 +133,8 @@ pub fn server_tls(config: &Config) -> anyhow::Result<ServerTls> {
     let builder = if all.is_empty() {
         builder.with_no_client_auth()
     } else {
-        builder.with_client_cert_verifier(verifier(roots(&all)?, !every_route_needs_a_cert)?)
+        let roots = root_store(all.iter().map(|(p, f)| (*p, f.as_str())))?;
+        builder.with_client_cert_verifier(verifier(roots, !every_route_needs_a_cert)?)
     };
     let mut server = builder
         .with_single_cert(certs, key)
@@ -212,9 +178,10 @@ pub fn reloading_client(authd: &AuthdConfig) -> anyhow::Result<Option<Reloading<
         files.extend([c.clone(), k.clone()]);
     }
     let build = move || -> anyhow::Result<ClientConfig> {
-        let verifier = WebPkiServerVerifier::builder(Arc::new(roots(&[(&ca, "authd.ca".into())])?))
-            .build()
-            .context("authd.ca")?;
+        let verifier =
+            WebPkiServerVerifier::builder(Arc::new(root_store([(ca.as_path(), "authd.ca")])?))
+                .build()
+                .context("authd.ca")?;
         let b = ClientConfig::builder().with_webpki_verifier(verifier);
         let mut config = match &identity {
             Some((cert, key)) => b
