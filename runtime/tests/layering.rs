@@ -66,6 +66,12 @@ fn metadata() -> Value {
 #[test]
 fn edge_never_depends_on_authd_and_runtime_on_neither() {
     let metadata = metadata();
+    // The walk finds what is there: the root binary joins the two servers.
+    let root = normal_dependencies(&metadata, "kube-authd");
+    assert!(
+        root.contains("authd") && root.contains("authd-edge"),
+        "the walk misses the root binary's dependencies: {root:?}"
+    );
     let edge = normal_dependencies(&metadata, "authd-edge");
     assert!(
         edge.contains("authd-runtime") && edge.contains("authd-proto"),
