@@ -4,13 +4,12 @@
 
 use std::time::Duration;
 
+use authd_runtime::Reloading;
 use hyper_util::rt::TokioIo;
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint};
-
-use authd_runtime::Reloading;
 
 /// Where one replica is and what name its certificate must carry.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use authd_proto::v1::{AuthenticateRequest, AuthenticateResponse};
+use authd_runtime::Reloading;
 use rustls::ClientConfig;
 use tokio::sync::mpsc;
 use tonic::client::Grpc;
@@ -20,7 +21,6 @@ use tower::discover::Change;
 
 use crate::backend::{BackendError, Reachability};
 use crate::channel::{self, Target};
-use authd_runtime::Reloading;
 
 /// The one RPC the edge calls.
 const AUTHENTICATE_PATH: &str = "/kubeauthd.v1.Authenticator/Authenticate";

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use authd_proto::v1::{AuthenticateRequest, AuthenticateResponse};
+use authd_runtime::Reloading;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -28,7 +29,6 @@ use crate::config::Config;
 use crate::metrics::{Metrics, Name, ReviewLabels};
 use crate::review::{self, ApiVersion, ReviewError};
 use crate::tls::{handshake_refusal, ServerTls};
-use authd_runtime::Reloading;
 
 /// Everything a request handler needs; shared by all connections.
 pub struct Handler {
