@@ -15,7 +15,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const CLI: ServerCli = ServerCli {
     name: "authd",
     about: "kube-authd identity service (gRPC)",
-    serve_about: "Run the gRPC server.",
+    serve_about: "Run the gRPC server",
     config_env: "AUTHD_CONFIG",
 };
 

@@ -17,7 +17,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const CLI: ServerCli = ServerCli {
     name: "authd-edge",
     about: "kube-authd HTTPS TokenReview edge",
-    serve_about: "Serve TokenReviews over HTTPS.",
+    serve_about: "Serve TokenReviews over HTTPS",
     config_env: "AUTHD_EDGE_CONFIG",
 };
 

@@ -146,7 +146,7 @@ mod tests {
     const CLI: ServerCli = ServerCli {
         name: "authd-test",
         about: "a test server",
-        serve_about: "Serve the test.",
+        serve_about: "Serve the test",
         config_env: "AUTHD_RUNTIME_TEST_CONFIG",
     };
 
@@ -171,7 +171,7 @@ mod tests {
             .try_parse_from(["authd-test", "serve", "--help"])
             .expect_err("help")
             .to_string();
-        assert!(help.contains("Serve the test."), "{help}");
+        assert!(help.contains("Serve the test"), "{help}");
         assert!(help.contains("AUTHD_RUNTIME_TEST_CONFIG"), "{help}");
     }
 }
