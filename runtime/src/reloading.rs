@@ -78,7 +78,8 @@ impl<T: Send + Sync + 'static> Reloading<T> {
 }
 
 impl<T> Reloading<T> {
-    /// The current value.
+    /// The current value. `#[inline]`: taken per connection, from other crates.
+    #[inline]
     pub fn get(&self) -> Arc<T> {
         self.current
             .read()
