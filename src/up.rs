@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::watch;
-use tower::ServiceExt;
 
 use crate::kubeconfig::WebhookKubeconfig;
 use crate::pki::{self, Ca};
@@ -22,6 +21,8 @@ pub struct UpArgs {
     pub authd_config: Option<PathBuf>,
     pub grpc_listen: SocketAddr,
     pub admin_listen: Option<SocketAddr>,
+    /// The edge's `max_in_flight_reviews`; its default when `None`.
+    pub max_in_flight_reviews: Option<usize>,
 }
 
 /// The host put in the certificate and the kubeconfig: the listen IP unless it is a
@@ -117,10 +118,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 
     let edge_cfg = authd_edge::Config::parse(
         &format!(
-            "listen = \"{}\"\n{}[tls]\ncert = {:?}\nkey = {:?}\n",
+            "listen = \"{}\"\n{}{}[tls]\ncert = {:?}\nkey = {:?}\n",
             args.listen,
             args.admin_listen
                 .map(|a| format!("admin_listen = \"{a}\"\n"))
+                .unwrap_or_default(),
+            args.max_in_flight_reviews
+                .map(|n| format!("max_in_flight_reviews = {n}\n"))
                 .unwrap_or_default(),
             dir.join("edge.crt").display().to_string(),
             dir.join("edge.key").display().to_string(),
@@ -128,10 +132,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         &dir,
     )
     .map_err(|e| anyhow::anyhow!("built-in edge configuration: {e}"))?;
-    let backend = tower::util::BoxCloneSyncService::new(
-        authd
-            .clone()
-            .map_err(|never: std::convert::Infallible| match never {}),
+    // The same layers as split mode (load shed, deadline, fail fast) around authd's
+    // in-process service: overload is the fast retryable 500 here too.
+    let backend = authd_edge::Backend::layered(
+        authd_edge::Inner::in_process(authd.clone()),
+        (&edge_cfg).into(),
+        authd_edge::Reachability::always(),
     );
     let metrics = authd.metrics().clone();
     let edge = authd_edge::Edge::bind(

@@ -19,6 +19,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tower::discover::Change;
 
 use crate::backend::{BackendError, Reachability};
+use crate::balance::Upstream;
 use crate::channel::{self, Target};
 use crate::reload::Reloading;
 
@@ -227,11 +228,9 @@ pub struct Replica {
     registry: Weak<Mutex<Registry>>,
 }
 
-impl Replica {
+impl Upstream for Replica {
     /// One `Authenticate` call with `left` of the review's time, sent as its gRPC timeout.
-    /// The request is shared rather than owned so the balancer can keep it for a retry
-    /// without copying its strings.
-    pub async fn authenticate(
+    async fn authenticate(
         &self,
         request: Arc<AuthenticateRequest>,
         left: Duration,

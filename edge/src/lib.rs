@@ -6,11 +6,14 @@ pub mod backend;
 pub mod balance;
 pub mod channel;
 pub mod config;
+pub mod conn;
 pub mod discovery;
+pub mod handler;
+pub mod layer;
 pub mod metrics;
 pub mod reload;
 pub mod review;
-pub mod server;
+pub mod route;
 pub mod tls;
 
 use std::future::Future;
@@ -21,7 +24,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
-pub use backend::{Backend, BackendError, Reachability};
+pub use backend::{Backend, BackendError, Inner, Limits, Reachability};
 pub use config::Config;
 
 /// A bound, configured edge, ready to serve.
@@ -29,8 +32,8 @@ pub struct Edge {
     listener: TcpListener,
     admin: Option<TcpListener>,
     tls: reload::Reloading<tls::ServerTls>,
-    handler: Arc<server::Handler>,
-    settings: server::ConnSettings,
+    handler: Arc<handler::Handler>,
+    settings: conn::ConnSettings,
     admin_state: admin::AdminState,
 }
 
@@ -63,7 +66,7 @@ impl Edge {
             listener,
             admin,
             tls,
-            handler: Arc::new(server::Handler::new(config, backend, metrics)),
+            handler: Arc::new(handler::Handler::new(config, backend, metrics)),
             settings: config.into(),
             admin_state: admin::AdminState {
                 accepting: Arc::new(AtomicBool::new(true)),
@@ -92,7 +95,7 @@ impl Edge {
             shutdown.await;
             accepting.store(false, Ordering::SeqCst);
         };
-        server::serve(
+        conn::serve(
             self.listener,
             self.tls,
             self.handler,

@@ -84,12 +84,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
             );
             let reachability = replicas.reachability.clone();
-            let backend = authd_edge::balance::backend(
-                replicas,
-                authd_edge::balance::Limits {
-                    deadline: cfg.review_timeout,
-                    max_in_flight: cfg.max_in_flight_reviews,
-                },
+            let backend = authd_edge::Backend::layered(
+                authd_edge::balance::balancer(replicas.changes),
+                (&cfg).into(),
+                reachability.clone(),
             );
             // Give the first health probes a moment, so the first reviews find a replica.
             let until = tokio::time::Instant::now() + authd.connect_timeout;

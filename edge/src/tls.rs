@@ -17,6 +17,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 
 use crate::config::{AuthdConfig, Config};
 use crate::reload::Reloading;
+use crate::route::Route;
 
 /// The common-name prefix `kube-authd certs init --cluster NAME` gives kube-apiserver
 /// client certificates; such a certificate is only accepted on cluster NAME's endpoint.
@@ -81,17 +82,20 @@ impl ClientAuth {
     /// why it is refused. Routes without a CA accept any TLS client.
     pub fn check(
         &self,
-        path: &str,
-        cluster: &str,
+        route: Route<'_>,
         chain: Option<&[CertificateDer<'static>]>,
     ) -> Result<(), String> {
-        let (verifier, field) = if path == "/authenticate" {
-            (self.default_route.as_ref(), "tls.client_ca".to_owned())
-        } else {
-            (
+        let (cluster, verifier, field) = match route {
+            Route::Default => (
+                self.default_cluster.as_str(),
+                self.default_route.as_ref(),
+                "tls.client_ca".to_owned(),
+            ),
+            Route::Cluster(cluster) => (
+                cluster,
                 self.clusters.get(cluster),
                 format!("clusters.{cluster}.client_ca"),
-            )
+            ),
         };
         let Some(verifier) = verifier else {
             return Ok(());
@@ -110,14 +114,9 @@ impl ClientAuth {
                 )
             })?;
         // Certificates named for a cluster are bound to it even when clusters share a CA.
-        let expected = if path == "/authenticate" {
-            self.default_cluster.as_str()
-        } else {
-            cluster
-        };
         match subject.strip_prefix(APISERVER_CN_PREFIX) {
-            Some(bound) if bound != expected => Err(format!(
-                "client certificate {subject:?} is bound to cluster {bound:?}, not {expected:?}"
+            Some(bound) if bound != cluster => Err(format!(
+                "client certificate {subject:?} is bound to cluster {bound:?}, not {cluster:?}"
             )),
             _ => Ok(()),
         }
