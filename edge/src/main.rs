@@ -76,7 +76,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 )
             })?;
             let replicas = discovery::start(
-                discovery::Targets::from_config(authd),
+                authd.replicas.clone(),
                 discovery::Settings {
                     tls: authd_edge::tls::reloading_client(authd)?,
                     connect_timeout: authd.connect_timeout,
@@ -97,7 +97,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let edge = authd_edge::Edge::bind(&cfg, backend, reachability, Vec::new()).await?;
             let addr = edge.local_addr()?;
             let admin = edge.admin_addr();
-            tracing::info!(%addr, ?admin, authd = ?authd.dns.clone().map_or_else(|| authd.static_endpoints(), |d| vec![d]), clusters = cfg.clusters.len(), "edge serving");
+            tracing::info!(%addr, ?admin, authd = %authd.replicas, clusters = cfg.clusters.len(), "edge serving");
             println!(
                 "authd-edge ready https=https://{addr} admin={}",
                 admin.map(|a| a.to_string()).unwrap_or_else(|| "-".into())
