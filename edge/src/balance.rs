@@ -363,7 +363,7 @@ mod tests {
     }
 
     /// Between two replicas, p2c sends the calls to the faster one once it has seen both.
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn p2c_prefers_the_faster_replica() {
         let slow = StandIn::new("slow", Duration::from_millis(40));
         let fast = StandIn::new("fast", Duration::from_millis(1));
@@ -376,7 +376,7 @@ mod tests {
     }
 
     /// A replica with a call in progress looks busier than an idle one that is as fast.
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn p2c_prefers_the_less_loaded_replica() {
         let mut busy = StandIn::new("busy", Duration::ZERO);
         busy.hang = true;
@@ -399,7 +399,7 @@ mod tests {
     }
 
     /// A replica removed from the rotation (ejected by discovery) gets no more calls.
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn ejected_replica_gets_no_calls() {
         let a = StandIn::new("a", Duration::ZERO);
         let c = StandIn::new("c", Duration::ZERO);
@@ -419,7 +419,7 @@ mod tests {
     /// A transport failure is retried exactly once, on another replica: with a failing
     /// replica every review still succeeds; with every replica failing a review makes
     /// exactly two calls, on two different replicas.
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_transport_failure_is_retried_once_on_another_replica() {
         let bad = StandIn::new("bad", Duration::ZERO).failing();
         let good = StandIn::new("good", Duration::ZERO);
@@ -458,7 +458,7 @@ mod tests {
 
     /// A failed call and a call cut off at the deadline are latency samples too: a
     /// replica that fails fast or hangs stops looking fast.
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn latency_is_recorded_for_every_outcome() {
         let fails = Member::new("f".into(), StandIn::new("f", Duration::ZERO).failing());
         let before = fails.load(Instant::now());
@@ -473,14 +473,14 @@ mod tests {
         let hangs = Member::new("h".into(), hang);
         // The review's deadline cuts the call off before the replica answers.
         let cut = tokio::time::timeout(
-            Duration::from_secs(3),
+            Duration::from_millis(300),
             hangs.call(Arc::default(), Instant::now() + Duration::from_secs(60)),
         )
         .await;
         assert!(cut.is_err());
         assert_eq!(hangs.in_flight.load(Relaxed), 0);
         let load = hangs.load(Instant::now());
-        assert!(load >= Duration::from_secs(3).as_nanos() as f64 * 0.99, "{load}");
+        assert!(load >= Duration::from_millis(300).as_nanos() as f64 * 0.99, "{load}");
 
         // And the balancer then prefers a replica that answers.
         let slow_fail = StandIn::new("sf", Duration::ZERO).failing();

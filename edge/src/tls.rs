@@ -326,7 +326,7 @@ mod tests {
         )
         .unwrap();
         let auth = server_tls(&config).unwrap().client_auth;
-        let check = |route, chain: &Vec<CertificateDer<'static>>| auth.check(route, Some(chain));
+        let check = |route, chain: &Vec<CertificateDer<'static>>| auth.check(route, Some(chain.as_slice()));
 
         assert_eq!(check(Route::Cluster("a"), &apiserver_a), Ok(()));
         assert_eq!(check(Route::Cluster("b"), &apiserver_b), Ok(()));
