@@ -14,8 +14,13 @@ const LIMIT: usize = 2;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn up_answers_the_fast_retryable_500_above_its_in_flight_limit() {
-    let users: Vec<(String, String)> = (0..8).map(|i| (format!("u{i}"), format!("pw{i}"))).collect();
-    let pairs: Vec<(&str, &str)> = users.iter().map(|(u, p)| (u.as_str(), p.as_str())).collect();
+    let users: Vec<(String, String)> = (0..8)
+        .map(|i| (format!("u{i}"), format!("pw{i}")))
+        .collect();
+    let pairs: Vec<(&str, &str)> = users
+        .iter()
+        .map(|(u, p)| (u.as_str(), p.as_str()))
+        .collect();
     let ba = BasicAuthServer::start(&pairs);
     // Every source call takes 3 s: the first reviews hold the edge's permits meanwhile.
     ba.http.set_mode(Mode::Slow(Duration::from_secs(3)));
@@ -61,7 +66,10 @@ async fn up_answers_the_fast_retryable_500_above_its_in_flight_limit() {
         .collect();
     let until = Instant::now() + Duration::from_secs(10);
     while ba.http.requests().len() < LIMIT {
-        assert!(Instant::now() < until, "the first reviews never reached the source");
+        assert!(
+            Instant::now() < until,
+            "the first reviews never reached the source"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 

@@ -97,9 +97,7 @@ impl<R: Upstream> Balancer<R> {
     async fn review(&self, call: Call) -> Verdict {
         let Call { request, deadline } = call;
         let Some(first) = self.rotation.pick(None) else {
-            return Err(BackendError::Unavailable(
-                "no healthy authd replica".into(),
-            ));
+            return Err(BackendError::Unavailable("no healthy authd replica".into()));
         };
         // Shared, so the retry can send it again without copying it.
         let request = Arc::new(request);
@@ -346,7 +344,10 @@ mod tests {
 
     fn balancer_of(
         replicas: &[StandIn],
-    ) -> (Balancer<StandIn>, mpsc::UnboundedSender<Change<String, StandIn>>) {
+    ) -> (
+        Balancer<StandIn>,
+        mpsc::UnboundedSender<Change<String, StandIn>>,
+    ) {
         let (tx, rx) = mpsc::unbounded_channel();
         let b = Balancer::start(rx);
         for r in replicas {
@@ -390,7 +391,8 @@ mod tests {
         while busy.calls() == 0 {
             tokio::task::yield_now().await;
         }
-        b.rotation.apply(Change::Insert("idle".into(), idle.clone()));
+        b.rotation
+            .apply(Change::Insert("idle".into(), idle.clone()));
         for _ in 0..10 {
             b.review(call(Duration::from_secs(5))).await.unwrap();
         }
@@ -449,8 +451,10 @@ mod tests {
             StandIn::new("a", Duration::ZERO),
             StandIn::new("b", Duration::ZERO),
         ]);
-        b.rotation
-            .apply(Change::Insert("a".into(), StandIn::new("a", Duration::ZERO)));
+        b.rotation.apply(Change::Insert(
+            "a".into(),
+            StandIn::new("a", Duration::ZERO),
+        ));
         for _ in 0..20 {
             assert_eq!(b.rotation.pick(Some("a")).unwrap().key, "b");
         }
@@ -466,7 +470,10 @@ mod tests {
             .call(Arc::default(), Instant::now() + Duration::from_secs(5))
             .await;
         let after = fails.load(Instant::now());
-        assert!(after >= FAILURE_RTT.as_nanos() as f64 * 0.99, "{before} -> {after}");
+        assert!(
+            after >= FAILURE_RTT.as_nanos() as f64 * 0.99,
+            "{before} -> {after}"
+        );
 
         let mut hang = StandIn::new("h", Duration::ZERO);
         hang.hang = true;
@@ -480,7 +487,10 @@ mod tests {
         assert!(cut.is_err());
         assert_eq!(hangs.in_flight.load(Relaxed), 0);
         let load = hangs.load(Instant::now());
-        assert!(load >= Duration::from_millis(300).as_nanos() as f64 * 0.99, "{load}");
+        assert!(
+            load >= Duration::from_millis(300).as_nanos() as f64 * 0.99,
+            "{load}"
+        );
 
         // And the balancer then prefers a replica that answers.
         let slow_fail = StandIn::new("sf", Duration::ZERO).failing();

@@ -236,9 +236,14 @@ impl AuthdFile {
                     .rsplit_once(':')
                     .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
                     .filter(|(h, _)| !h.is_empty() && !d.contains("://"))
-                    .ok_or_else(|| FieldError::new("authd.dns", format!("{d:?} must be host:port")))?;
+                    .ok_or_else(|| {
+                        FieldError::new("authd.dns", format!("{d:?} must be host:port"))
+                    })?;
                 if self.dns_refresh.is_zero() {
-                    return Err(FieldError::new("authd.dns_refresh", "must be greater than 0"));
+                    return Err(FieldError::new(
+                        "authd.dns_refresh",
+                        "must be greater than 0",
+                    ));
                 }
                 Replicas::Dns {
                     host: host.to_owned(),
@@ -254,7 +259,10 @@ impl AuthdFile {
             ),
         };
         if self.health_interval.is_zero() {
-            return Err(FieldError::new("authd.health_interval", "must be greater than 0"));
+            return Err(FieldError::new(
+                "authd.health_interval",
+                "must be greater than 0",
+            ));
         }
         let client_identity = match (self.client_cert, self.client_key) {
             (Some(cert), Some(key)) => Some(ClientIdentity { cert, key }),
@@ -267,7 +275,10 @@ impl AuthdFile {
             }
         };
         if client_identity.is_some() && self.ca.is_none() {
-            return Err(FieldError::new("authd.client_cert", "needs authd.ca (mutual TLS)"));
+            return Err(FieldError::new(
+                "authd.client_cert",
+                "needs authd.ca (mutual TLS)",
+            ));
         }
         Ok(AuthdConfig {
             replicas,
@@ -379,7 +390,10 @@ impl Config {
             return Err(FieldError::new("idle_timeout", "must be greater than 0"));
         }
         if self.max_in_flight_reviews == 0 {
-            return Err(FieldError::new("max_in_flight_reviews", "must be greater than 0"));
+            return Err(FieldError::new(
+                "max_in_flight_reviews",
+                "must be greater than 0",
+            ));
         }
         Ok(())
     }
@@ -413,10 +427,7 @@ mod tests {
             Replicas::Static(vec![target("a:1", "a"), target("b:2", "b")])
         );
         assert_eq!(a.ca.unwrap(), Path::new("/etc/edge/ca.crt"));
-        assert_eq!(
-            a.client_identity.unwrap().key,
-            Path::new("/etc/edge/c.key")
-        );
+        assert_eq!(a.client_identity.unwrap().key, Path::new("/etc/edge/c.key"));
         assert_eq!(
             c.clusters["dev"].client_ca.as_deref(),
             Some(Path::new("/etc/edge/dev-ca.crt"))

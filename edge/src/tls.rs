@@ -259,8 +259,7 @@ pub fn handshake_refusal(e: &std::io::Error) -> Option<&'static str> {
 mod tests {
     use super::*;
     use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-        KeyPair,
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     };
 
     /// A CA in `dir` as `{name}.crt`, and what it takes to issue from it.
@@ -303,9 +302,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let (ca_a, ca_b) = (ca(d, "ca-a"), ca(d, "ca-b"));
-        issue(d, &ca_a, "edge", "edge", ExtendedKeyUsagePurpose::ServerAuth);
+        issue(
+            d,
+            &ca_a,
+            "edge",
+            "edge",
+            ExtendedKeyUsagePurpose::ServerAuth,
+        );
         let from_a = |cn: &str, file: &str| {
-            vec![issue(d, &ca_a, cn, file, ExtendedKeyUsagePurpose::ClientAuth)]
+            vec![issue(
+                d,
+                &ca_a,
+                cn,
+                file,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            )]
         };
         let apiserver_a = from_a("kube-apiserver:a", "apiserver-a");
         let apiserver_b = vec![issue(
@@ -326,7 +337,8 @@ mod tests {
         )
         .unwrap();
         let auth = server_tls(&config).unwrap().client_auth;
-        let check = |route, chain: &Vec<CertificateDer<'static>>| auth.check(route, Some(chain.as_slice()));
+        let check =
+            |route, chain: &Vec<CertificateDer<'static>>| auth.check(route, Some(chain.as_slice()));
 
         assert_eq!(check(Route::Cluster("a"), &apiserver_a), Ok(()));
         assert_eq!(check(Route::Cluster("b"), &apiserver_b), Ok(()));

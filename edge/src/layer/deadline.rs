@@ -115,7 +115,10 @@ mod tests {
             "{e:?}"
         );
         let took = started.elapsed();
-        assert!(took >= Duration::from_millis(200) && took < Duration::from_secs(2), "{took:?}");
+        assert!(
+            took >= Duration::from_millis(200) && took < Duration::from_secs(2),
+            "{took:?}"
+        );
     }
 
     #[tokio::test]
