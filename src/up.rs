@@ -1,7 +1,9 @@
 //! `kube-authd up`: edge and authd in one process, for one machine and the quick start.
 //!
-//! The edge calls authd's tower service in-process (no loopback socket on the hot path);
-//! authd's gRPC port is still served for internal clients.
+//! The edge calls authd's tower service in-process (no loopback socket on the hot path),
+//! behind the same layers as split mode (`authd_edge::Backend::layered`: load shed at
+//! `--max-in-flight-reviews`, deadline, fail fast); authd's gRPC port is still served for
+//! internal clients.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
