@@ -1,7 +1,9 @@
 //! `kube-authd up`: edge and authd in one process, for one machine and the quick start.
 //!
-//! The edge calls authd's tower service in-process (no loopback socket on the hot path);
-//! authd's gRPC port is still served for internal clients.
+//! The edge calls authd's tower service in-process (no loopback socket on the hot path),
+//! behind the same layers as split mode (`authd_edge::Backend::layered`: load shed at
+//! `--max-in-flight-reviews`, deadline, fail fast); authd's gRPC port is still served for
+//! internal clients.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,7 +11,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::watch;
-use tower::ServiceExt;
 
 use crate::kubeconfig::WebhookKubeconfig;
 use crate::pki::{self, Ca};
@@ -22,6 +23,8 @@ pub struct UpArgs {
     pub authd_config: Option<PathBuf>,
     pub grpc_listen: SocketAddr,
     pub admin_listen: Option<SocketAddr>,
+    /// The edge's `max_in_flight_reviews`; its default when `None`.
+    pub max_in_flight_reviews: Option<usize>,
 }
 
 /// The host put in the certificate and the kubeconfig: the listen IP unless it is a
@@ -117,10 +120,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 
     let edge_cfg = authd_edge::Config::parse(
         &format!(
-            "listen = \"{}\"\n{}[tls]\ncert = {:?}\nkey = {:?}\n",
+            "listen = \"{}\"\n{}{}[tls]\ncert = {:?}\nkey = {:?}\n",
             args.listen,
             args.admin_listen
                 .map(|a| format!("admin_listen = \"{a}\"\n"))
+                .unwrap_or_default(),
+            args.max_in_flight_reviews
+                .map(|n| format!("max_in_flight_reviews = {n}\n"))
                 .unwrap_or_default(),
             dir.join("edge.crt").display().to_string(),
             dir.join("edge.key").display().to_string(),
@@ -128,10 +134,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         &dir,
     )
     .map_err(|e| anyhow::anyhow!("built-in edge configuration: {e}"))?;
-    let backend = tower::util::BoxCloneSyncService::new(
-        authd
-            .clone()
-            .map_err(|never: std::convert::Infallible| match never {}),
+    // The same layers as split mode (load shed, deadline, fail fast) around authd's
+    // in-process service: overload is the fast retryable 500 here too.
+    let backend = authd_edge::Backend::layered(
+        authd_edge::Inner::in_process(authd.clone()),
+        (&edge_cfg).into(),
+        authd_edge::Reachability::always(),
     );
     let metrics = authd.metrics().clone();
     let edge = authd_edge::Edge::bind(

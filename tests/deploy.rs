@@ -86,7 +86,9 @@ fn embedded_configurations_are_valid() {
     let e = authd_edge::Config::parse(&edge, Path::new("/"))
         .unwrap_or_else(|e| panic!("edge.toml in edge.yaml: {e}"));
     let a = e.authd.expect("[authd]");
-    assert!(a.dns.is_some_and(|d| d.starts_with("authd-headless.")));
+    assert!(
+        matches!(&a.replicas, authd_edge::config::Replicas::Dns { host, .. } if host.starts_with("authd-headless."))
+    );
     assert!(e.clusters.values().all(|c| c.client_ca.is_some()));
 }
 

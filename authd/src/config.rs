@@ -410,12 +410,18 @@ fn default_redis_connect_timeout() -> Duration {
 impl Config {
     /// Reads, parses and validates; relative paths are resolved against the file's folder.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        authd_runtime::config::load(path, Self::parse)
+        authd_runtime::config::load(path, |text, base| {
+            Self::parse(text, base).map_err(|m| match m.split_once(": ") {
+                Some((field, message)) => authd_runtime::config::FieldError::new(field, message),
+                None => authd_runtime::config::FieldError::new("config", m),
+            })
+        })
     }
 
     /// Parses and validates TOML text; `base` anchors relative paths.
     pub fn parse(text: &str, base: &Path) -> Result<Self, String> {
-        let mut config: Config = authd_runtime::config::from_toml(text)?;
+        let mut config: Config =
+            authd_runtime::config::from_toml(text).map_err(|e| e.to_string())?;
         config.resolve_paths(base);
         config.validate()?;
         Ok(config)

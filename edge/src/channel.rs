@@ -11,14 +11,7 @@ use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint};
 
-/// Where one replica is and what name its certificate must carry.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Target {
-    /// `host:port` to connect to (for DNS discovery, one resolved address).
-    pub addr: String,
-    /// The name authd's certificate is verified against (the configured host).
-    pub server_name: String,
-}
+use crate::config::Target;
 
 fn io_error(message: String) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidInput, message)

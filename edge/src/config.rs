@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use authd_runtime::config::ConfigError;
+pub use authd_runtime::config::{ConfigError, FieldError};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -47,7 +47,11 @@ pub struct Config {
     #[serde(default = "default_cluster")]
     pub default_cluster: String,
     pub tls: TlsConfig,
+    /// `[authd]` as written, checked into `authd` at load.
+    #[serde(rename = "authd")]
+    authd_file: Option<AuthdFile>,
     /// authd location; required by `authd-edge serve`, unused in the all-in-one binary.
+    #[serde(skip)]
     pub authd: Option<AuthdConfig>,
     /// Clusters served at `POST /clusters/{name}/authenticate`.
     #[serde(default)]
@@ -66,99 +70,194 @@ pub struct TlsConfig {
     pub client_ca: Option<PathBuf>,
 }
 
+/// `[authd]` as written; checked and turned into [`AuthdConfig`] at load.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AuthdConfig {
+struct AuthdFile {
     /// One gRPC endpoint, e.g. `http://127.0.0.1:50051` (same as a one-element `endpoints`).
-    pub endpoint: Option<String>,
+    endpoint: Option<String>,
     /// A fixed set of authd replicas, balanced.
     #[serde(default)]
-    pub endpoints: Vec<String>,
+    endpoints: Vec<String>,
     /// `host:port` whose addresses (a headless Service) are the replicas; re-resolved
     /// every `dns_refresh`.
-    pub dns: Option<String>,
+    dns: Option<String>,
     #[serde(default = "default_dns_refresh", with = "humantime_serde")]
-    pub dns_refresh: Duration,
-    /// How often each replica's gRPC health is probed; failing replicas leave the rotation.
+    dns_refresh: Duration,
     #[serde(default = "default_health_interval", with = "humantime_serde")]
-    pub health_interval: Duration,
-    /// Time allowed to establish a connection to authd.
+    health_interval: Duration,
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
-    pub connect_timeout: Duration,
-    /// PEM CA that signed authd's server certificate; required for https:// and `dns`
-    /// with TLS.
-    pub ca: Option<PathBuf>,
-    /// The edge's client certificate and key for mutual TLS with authd (re-read on change).
-    pub client_cert: Option<PathBuf>,
-    pub client_key: Option<PathBuf>,
+    connect_timeout: Duration,
+    ca: Option<PathBuf>,
+    client_cert: Option<PathBuf>,
+    client_key: Option<PathBuf>,
 }
 
-impl AuthdConfig {
-    /// The static endpoints (`endpoint` and `endpoints` together).
-    pub fn static_endpoints(&self) -> Vec<String> {
-        self.endpoint
-            .iter()
-            .chain(self.endpoints.iter())
-            .cloned()
-            .collect()
+/// Where authd is and how to reach it, checked at load: endpoints are parsed URIs, the DNS
+/// name is split into host and port, paths are absolute.
+#[derive(Debug, Clone)]
+pub struct AuthdConfig {
+    pub replicas: Replicas,
+    /// How often each replica's gRPC health is probed; failing replicas leave the rotation.
+    pub health_interval: Duration,
+    /// Time allowed to establish a connection to authd.
+    pub connect_timeout: Duration,
+    /// PEM CA that signed authd's server certificate; set for https:// endpoints and for
+    /// `dns` with TLS, absent for plaintext gRPC.
+    pub ca: Option<PathBuf>,
+    /// The edge's client certificate and key for mutual TLS with authd (re-read on change).
+    pub client_identity: Option<ClientIdentity>,
+}
+
+/// The edge's client certificate and its key.
+#[derive(Debug, Clone)]
+pub struct ClientIdentity {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Where the replicas come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Replicas {
+    /// `endpoint` and `endpoints`.
+    Static(Vec<Target>),
+    /// `dns`: `host`'s addresses at `port`, re-resolved every `refresh`.
+    Dns {
+        host: String,
+        port: u16,
+        refresh: Duration,
+    },
+}
+
+/// Where one replica is and what name its certificate must carry.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Target {
+    /// `host:port` to connect to (for DNS discovery, one resolved address).
+    pub addr: String,
+    /// The name authd's certificate is verified against (the configured host).
+    pub server_name: String,
+}
+
+impl std::fmt::Display for Replicas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Replicas::Static(targets) => {
+                let addrs: Vec<&str> = targets.iter().map(|t| t.addr.as_str()).collect();
+                write!(f, "{}", addrs.join(","))
+            }
+            Replicas::Dns { host, port, .. } => write!(f, "dns {host}:{port}"),
+        }
     }
 }
 
-impl AuthdConfig {
-    fn validate(&self) -> Result<(), String> {
-        let endpoints = self.static_endpoints();
-        match (endpoints.is_empty(), &self.dns) {
+/// A static endpoint (`http://host:port` or `https://host:port`), parsed.
+fn endpoint(field: &str, e: &str, ca: bool) -> Result<Target, FieldError> {
+    let bad = |why: &str| FieldError::new(field, format!("{e:?} {why}"));
+    let uri: http::Uri = e
+        .parse()
+        .map_err(|err| bad(&format!("is not a URI: {err}")))?;
+    match (uri.scheme_str(), ca) {
+        (Some("https"), true) | (Some("http"), false) => {}
+        (Some("https"), false) => {
+            return Err(FieldError::new(
+                "authd.ca",
+                format!("required for the https:// endpoint {e:?}"),
+            ))
+        }
+        (Some("http"), true) => return Err(bad("is plaintext but authd.ca is set; use https://")),
+        _ => return Err(bad("must start with http:// or https://")),
+    }
+    let authority = uri.authority().ok_or_else(|| bad("has no host"))?;
+    if authority.port_u16().is_none() {
+        return Err(bad("needs a port"));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(bad("must not have a path or query"));
+    }
+    Ok(Target {
+        addr: authority.as_str().to_owned(),
+        server_name: authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned(),
+    })
+}
+
+impl AuthdFile {
+    fn check(self) -> Result<AuthdConfig, FieldError> {
+        let mut endpoints: Vec<(&str, &String)> = Vec::new();
+        endpoints.extend(self.endpoint.iter().map(|e| ("authd.endpoint", e)));
+        endpoints.extend(self.endpoints.iter().map(|e| ("authd.endpoints", e)));
+        let replicas = match (endpoints.is_empty(), &self.dns) {
             (true, None) => {
-                return Err("authd: one of endpoint, endpoints or dns is required".into())
+                return Err(FieldError::new(
+                    "authd",
+                    "one of endpoint, endpoints or dns is required",
+                ))
             }
             (false, Some(_)) => {
-                return Err("authd.dns: use either dns or endpoint/endpoints, not both".into())
+                return Err(FieldError::new(
+                    "authd.dns",
+                    "use either dns or endpoint/endpoints, not both",
+                ))
             }
-            _ => {}
-        }
-        for e in &endpoints {
-            let field = if self.endpoint.as_ref() == Some(e) {
-                "authd.endpoint"
-            } else {
-                "authd.endpoints"
-            };
-            let rest = e
-                .strip_prefix("http://")
-                .or_else(|| e.strip_prefix("https://"))
-                .ok_or_else(|| format!("{field}: {e:?} must start with http:// or https://"))?;
-            if rest.trim_end_matches('/').rsplit_once(':').is_none() {
-                return Err(format!("{field}: {e:?} needs a port"));
+            (true, Some(d)) => {
+                let (host, port) = d
+                    .rsplit_once(':')
+                    .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+                    .filter(|(h, _)| !h.is_empty() && !d.contains("://"))
+                    .ok_or_else(|| {
+                        FieldError::new("authd.dns", format!("{d:?} must be host:port"))
+                    })?;
+                if self.dns_refresh.is_zero() {
+                    return Err(FieldError::new(
+                        "authd.dns_refresh",
+                        "must be greater than 0",
+                    ));
+                }
+                Replicas::Dns {
+                    host: host.to_owned(),
+                    port,
+                    refresh: self.dns_refresh,
+                }
             }
-            if e.starts_with("https://") && self.ca.is_none() {
-                return Err(format!(
-                    "authd.ca: required for the https:// endpoint {e:?}"
-                ));
-            }
-            if e.starts_with("http://") && self.ca.is_some() {
-                return Err(format!(
-                    "{field}: {e:?} is plaintext but authd.ca is set; use https://"
-                ));
-            }
-        }
-        if let Some(d) = &self.dns {
-            let port = d.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok());
-            if port.is_none() || d.contains("://") {
-                return Err(format!("authd.dns: {d:?} must be host:port"));
-            }
-            if self.dns_refresh.is_zero() {
-                return Err("authd.dns_refresh: must be greater than 0".into());
-            }
-        }
+            (false, None) => Replicas::Static(
+                endpoints
+                    .iter()
+                    .map(|(field, e)| endpoint(field, e, self.ca.is_some()))
+                    .collect::<Result<_, _>>()?,
+            ),
+        };
         if self.health_interval.is_zero() {
-            return Err("authd.health_interval: must be greater than 0".into());
+            return Err(FieldError::new(
+                "authd.health_interval",
+                "must be greater than 0",
+            ));
         }
-        if self.client_cert.is_some() != self.client_key.is_some() {
-            return Err("authd.client_cert and authd.client_key: set both or neither".into());
+        let client_identity = match (self.client_cert, self.client_key) {
+            (Some(cert), Some(key)) => Some(ClientIdentity { cert, key }),
+            (None, None) => None,
+            _ => {
+                return Err(FieldError::new(
+                    "authd.client_cert and authd.client_key",
+                    "set both or neither",
+                ))
+            }
+        };
+        if client_identity.is_some() && self.ca.is_none() {
+            return Err(FieldError::new(
+                "authd.client_cert",
+                "needs authd.ca (mutual TLS)",
+            ));
         }
-        if self.client_cert.is_some() && self.ca.is_none() {
-            return Err("authd.client_cert: needs authd.ca (mutual TLS)".into());
-        }
-        Ok(())
+        Ok(AuthdConfig {
+            replicas,
+            health_interval: self.health_interval,
+            connect_timeout: self.connect_timeout,
+            ca: self.ca,
+            client_identity,
+        })
     }
 }
 
@@ -209,12 +308,13 @@ impl Config {
         authd_runtime::config::load(path, Self::parse)
     }
 
-    pub fn parse(text: &str, base: &Path) -> Result<Self, String> {
+    /// Parses and checks a configuration; relative paths are taken from `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<Self, FieldError> {
         let mut c: Config = authd_runtime::config::from_toml(text)?;
         let mut paths = vec![&mut c.tls.cert, &mut c.tls.key];
         paths.extend(c.tls.client_ca.as_mut());
         paths.extend(c.clusters.values_mut().filter_map(|k| k.client_ca.as_mut()));
-        if let Some(a) = c.authd.as_mut() {
+        if let Some(a) = c.authd_file.as_mut() {
             paths.extend(a.ca.as_mut());
             paths.extend(a.client_cert.as_mut());
             paths.extend(a.client_key.as_mut());
@@ -224,16 +324,17 @@ impl Config {
                 *p = base.join(&*p);
             }
         }
+        c.authd = c.authd_file.take().map(AuthdFile::check).transpose()?;
         c.validate()?;
         Ok(c)
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), FieldError> {
         if self.max_body_bytes == 0 {
-            return Err("max_body_bytes: must be greater than 0".into());
+            return Err(FieldError::new("max_body_bytes", "must be greater than 0"));
         }
         if self.default_cluster.is_empty() {
-            return Err("default_cluster: must not be empty".into());
+            return Err(FieldError::new("default_cluster", "must not be empty"));
         }
         for name in self.clusters.keys() {
             if name.is_empty()
@@ -241,19 +342,20 @@ impl Config {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
             {
-                return Err(format!(
-                    "clusters.{name:?}: cluster names may only hold letters, digits, '-', '_' and '.'"
+                return Err(FieldError::new(
+                    format!("clusters.{name:?}"),
+                    "cluster names may only hold letters, digits, '-', '_' and '.'",
                 ));
             }
         }
         if self.idle_timeout.is_zero() {
-            return Err("idle_timeout: must be greater than 0".into());
+            return Err(FieldError::new("idle_timeout", "must be greater than 0"));
         }
         if self.max_in_flight_reviews == 0 {
-            return Err("max_in_flight_reviews: must be greater than 0".into());
-        }
-        if let Some(a) = &self.authd {
-            a.validate()?;
+            return Err(FieldError::new(
+                "max_in_flight_reviews",
+                "must be greater than 0",
+            ));
         }
         Ok(())
     }
@@ -266,7 +368,7 @@ mod tests {
     const TLS: &str = "[tls]\ncert = \"e.crt\"\nkey = \"e.key\"\n";
 
     fn parse(extra: &str) -> Result<Config, String> {
-        Config::parse(&format!("{TLS}{extra}"), Path::new("/etc/edge"))
+        Config::parse(&format!("{TLS}{extra}"), Path::new("/etc/edge")).map_err(|e| e.to_string())
     }
 
     #[test]
@@ -278,8 +380,16 @@ mod tests {
         )
         .unwrap();
         let a = c.authd.unwrap();
-        assert_eq!(a.static_endpoints().len(), 2);
+        let target = |addr: &str, name: &str| Target {
+            addr: addr.into(),
+            server_name: name.into(),
+        };
+        assert_eq!(
+            a.replicas,
+            Replicas::Static(vec![target("a:1", "a"), target("b:2", "b")])
+        );
         assert_eq!(a.ca.unwrap(), Path::new("/etc/edge/ca.crt"));
+        assert_eq!(a.client_identity.unwrap().key, Path::new("/etc/edge/c.key"));
         assert_eq!(
             c.clusters["dev"].client_ca.as_deref(),
             Some(Path::new("/etc/edge/dev-ca.crt"))
@@ -288,8 +398,23 @@ mod tests {
             .unwrap()
             .authd
             .unwrap();
-        assert_eq!(d.dns_refresh, Duration::from_secs(2));
+        assert_eq!(
+            d.replicas,
+            Replicas::Dns {
+                host: "authd-headless.ns.svc".into(),
+                port: 50051,
+                refresh: Duration::from_secs(2)
+            }
+        );
         assert_eq!(d.health_interval, Duration::from_secs(1));
+        let v6 = parse("[authd]\nendpoint = \"http://[::1]:50051/\"\n")
+            .unwrap()
+            .authd
+            .unwrap();
+        assert_eq!(
+            v6.replicas,
+            Replicas::Static(vec![target("[::1]:50051", "::1")])
+        );
     }
 
     #[test]
@@ -307,6 +432,10 @@ mod tests {
                 "authd.endpoints",
             ),
             ("[authd]\nendpoint = \"http://a\"\n", "authd.endpoint"),
+            ("[authd]\nendpoint = \"a:1\"\n", "authd.endpoint"),
+            ("[authd]\nendpoint = \"http://a:1/x\"\n", "authd.endpoint"),
+            ("[authd]\nendpoint = \"http://a:99999\"\n", "authd.endpoint"),
+            ("[authd]\ndns = \":1\"\n", "authd.dns"),
             (
                 "[authd]\nendpoint = \"https://a:1\"\nca = \"c\"\nclient_cert = \"x\"\n",
                 "authd.client_key",

@@ -20,62 +20,15 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tower::discover::Change;
 
 use crate::backend::{BackendError, Reachability};
-use crate::channel::{self, Target};
+use crate::balance::Upstream;
+use crate::channel;
+use crate::config::{Replicas, Target};
 
 /// The one RPC the edge calls.
 const AUTHENTICATE_PATH: &str = "/kubeauthd.v1.Authenticator/Authenticate";
 
 /// The gRPC health service name authd reports NOT_SERVING for while it drains.
 const HEALTH_SERVICE: &str = "kubeauthd.v1.Authenticator";
-
-/// Where replicas come from.
-#[derive(Clone, Debug)]
-pub enum Targets {
-    Static(Vec<Target>),
-    /// `host`'s addresses at `port`, re-resolved every `refresh`.
-    Dns {
-        host: String,
-        port: u16,
-        refresh: Duration,
-    },
-}
-
-impl Targets {
-    /// From `[authd]`: `endpoint`/`endpoints` (validated URLs) or `dns`.
-    pub fn from_config(authd: &crate::config::AuthdConfig) -> Self {
-        match &authd.dns {
-            Some(d) => {
-                let (host, port) = d.rsplit_once(':').unwrap_or((d.as_str(), "0"));
-                Targets::Dns {
-                    host: host.to_owned(),
-                    port: port.parse().unwrap_or(0),
-                    refresh: authd.dns_refresh,
-                }
-            }
-            None => Targets::Static(
-                authd
-                    .static_endpoints()
-                    .iter()
-                    .map(|e| {
-                        let addr = e
-                            .trim_start_matches("https://")
-                            .trim_start_matches("http://")
-                            .trim_end_matches('/')
-                            .to_owned();
-                        let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
-                        Target {
-                            server_name: host
-                                .trim_start_matches('[')
-                                .trim_end_matches(']')
-                                .to_owned(),
-                            addr,
-                        }
-                    })
-                    .collect(),
-            ),
-        }
-    }
-}
 
 /// How replicas are reached and probed.
 #[derive(Clone)]
@@ -227,11 +180,9 @@ pub struct Replica {
     registry: Weak<Mutex<Registry>>,
 }
 
-impl Replica {
+impl Upstream for Replica {
     /// One `Authenticate` call with `left` of the review's time, sent as its gRPC timeout.
-    /// The request is shared rather than owned so the balancer can keep it for a retry
-    /// without copying its strings.
-    pub async fn authenticate(
+    async fn authenticate(
         &self,
         request: Arc<AuthenticateRequest>,
         left: Duration,
@@ -291,7 +242,7 @@ pub struct ReplicaSet {
 
 /// Starts discovery and health probing; the tasks stop when the balancer (the holder of
 /// `changes`) and every replica are dropped.
-pub fn start(targets: Targets, settings: Settings) -> ReplicaSet {
+pub fn start(replicas: Replicas, settings: Settings) -> ReplicaSet {
     let (tx, rx) = mpsc::unbounded_channel();
     let reachability = Reachability::never();
     let registry: Shared = Arc::new(Mutex::new(Registry {
@@ -300,14 +251,14 @@ pub fn start(targets: Targets, settings: Settings) -> ReplicaSet {
         reachability: reachability.clone(),
     }));
     let me = Arc::downgrade(&registry);
-    match targets {
-        Targets::Static(list) => {
+    match replicas {
+        Replicas::Static(list) => {
             let mut r = lock(&registry);
             for t in list {
                 r.add(t.addr.clone(), &t, &settings, &me);
             }
         }
-        Targets::Dns {
+        Replicas::Dns {
             host,
             port,
             refresh,

@@ -5,10 +5,13 @@ pub mod backend;
 pub mod balance;
 pub mod channel;
 pub mod config;
+pub mod conn;
 pub mod discovery;
+pub mod handler;
+pub mod layer;
 pub mod metrics;
 pub mod review;
-pub mod server;
+pub mod route;
 pub mod tls;
 
 use std::future::Future;
@@ -20,7 +23,7 @@ use authd_runtime::admin::{self, AdminState, Encoder, Readiness};
 use authd_runtime::Reloading;
 use tokio::net::TcpListener;
 
-pub use backend::{Backend, BackendError, Reachability};
+pub use backend::{Backend, BackendError, Inner, Limits, Reachability};
 pub use config::Config;
 
 /// A bound, configured edge, ready to serve.
@@ -28,8 +31,8 @@ pub struct Edge {
     listener: TcpListener,
     admin: Option<TcpListener>,
     tls: Reloading<tls::ServerTls>,
-    handler: Arc<server::Handler>,
-    settings: server::ConnSettings,
+    handler: Arc<handler::Handler>,
+    settings: conn::ConnSettings,
     admin_state: AdminState,
 }
 
@@ -64,7 +67,7 @@ impl Edge {
             listener,
             admin,
             tls,
-            handler: Arc::new(server::Handler::new(config, backend, metrics)),
+            handler: Arc::new(handler::Handler::new(config, backend, metrics)),
             settings: config.into(),
             admin_state: AdminState {
                 accepting: Readiness::default(),
@@ -100,7 +103,7 @@ impl Edge {
             shutdown.await;
             accepting.set(false);
         };
-        server::serve(
+        conn::serve(
             self.listener,
             self.tls,
             self.handler,

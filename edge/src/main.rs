@@ -34,7 +34,7 @@ async fn serve(config: PathBuf) -> anyhow::Result<()> {
         )
     })?;
     let replicas = discovery::start(
-        discovery::Targets::from_config(authd),
+        authd.replicas.clone(),
         discovery::Settings {
             tls: authd_edge::tls::reloading_client(authd)?,
             connect_timeout: authd.connect_timeout,
@@ -42,12 +42,10 @@ async fn serve(config: PathBuf) -> anyhow::Result<()> {
         },
     );
     let reachability = replicas.reachability.clone();
-    let backend = authd_edge::balance::backend(
-        replicas,
-        authd_edge::balance::Limits {
-            deadline: cfg.review_timeout,
-            max_in_flight: cfg.max_in_flight_reviews,
-        },
+    let backend = authd_edge::Backend::layered(
+        authd_edge::balance::balancer(replicas.changes),
+        (&cfg).into(),
+        reachability.clone(),
     );
     // Give the first health probes a moment, so the first reviews find a replica.
     let until = tokio::time::Instant::now() + authd.connect_timeout;
@@ -57,7 +55,7 @@ async fn serve(config: PathBuf) -> anyhow::Result<()> {
     let edge = authd_edge::Edge::bind(&cfg, backend, reachability, Vec::new()).await?;
     let addr = edge.local_addr()?;
     let admin = edge.admin_addr();
-    tracing::info!(%addr, ?admin, authd = ?authd.dns.clone().map_or_else(|| authd.static_endpoints(), |d| vec![d]), clusters = cfg.clusters.len(), "edge serving");
+    tracing::info!(%addr, ?admin, authd = %authd.replicas, clusters = cfg.clusters.len(), "edge serving");
     println!(
         "authd-edge ready https=https://{addr} admin={}",
         admin.map(|a| a.to_string()).unwrap_or_else(|| "-".into())

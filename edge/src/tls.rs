@@ -17,6 +17,7 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::{CertificateDer, UnixTime};
 
 use crate::config::{AuthdConfig, Config};
+use crate::route::Route;
 
 /// The common-name prefix `kube-authd certs init --cluster NAME` gives kube-apiserver
 /// client certificates; such a certificate is only accepted on cluster NAME's endpoint.
@@ -53,17 +54,20 @@ impl ClientAuth {
     /// why it is refused. Routes without a CA accept any TLS client.
     pub fn check(
         &self,
-        path: &str,
-        cluster: &str,
+        route: Route<'_>,
         chain: Option<&[CertificateDer<'static>]>,
     ) -> Result<(), String> {
-        let (verifier, field) = if path == "/authenticate" {
-            (self.default_route.as_ref(), "tls.client_ca".to_owned())
-        } else {
-            (
+        let (cluster, verifier, field) = match route {
+            Route::Default => (
+                self.default_cluster.as_str(),
+                self.default_route.as_ref(),
+                "tls.client_ca".to_owned(),
+            ),
+            Route::Cluster(cluster) => (
+                cluster,
                 self.clusters.get(cluster),
                 format!("clusters.{cluster}.client_ca"),
-            )
+            ),
         };
         let Some(verifier) = verifier else {
             return Ok(());
@@ -82,14 +86,9 @@ impl ClientAuth {
                 )
             })?;
         // Certificates named for a cluster are bound to it even when clusters share a CA.
-        let expected = if path == "/authenticate" {
-            self.default_cluster.as_str()
-        } else {
-            cluster
-        };
         match subject.strip_prefix(APISERVER_CN_PREFIX) {
-            Some(bound) if bound != expected => Err(format!(
-                "client certificate {subject:?} is bound to cluster {bound:?}, not {expected:?}"
+            Some(bound) if bound != cluster => Err(format!(
+                "client certificate {subject:?} is bound to cluster {bound:?}, not {cluster:?}"
             )),
             _ => Ok(()),
         }
@@ -172,10 +171,10 @@ pub fn reloading_client(authd: &AuthdConfig) -> anyhow::Result<Option<Reloading<
     let Some(ca) = authd.ca.clone() else {
         return Ok(None);
     };
-    let identity = authd.client_cert.clone().zip(authd.client_key.clone());
+    let identity = authd.client_identity.clone();
     let mut files = vec![ca.clone()];
-    if let Some((c, k)) = &identity {
-        files.extend([c.clone(), k.clone()]);
+    if let Some(id) = &identity {
+        files.extend([id.cert.clone(), id.key.clone()]);
     }
     let build = move || -> anyhow::Result<ClientConfig> {
         let verifier =
@@ -184,10 +183,10 @@ pub fn reloading_client(authd: &AuthdConfig) -> anyhow::Result<Option<Reloading<
                 .context("authd.ca")?;
         let b = ClientConfig::builder().with_webpki_verifier(verifier);
         let mut config = match &identity {
-            Some((cert, key)) => b
+            Some(id) => b
                 .with_client_auth_cert(
-                    load_certs(cert, "authd.client_cert")?,
-                    load_key(key, "authd.client_key")?,
+                    load_certs(&id.cert, "authd.client_cert")?,
+                    load_key(&id.key, "authd.client_key")?,
                 )
                 .context(
                     "authd.client_cert/authd.client_key: the key does not match the certificate",
@@ -220,5 +219,110 @@ pub fn handshake_refusal(e: &std::io::Error) -> Option<&'static str> {
             Some("client certificate refused: not issued by a configured client CA, or invalid")
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    };
+
+    /// A CA in `dir` as `{name}.crt`, and what it takes to issue from it.
+    fn ca(dir: &Path, name: &str) -> Issuer<'static, KeyPair> {
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("{name} CA"));
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        std::fs::write(dir.join(format!("{name}.crt")), cert.pem()).unwrap();
+        Issuer::from_ca_cert_pem(&cert.pem(), key).unwrap()
+    }
+
+    /// A certificate named `cn` issued by `ca`, for `usage`; written as `{file}.crt` and
+    /// `{file}.key` in `dir`, and returned as DER.
+    fn issue(
+        dir: &Path,
+        ca: &Issuer<'static, KeyPair>,
+        cn: &str,
+        file: &str,
+        usage: ExtendedKeyUsagePurpose,
+    ) -> CertificateDer<'static> {
+        let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.extended_key_usages = vec![usage];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, ca).unwrap();
+        std::fs::write(dir.join(format!("{file}.crt")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{file}.key")), key.serialize_pem()).unwrap();
+        cert.der().clone()
+    }
+
+    /// Clusters `a` and `b` each trust their own CA; `shared` and the default route trust
+    /// `a`'s. A kube-apiserver certificate is only accepted on its own cluster's endpoint.
+    #[test]
+    fn a_client_certificate_is_bound_to_its_cluster() {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let (ca_a, ca_b) = (ca(d, "ca-a"), ca(d, "ca-b"));
+        issue(
+            d,
+            &ca_a,
+            "edge",
+            "edge",
+            ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        let from_a = |cn: &str, file: &str| {
+            vec![issue(
+                d,
+                &ca_a,
+                cn,
+                file,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            )]
+        };
+        let apiserver_a = from_a("kube-apiserver:a", "apiserver-a");
+        let apiserver_b = vec![issue(
+            d,
+            &ca_b,
+            "kube-apiserver:b",
+            "apiserver-b",
+            ExtendedKeyUsagePurpose::ClientAuth,
+        )];
+        let unbound_a = from_a("some-client", "unbound-a");
+        let config = Config::parse(
+            "default_cluster = \"a\"\n\
+             [tls]\ncert = \"edge.crt\"\nkey = \"edge.key\"\nclient_ca = \"ca-a.crt\"\n\
+             [clusters.a]\nclient_ca = \"ca-a.crt\"\n\
+             [clusters.b]\nclient_ca = \"ca-b.crt\"\n\
+             [clusters.shared]\nclient_ca = \"ca-a.crt\"\n",
+            d,
+        )
+        .unwrap();
+        let auth = server_tls(&config).unwrap().client_auth;
+        let check =
+            |route, chain: &Vec<CertificateDer<'static>>| auth.check(route, Some(chain.as_slice()));
+
+        assert_eq!(check(Route::Cluster("a"), &apiserver_a), Ok(()));
+        assert_eq!(check(Route::Cluster("b"), &apiserver_b), Ok(()));
+        // Cluster A's certificate on B's endpoint: not issued by B's CA.
+        let e = check(Route::Cluster("b"), &apiserver_a).unwrap_err();
+        assert!(e.contains("not issued by clusters.b.client_ca"), "{e}");
+        let e = check(Route::Cluster("a"), &apiserver_b).unwrap_err();
+        assert!(e.contains("not issued by clusters.a.client_ca"), "{e}");
+        // Same CA, but the certificate is named for another cluster.
+        let e = check(Route::Cluster("shared"), &apiserver_a).unwrap_err();
+        assert!(e.contains("bound to cluster \"a\""), "{e}");
+        assert_eq!(check(Route::Cluster("shared"), &unbound_a), Ok(()));
+        // The default route is the default cluster's.
+        assert_eq!(check(Route::Default, &apiserver_a), Ok(()));
+        assert!(check(Route::Default, &apiserver_b).is_err());
+        // No certificate at all on a route that requires one.
+        let e = auth.check(Route::Cluster("b"), None).unwrap_err();
+        assert!(e.contains("no client certificate presented"), "{e}");
     }
 }

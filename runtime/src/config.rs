@@ -12,30 +12,64 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("config file {path}: {message}")]
-    Invalid { path: PathBuf, message: String },
+    #[error("config file {path}: {source}")]
+    Invalid { path: PathBuf, source: FieldError },
+}
+
+/// A bad setting: where it is (a dotted path from the top of the file, e.g.
+/// `sources[2].mapping.username`, or `toml` for a syntax or type error, whose message names
+/// the line and the key) and what is wrong. The error stays a value, not a formatted string.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    /// Path of the field from the top of the file.
+    pub field: String,
+    /// What is wrong with it, and when possible what to write instead.
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The same error seen from the enclosing table: `parent` goes in front of the path
+    /// (`url` inside `sources[0]` becomes `sources[0].url`).
+    pub fn within(mut self, parent: &str) -> Self {
+        self.field = if self.field.is_empty() {
+            parent.to_owned()
+        } else if self.field.starts_with('[') {
+            format!("{parent}{}", self.field)
+        } else {
+            format!("{parent}.{}", self.field)
+        };
+        self
+    }
 }
 
 /// Reads `path` and hands its text to `parse` together with the file's folder, which
 /// anchors relative paths; `parse`'s error is reported against the file.
 pub fn load<T>(
     path: &Path,
-    parse: impl FnOnce(&str, &Path) -> Result<T, String>,
+    parse: impl FnOnce(&str, &Path) -> Result<T, FieldError>,
 ) -> Result<T, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,
     })?;
     let base = path.parent().unwrap_or(Path::new("."));
-    parse(&text, base).map_err(|message| ConfigError::Invalid {
+    parse(&text, base).map_err(|source| ConfigError::Invalid {
         path: path.to_owned(),
-        message,
+        source,
     })
 }
 
 /// Deserializes TOML text; the error names the line, the column and the field.
-pub fn from_toml<T: DeserializeOwned>(text: &str) -> Result<T, String> {
-    toml::from_str(text).map_err(|e| e.to_string())
+pub fn from_toml<T: DeserializeOwned>(text: &str) -> Result<T, FieldError> {
+    toml::from_str(text).map_err(|e| FieldError::new("toml", e.to_string()))
 }
 
 #[cfg(test)]
@@ -49,6 +83,16 @@ mod tests {
         listen: String,
         #[serde(default)]
         limit: u32,
+    }
+
+    #[test]
+    fn field_paths_nest() {
+        let e = FieldError::new("username", "bad")
+            .within("mapping")
+            .within("sources[0]");
+        assert_eq!(e.field, "sources[0].mapping.username");
+        assert_eq!(e.to_string(), "sources[0].mapping.username: bad");
+        assert_eq!(FieldError::new("[1]", "x").within("keys").field, "keys[1]");
     }
 
     #[test]

@@ -1,40 +1,29 @@
-//! The HTTPS TokenReview endpoint.
-//!
-//! Routing is on the path only (kube-apiserver appends `?timeout=30s`); there are no
-//! redirects. HTTP/2 or HTTP/1.1 is chosen by ALPN. Every connection holds a clone of a
-//! drain sender, so shutdown can wait for the last one to finish (as in mini-redis).
+//! The review side of the HTTPS endpoint: routing a request to its TokenReview endpoint,
+//! the client-certificate binding of that route, reading the body within its limits,
+//! parsing, calling the backend and rendering the answer (and counting it).
 
-use std::convert::Infallible;
-use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use authd_proto::v1::{AuthenticateRequest, AuthenticateResponse};
-use authd_runtime::Reloading;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus_client::metrics::counter::Counter;
-use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
-use tokio_rustls::TlsAcceptor;
-use tower::ServiceExt;
 
-use crate::backend::{Backend, BackendError};
+use crate::backend::{Backend, Call};
 use crate::config::Config;
+use crate::conn::Peer;
 use crate::metrics::{Metrics, Name, ReviewLabels};
 use crate::review::{self, ApiVersion, ReviewError};
-use crate::tls::{handshake_refusal, ServerTls};
+use crate::route::Route;
 
 /// Everything a request handler needs; shared by all connections.
 pub struct Handler {
     backend: Backend,
-    default_cluster: Route,
-    clusters: std::collections::BTreeMap<String, Route>,
+    default_cluster: Endpoint,
+    clusters: std::collections::BTreeMap<String, Endpoint>,
     /// The metric label of requests that matched no endpoint.
     unknown: Name,
     max_body_bytes: usize,
@@ -47,13 +36,13 @@ pub struct Handler {
 /// answers (HTTP 200 in either version, authenticated or not), resolved once so counting
 /// the common case is one atomic add instead of a family lookup (a read lock and a hash
 /// of the labels) per review.
-struct Route {
+struct Endpoint {
     name: Name,
     /// `[v1, v1beta1][authenticated, rejected]`
     answered: [[Counter; 2]; 2],
 }
 
-impl Route {
+impl Endpoint {
     fn new(cluster: &str, metrics: &Metrics) -> Self {
         let name: Name = cluster.into();
         let counter = |api_version, result| {
@@ -117,11 +106,11 @@ impl Handler {
     pub fn new(config: &Config, backend: Backend, metrics: Arc<Metrics>) -> Self {
         Self {
             backend,
-            default_cluster: Route::new(&config.default_cluster, &metrics),
+            default_cluster: Endpoint::new(&config.default_cluster, &metrics),
             clusters: config
                 .clusters
                 .keys()
-                .map(|k| (k.clone(), Route::new(k, &metrics)))
+                .map(|k| (k.clone(), Endpoint::new(k, &metrics)))
                 .collect(),
             unknown: "unknown".into(),
             max_body_bytes: config.max_body_bytes,
@@ -132,48 +121,52 @@ impl Handler {
     }
 
     /// `/authenticate` → default cluster; `/clusters/{name}/authenticate` → a configured one.
-    /// The route returned is the handler's own, so the request can be moved on without
-    /// copying its path.
-    fn route(&self, path: &str) -> Option<&Route> {
-        if path == "/authenticate" {
-            return Some(&self.default_cluster);
+    /// The route and endpoint returned are the handler's own, so the request can be moved
+    /// on without copying its path.
+    fn route(&self, path: &str) -> Option<(Route<'_>, &Endpoint)> {
+        match Route::parse(path)? {
+            Route::Default => Some((Route::Default, &self.default_cluster)),
+            Route::Cluster(name) => self
+                .clusters
+                .get_key_value(name)
+                .map(|(name, endpoint)| (Route::Cluster(name), endpoint)),
         }
-        let name = path
-            .strip_prefix("/clusters/")?
-            .strip_suffix("/authenticate")?;
-        self.clusters.get(name)
     }
 
     /// Answers one request that arrived on a connection from `peer`.
     pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<Full<Bytes>> {
         let started = Instant::now();
         let request_id = request_id();
-        let route = self.route(req.uri().path());
-        let cluster = route.map(|r| &*r.name.0);
-        let answer = match cluster {
+        let found = self.route(req.uri().path());
+        let endpoint = found.map(|(_, e)| e);
+        let cluster = endpoint.map(|e| &*e.name.0);
+        let answer = match found {
             None => Answer::failure(
                 StatusCode::NOT_FOUND,
                 "NotFound",
                 "not_found",
                 &format!("no TokenReview endpoint at {}", clip_path(req.uri().path())),
             ),
-            Some(cluster) => match peer.refusal(req.uri().path(), cluster) {
+            Some((route, endpoint)) => match peer.refusal(route) {
                 Some(why) => {
-                    tracing::warn!(request_id, cluster, reason = %why,
+                    tracing::warn!(request_id, cluster = &*endpoint.name.0, reason = %why,
                         "kube-apiserver client certificate refused; answering 403");
                     Answer::failure(StatusCode::FORBIDDEN, "Forbidden", "forbidden", &why)
                 }
-                None => self.review(req, cluster, &request_id, started).await,
+                None => {
+                    self.review(req, &endpoint.name.0, &request_id, started)
+                        .await
+                }
             },
         };
         let code = answer.status.as_u16();
-        match route.and_then(|r| r.answered(&answer)) {
+        match endpoint.and_then(|e| e.answered(&answer)) {
             Some(counter) => counter.inc(),
             None => self
                 .metrics
                 .reviews
                 .get_or_create(&ReviewLabels {
-                    cluster: route.map_or(&self.unknown, |r| &r.name).clone(),
+                    cluster: endpoint.map_or(&self.unknown, |e| &e.name).clone(),
                     api_version: answer.api_version,
                     result: answer.result,
                     code,
@@ -283,12 +276,15 @@ impl Handler {
             cluster: cluster.to_owned(),
             request_id: request_id.to_owned(),
         };
-        let verdict = tokio::time::timeout_at(
-            started + self.review_timeout,
-            self.backend.clone().oneshot(request),
-        )
-        .await
-        .unwrap_or(Err(BackendError::Timeout(self.review_timeout)));
+        // The deadline counts from the review's arrival; the backend's deadline layer
+        // answers for it when time is up.
+        let verdict = self
+            .backend
+            .review(Call {
+                request,
+                deadline: started + self.review_timeout,
+            })
+            .await;
         match verdict {
             Ok(v) if v.error.is_empty() => ok_answer(&parsed.api_version, &parsed, &v),
             Ok(v) => undecided(
@@ -310,37 +306,6 @@ fn request_id() -> String {
         .rev()
         .map(|i| char::from(HEX[((n >> (i * 4)) & 0xf) as usize]))
         .collect()
-}
-
-/// What the TLS handshake established for one connection: the certificate chain the client
-/// presented, and the client-certificate rules current when it connected.
-pub struct Peer {
-    chain: Option<Vec<rustls_pki_types::CertificateDer<'static>>>,
-    tls: Arc<ServerTls>,
-    /// Verdicts per route: kube-apiserver keeps connections open, so each route's chain
-    /// check runs once per connection rather than once per review.
-    checked: std::sync::Mutex<Vec<(String, Option<String>)>>,
-}
-
-impl Peer {
-    fn refusal(&self, path: &str, cluster: &str) -> Option<String> {
-        let route = if path == "/authenticate" {
-            path
-        } else {
-            cluster
-        };
-        let mut checked = self.checked.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, verdict)) = checked.iter().find(|(r, _)| r == route) {
-            return verdict.clone();
-        }
-        let verdict = self
-            .tls
-            .client_auth
-            .check(path, cluster, self.chain.as_deref())
-            .err();
-        checked.push((route.to_owned(), verdict.clone()));
-        verdict
-    }
 }
 
 fn ok_answer(
@@ -450,235 +415,6 @@ fn redact_quoted(message: &str) -> String {
 
 fn clip_path(path: &str) -> String {
     path.chars().take(128).collect()
-}
-
-/// Connection-level settings.
-#[derive(Clone)]
-pub struct ConnSettings {
-    pub handshake_timeout: Duration,
-    pub header_read_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub shutdown_grace: Duration,
-}
-
-impl From<&Config> for ConnSettings {
-    fn from(c: &Config) -> Self {
-        Self {
-            handshake_timeout: c.handshake_timeout,
-            header_read_timeout: c.header_read_timeout,
-            idle_timeout: c.idle_timeout,
-            shutdown_grace: c.shutdown_grace,
-        }
-    }
-}
-
-/// Accepts TLS connections until `shutdown` resolves, then stops accepting, lets open
-/// connections finish their in-flight reviews (up to the grace) and returns. Each
-/// connection uses the TLS material current when it was accepted (rotation).
-pub async fn serve(
-    listener: TcpListener,
-    tls: Reloading<ServerTls>,
-    handler: Arc<Handler>,
-    settings: ConnSettings,
-    shutdown: impl Future<Output = ()>,
-) {
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (drain_tx, mut drain_rx) = mpsc::channel::<()>(1);
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            (tcp, peer) = authd_runtime::net::accept(&listener, "edge") => {
-                let _ = tcp.set_nodelay(true);
-                tokio::spawn(connection(
-                    tcp,
-                    peer,
-                    tls.get(),
-                    handler.clone(),
-                    settings.clone(),
-                    stop_rx.clone(),
-                    drain_tx.clone(),
-                ));
-            }
-            _ = &mut shutdown => break,
-        }
-    }
-    drop(listener);
-    tracing::info!("edge: no longer accepting; draining open connections");
-    let _ = stop_tx.send(true);
-    drop(drain_tx);
-    if tokio::time::timeout(settings.shutdown_grace, drain_rx.recv())
-        .await
-        .is_err()
-    {
-        tracing::warn!(grace = ?settings.shutdown_grace, "edge: connections still open after the shutdown grace");
-    } else {
-        tracing::info!("edge: all connections drained");
-    }
-}
-
-async fn connection(
-    tcp: tokio::net::TcpStream,
-    peer: SocketAddr,
-    server_tls: Arc<ServerTls>,
-    handler: Arc<Handler>,
-    settings: ConnSettings,
-    mut stop: watch::Receiver<bool>,
-    _drain: mpsc::Sender<()>,
-) {
-    let acceptor = TlsAcceptor::from(server_tls.config.clone());
-    let tls = match tokio::time::timeout(settings.handshake_timeout, acceptor.accept(tcp)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            match handshake_refusal(&e) {
-                Some(why) => tracing::warn!(%peer, error = %e, "{why}; connection closed"),
-                None => tracing::info!(%peer, error = %e, "TLS handshake failed"),
-            }
-            return;
-        }
-        Err(_) => {
-            tracing::info!(%peer, "TLS handshake not completed within the handshake timeout; closing");
-            return;
-        }
-    };
-    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    let client = Arc::new(Peer {
-        chain: tls.get_ref().1.peer_certificates().map(<[_]>::to_vec),
-        tls: server_tls,
-        checked: std::sync::Mutex::new(Vec::new()),
-    });
-    let seen_request = Arc::new(AtomicBool::new(false));
-    let seen = seen_request.clone();
-    let activity = Arc::new(Activity::new());
-    let busy = activity.clone();
-    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-        seen.store(true, Ordering::Relaxed);
-        let client = client.clone();
-        let handler = handler.clone();
-        let busy = busy.clone();
-        async move {
-            let _request = busy.begin();
-            Ok::<_, Infallible>(handler.handle(req, &client).await)
-        }
-    });
-    let io = TokioIo::new(tls);
-    if h2 {
-        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Some(Duration::from_secs(30)))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .max_concurrent_streams(512)
-            .serve_connection(io, svc);
-        drive(conn, peer, &settings, &seen_request, &activity, &mut stop).await;
-    } else {
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(settings.header_read_timeout)
-            .keep_alive(true)
-            .serve_connection(io, svc);
-        drive(conn, peer, &settings, &seen_request, &activity, &mut stop).await;
-    }
-}
-
-/// Runs one HTTP connection: closes it if no request arrives within the header timeout
-/// (a client holding a connection open without sending), and shuts it down gracefully
-/// (finishing in-flight requests) when the server stops.
-async fn drive<C>(
-    conn: C,
-    peer: SocketAddr,
-    settings: &ConnSettings,
-    seen_request: &AtomicBool,
-    activity: &Activity,
-    stop: &mut watch::Receiver<bool>,
-) where
-    C: hyper_util::server::graceful::GracefulConnection,
-    C::Error: std::fmt::Display,
-{
-    tokio::pin!(conn);
-    let first_request_deadline = tokio::time::sleep(settings.header_read_timeout);
-    tokio::pin!(first_request_deadline);
-    let mut closing = false;
-    let mut idle_check = tokio::time::interval(settings.idle_timeout.min(Duration::from_secs(1)));
-    // A `select!` precondition is only evaluated on entry, so whether a request was seen
-    // is checked again when the deadline fires: a busy keep-alive connection must not be
-    // closed just because it is older than the header timeout.
-    let mut deadline_passed = false;
-    loop {
-        tokio::select! {
-            res = conn.as_mut() => {
-                if let Err(e) = res {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
-                }
-                return;
-            }
-            _ = &mut first_request_deadline, if !closing && !deadline_passed => {
-                deadline_passed = true;
-                if seen_request.load(Ordering::Relaxed) {
-                    continue;
-                }
-                tracing::info!(%peer, timeout = ?settings.header_read_timeout,
-                    "client sent no request within the header read timeout; closing");
-                break;
-            }
-            _ = idle_check.tick(), if !closing => {
-                if activity.idle_for().is_some_and(|idle| idle >= settings.idle_timeout) {
-                    tracing::debug!(%peer, timeout = ?settings.idle_timeout,
-                        "connection idle for longer than idle_timeout; closing");
-                    break;
-                }
-            }
-            _ = stop.changed(), if !closing => {
-                closing = true;
-                conn.as_mut().graceful_shutdown();
-            }
-        }
-    }
-    // Idle, silent client: ask nicely, then drop the socket.
-    conn.as_mut().graceful_shutdown();
-    let _ = tokio::time::timeout(Duration::from_secs(1), conn.as_mut()).await;
-}
-
-/// Requests in progress on one connection and when the last one ended, for the idle
-/// timeout.
-struct Activity {
-    in_flight: std::sync::atomic::AtomicUsize,
-    last: std::sync::Mutex<Instant>,
-}
-
-/// Marks one request in progress until dropped.
-struct Busy<'a>(&'a Activity);
-
-impl Activity {
-    fn new() -> Self {
-        Self {
-            in_flight: std::sync::atomic::AtomicUsize::new(0),
-            last: std::sync::Mutex::new(Instant::now()),
-        }
-    }
-
-    fn begin(&self) -> Busy<'_> {
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
-        Busy(self)
-    }
-
-    /// How long the connection has had no request in progress; `None` while one is.
-    fn idle_for(&self) -> Option<Duration> {
-        if self.in_flight.load(Ordering::SeqCst) > 0 {
-            return None;
-        }
-        Some(
-            self.last
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .elapsed(),
-        )
-    }
-}
-
-impl Drop for Busy<'_> {
-    fn drop(&mut self) {
-        *self.0.last.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,282 @@
+//! The connection side of the HTTPS endpoint: accept, the TLS handshake, HTTP/2 or
+//! HTTP/1.1 chosen by ALPN, timeouts against slow or silent clients, and the graceful
+//! drain. Every connection holds a clone of a drain sender, so shutdown can wait for the
+//! last one to finish (as in mini-redis). What a request means is `handler.rs`'s business.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use authd_runtime::Reloading;
+use http::Request;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::Config;
+use crate::handler::Handler;
+use crate::route::Route;
+use crate::tls::{handshake_refusal, ServerTls};
+
+/// What the TLS handshake established for one connection: the certificate chain the client
+/// presented, and the client-certificate rules current when it connected.
+pub struct Peer {
+    chain: Option<Vec<rustls_pki_types::CertificateDer<'static>>>,
+    tls: Arc<ServerTls>,
+    /// Verdicts per route (keyed by the cluster in the path, `None` for the default
+    /// route): kube-apiserver keeps connections open, so each route's chain check runs
+    /// once per connection rather than once per review.
+    checked: std::sync::Mutex<Vec<(Option<String>, Option<String>)>>,
+}
+
+impl Peer {
+    /// Why this connection's client certificate may not use `route`, if it may not.
+    pub fn refusal(&self, route: Route<'_>) -> Option<String> {
+        let key = route.cluster();
+        let mut checked = self.checked.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, verdict)) = checked.iter().find(|(k, _)| k.as_deref() == key) {
+            return verdict.clone();
+        }
+        let verdict = self
+            .tls
+            .client_auth
+            .check(route, self.chain.as_deref())
+            .err();
+        checked.push((key.map(str::to_owned), verdict.clone()));
+        verdict
+    }
+}
+
+/// Connection-level settings.
+#[derive(Clone)]
+pub struct ConnSettings {
+    pub handshake_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub shutdown_grace: Duration,
+}
+
+impl From<&Config> for ConnSettings {
+    fn from(c: &Config) -> Self {
+        Self {
+            handshake_timeout: c.handshake_timeout,
+            header_read_timeout: c.header_read_timeout,
+            idle_timeout: c.idle_timeout,
+            shutdown_grace: c.shutdown_grace,
+        }
+    }
+}
+
+/// Accepts TLS connections until `shutdown` resolves, then stops accepting, lets open
+/// connections finish their in-flight reviews (up to the grace) and returns. Each
+/// connection uses the TLS material current when it was accepted (rotation).
+pub async fn serve(
+    listener: TcpListener,
+    tls: Reloading<ServerTls>,
+    handler: Arc<Handler>,
+    settings: ConnSettings,
+    shutdown: impl Future<Output = ()>,
+) {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (drain_tx, mut drain_rx) = mpsc::channel::<()>(1);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            (tcp, peer) = authd_runtime::net::accept(&listener, "edge") => {
+                let _ = tcp.set_nodelay(true);
+                tokio::spawn(connection(
+                    tcp,
+                    peer,
+                    tls.get(),
+                    handler.clone(),
+                    settings.clone(),
+                    stop_rx.clone(),
+                    drain_tx.clone(),
+                ));
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    tracing::info!("edge: no longer accepting; draining open connections");
+    let _ = stop_tx.send(true);
+    drop(drain_tx);
+    if tokio::time::timeout(settings.shutdown_grace, drain_rx.recv())
+        .await
+        .is_err()
+    {
+        tracing::warn!(grace = ?settings.shutdown_grace, "edge: connections still open after the shutdown grace");
+    } else {
+        tracing::info!("edge: all connections drained");
+    }
+}
+
+async fn connection(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    server_tls: Arc<ServerTls>,
+    handler: Arc<Handler>,
+    settings: ConnSettings,
+    mut stop: watch::Receiver<bool>,
+    _drain: mpsc::Sender<()>,
+) {
+    let acceptor = TlsAcceptor::from(server_tls.config.clone());
+    let tls = match tokio::time::timeout(settings.handshake_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            match handshake_refusal(&e) {
+                Some(why) => tracing::warn!(%peer, error = %e, "{why}; connection closed"),
+                None => tracing::info!(%peer, error = %e, "TLS handshake failed"),
+            }
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%peer, "TLS handshake not completed within the handshake timeout; closing");
+            return;
+        }
+    };
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let client = Arc::new(Peer {
+        chain: tls.get_ref().1.peer_certificates().map(<[_]>::to_vec),
+        tls: server_tls,
+        checked: std::sync::Mutex::new(Vec::new()),
+    });
+    let seen_request = Arc::new(AtomicBool::new(false));
+    let seen = seen_request.clone();
+    let activity = Arc::new(Activity::new());
+    let busy = activity.clone();
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        seen.store(true, Ordering::Relaxed);
+        let client = client.clone();
+        let handler = handler.clone();
+        let busy = busy.clone();
+        async move {
+            let _request = busy.begin();
+            Ok::<_, Infallible>(handler.handle(req, &client).await)
+        }
+    });
+    let io = TokioIo::new(tls);
+    if h2 {
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .max_concurrent_streams(512)
+            .serve_connection(io, svc);
+        drive(conn, peer, &settings, &seen_request, &activity, &mut stop).await;
+    } else {
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(settings.header_read_timeout)
+            .keep_alive(true)
+            .serve_connection(io, svc);
+        drive(conn, peer, &settings, &seen_request, &activity, &mut stop).await;
+    }
+}
+
+/// Runs one HTTP connection: closes it if no request arrives within the header timeout
+/// (a client holding a connection open without sending), and shuts it down gracefully
+/// (finishing in-flight requests) when the server stops.
+async fn drive<C>(
+    conn: C,
+    peer: SocketAddr,
+    settings: &ConnSettings,
+    seen_request: &AtomicBool,
+    activity: &Activity,
+    stop: &mut watch::Receiver<bool>,
+) where
+    C: hyper_util::server::graceful::GracefulConnection,
+    C::Error: std::fmt::Display,
+{
+    tokio::pin!(conn);
+    let first_request_deadline = tokio::time::sleep(settings.header_read_timeout);
+    tokio::pin!(first_request_deadline);
+    let mut closing = false;
+    let mut idle_check = tokio::time::interval(settings.idle_timeout.min(Duration::from_secs(1)));
+    // A `select!` precondition is only evaluated on entry, so whether a request was seen
+    // is checked again when the deadline fires: a busy keep-alive connection must not be
+    // closed just because it is older than the header timeout.
+    let mut deadline_passed = false;
+    loop {
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = &mut first_request_deadline, if !closing && !deadline_passed => {
+                deadline_passed = true;
+                if seen_request.load(Ordering::Relaxed) {
+                    continue;
+                }
+                tracing::info!(%peer, timeout = ?settings.header_read_timeout,
+                    "client sent no request within the header read timeout; closing");
+                break;
+            }
+            _ = idle_check.tick(), if !closing => {
+                if activity.idle_for().is_some_and(|idle| idle >= settings.idle_timeout) {
+                    tracing::debug!(%peer, timeout = ?settings.idle_timeout,
+                        "connection idle for longer than idle_timeout; closing");
+                    break;
+                }
+            }
+            _ = stop.changed(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+    // Idle, silent client: ask nicely, then drop the socket.
+    conn.as_mut().graceful_shutdown();
+    let _ = tokio::time::timeout(Duration::from_secs(1), conn.as_mut()).await;
+}
+
+/// Requests in progress on one connection and when the last one ended, for the idle
+/// timeout.
+struct Activity {
+    in_flight: std::sync::atomic::AtomicUsize,
+    last: std::sync::Mutex<Instant>,
+}
+
+/// Marks one request in progress until dropped.
+struct Busy<'a>(&'a Activity);
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
+            last: std::sync::Mutex::new(Instant::now()),
+        }
+    }
+
+    fn begin(&self) -> Busy<'_> {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        Busy(self)
+    }
+
+    /// How long the connection has had no request in progress; `None` while one is.
+    fn idle_for(&self) -> Option<Duration> {
+        if self.in_flight.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
+        Some(
+            self.last
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .elapsed(),
+        )
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        *self.0.last.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
