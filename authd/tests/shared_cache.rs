@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use authd::authz::AdminAuthz;
 use authd::cache::redis::SharedCache;
 use authd::cache::Ttls;
 use authd::config::RedisConfig;
@@ -167,7 +166,6 @@ fn replica(redis: &Redis, source: &Arc<Switch>, grace: Duration) -> Authd {
             cache: Arc::new(shared),
             local_ttl: Duration::from_secs(10),
         }),
-        AdminAuthz::deny_all(),
     )
 }
 
