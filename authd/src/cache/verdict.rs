@@ -207,8 +207,7 @@ impl<S: SharedStore> VerdictCache<S> {
                 self.metrics.local_hits.inc();
                 Answer::Hit(l.verdict, Level::Local)
             }
-            local => match self.stale_if_error(local.map(|l| l.verdict), undecided.shared_stale)
-            {
+            local => match self.stale_if_error(local.map(|l| l.verdict), undecided.shared_stale) {
                 Some((verdict, level)) => {
                     self.metrics
                         .stale_serves
@@ -684,13 +683,21 @@ mod tests {
         let source = Source::new(down());
         let answer = lookup(&c, &source).await;
         assert_eq!(seen(&answer), (Some("from-shared"), CacheOutcome::Stale));
-        assert!(matches!(answer, Answer::Stale { level: Level::Shared, ref error, .. }
-            if error.contains("down")));
+        assert!(
+            matches!(answer, Answer::Stale { level: Level::Shared, ref error, .. }
+            if error.contains("down"))
+        );
         let local = expired("from-local", Duration::from_secs(50));
         c.store_local(key, token_id, Arc::new(local)).await;
         let answer = lookup(&c, &source).await;
         assert_eq!(seen(&answer), (Some("from-local"), CacheOutcome::Stale));
-        assert!(matches!(answer, Answer::Stale { level: Level::Local, .. }));
+        assert!(matches!(
+            answer,
+            Answer::Stale {
+                level: Level::Local,
+                ..
+            }
+        ));
         assert_eq!(source.calls(), 2);
     }
 
