@@ -15,14 +15,16 @@ use crate::access::{AccessLayer, AccessPolicy};
 use crate::admin::{self, Readiness};
 use crate::authz::AdminAuthz;
 use crate::cache::redis::SharedCache;
+use crate::cache::verdict::SharedLevel;
 use crate::cache::Ttls;
 use crate::config::Config;
 use crate::fingerprint::Fingerprinter;
 use crate::grpc::AuthenticatorGrpc;
 use crate::metrics::Metrics;
+use crate::pipeline::Pipeline;
 use crate::reloading::Reloading;
 use crate::revocation::AdminGrpc;
-use crate::service::{Authd, Pipeline, SharedLevel};
+use crate::service::Authd;
 use crate::tls;
 
 /// Builds the service (sources, caches, policy) from a validated configuration. Must run

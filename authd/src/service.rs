@@ -16,13 +16,13 @@ use authd_proto::v1::{AuthenticateRequest, AuthenticateResponse, StringList, Use
 use futures::future::BoxFuture;
 
 use crate::cache::redis::SharedCacheError;
-use crate::cache::verdict::{Answer, CacheOutcome, VerdictCache};
+use crate::cache::verdict::{Answer, CacheOutcome, SharedLevel, VerdictCache};
 use crate::cache::Ttls;
 use crate::fingerprint::{Fingerprint, Fingerprinter};
 use crate::identity::Verdict;
 use crate::metrics::{Metrics, VerdictLabels};
 
-pub use crate::cache::verdict::SharedLevel;
+/// Kept at its old path for `reload.rs`.
 pub use crate::pipeline::Pipeline;
 
 /// What a review came to, as the `result` label of `authd_verdicts` tells it.

@@ -13,12 +13,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use authd::cache::redis::SharedCache;
+use authd::cache::verdict::SharedLevel;
 use authd::cache::Ttls;
 use authd::config::RedisConfig;
 use authd::fingerprint::Fingerprinter;
 use authd::identity::{Identity, Outcome};
 use authd::metrics::{LevelLabels, Metrics};
-use authd::service::{Pipeline, SharedLevel};
+use authd::pipeline::Pipeline;
 use authd::verifiers::Verifier;
 use authd::Authd;
 use authd_proto::v1::{AuthenticateRequest, AuthenticateResponse};
