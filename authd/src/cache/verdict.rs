@@ -248,6 +248,8 @@ impl<S: SharedStore> VerdictCache<S> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Verdict, Arc<str>>> + Send + 'static,
     {
+        // Outside the lock that every miss takes.
+        let token_id = self.fingerprinter.token_id(token);
         let fut = {
             let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
             match inflight.get(&fp) {
@@ -259,7 +261,6 @@ impl<S: SharedStore> VerdictCache<S> {
                     // Noted before the sources are chosen, so a reload's swap cannot slip
                     // between the two unseen.
                     let generation = self.local.generation();
-                    let token_id = self.fingerprinter.token_id(token);
                     let this = self.clone();
                     let asked = ask();
                     let fut = async move {
