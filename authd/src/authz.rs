@@ -85,6 +85,13 @@ impl AdminAuthz {
         }
     }
 
+    /// Checks an Admin call: its caller's certificate identity (from the TLS layer) or its
+    /// bearer secret. Returns a name for the caller (for logs and metrics) or
+    /// PERMISSION_DENIED.
+    pub fn check<T>(&self, request: &tonic::Request<T>) -> Result<Name, Status> {
+        self.authorize(ClientIdentity::of(request), request.metadata())
+    }
+
     /// Returns a name for the caller (for logs and metrics) or PERMISSION_DENIED.
     pub fn authorize(
         &self,

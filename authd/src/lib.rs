@@ -11,6 +11,7 @@ pub mod grpc;
 pub mod identity;
 pub mod mapping;
 pub mod metrics;
+pub mod pipeline;
 pub mod policy;
 pub mod reload;
 pub mod revocation;

@@ -1,29 +1,28 @@
 //! The Admin gRPC service: revoke one token or everything cached for one user, on every
-//! replica. Only callers `authz` lets through get here.
+//! replica. Only callers the Admin gate (`authz::AdminAuthz`) lets through get here.
 
 use authd_proto::v1::admin_server::{Admin, AdminServer};
 use authd_proto::v1::{RevokeResponse, RevokeTokenRequest, RevokeUserRequest};
 use tonic::{Request, Response, Status};
 
-use crate::authz::ClientIdentity;
+use crate::authz::AdminAuthz;
 use crate::metrics::ClientLabels;
 use crate::service::Authd;
 use crate::service::MAX_TOKEN_BYTES;
 
 pub struct AdminGrpc {
     authd: Authd,
+    /// Who may call this service.
+    authz: AdminAuthz,
 }
 
 impl AdminGrpc {
-    pub fn server(authd: Authd) -> AdminServer<Self> {
-        AdminServer::new(Self { authd })
+    pub fn server(authd: Authd, authz: AdminAuthz) -> AdminServer<Self> {
+        AdminServer::new(Self { authd, authz })
     }
 
     fn authorize<T>(&self, request: &Request<T>, method: &'static str) -> Result<(), Status> {
-        let client = self.authd.admin_authz().authorize(
-            request.extensions().get::<ClientIdentity>(),
-            request.metadata(),
-        )?;
+        let client = self.authz.check(request)?;
         self.authd
             .metrics()
             .grpc_requests

@@ -16,15 +16,16 @@ use tokio_stream::StreamExt;
 use crate::access::{AccessLayer, AccessPolicy};
 use crate::authz::AdminAuthz;
 use crate::cache::redis::SharedCache;
+use crate::cache::verdict::SharedLevel;
 use crate::cache::Ttls;
 use crate::config::Config;
 use crate::fingerprint::Fingerprinter;
 use crate::grpc::AuthenticatorGrpc;
 use crate::metrics::Metrics;
+use crate::pipeline::Pipeline;
 use crate::revocation::AdminGrpc;
-use crate::service::{Authd, Pipeline, SharedLevel};
+use crate::service::Authd;
 use crate::tls;
-use crate::verifiers;
 
 /// Builds the service (sources, caches, policy) from a validated configuration. Must run
 /// inside a Tokio runtime when a shared cache is configured (it starts its subscriber).
@@ -44,10 +45,7 @@ pub fn build(config: &Config) -> anyhow::Result<Authd> {
         }
         None => Fingerprinter::random(),
     };
-    let pipeline = Pipeline {
-        sources: verifiers::build_all(&config.sources)?,
-        clusters: config.clusters.clone(),
-    };
+    let pipeline = Pipeline::from_config(config)?;
     let ttls = Ttls {
         positive: config.cache.positive_ttl,
         negative: config.cache.negative_ttl,
@@ -67,10 +65,6 @@ pub fn build(config: &Config) -> anyhow::Result<Authd> {
         }
         None => None,
     };
-    let admin = AdminAuthz::from_config(&crate::config::AdminConfig {
-        allowed_clients: config.admin_clients(),
-        token_file: config.admin.token_file.clone(),
-    })?;
     Ok(Authd::with_levels(
         fingerprinter,
         pipeline,
@@ -78,7 +72,6 @@ pub fn build(config: &Config) -> anyhow::Result<Authd> {
         config.cache.max_entries,
         metrics,
         shared,
-        admin,
     ))
 }
 
@@ -91,6 +84,8 @@ pub struct Listeners {
     pub tls: Option<(Reloading<rustls::ServerConfig>, Duration)>,
     /// Per-client RPC allow-lists.
     pub access: AccessPolicy,
+    /// Who may call the Admin service (revocation).
+    pub admin_authz: AdminAuthz,
     /// Calls in progress at once, in total and per connection; beyond them calls are
     /// refused at once (RESOURCE_EXHAUSTED) instead of queueing without bound.
     pub max_calls: usize,
@@ -115,12 +110,13 @@ impl Listeners {
             admin,
             tls: None,
             access: AccessPolicy::default(),
+            admin_authz: AdminAuthz::deny_all(),
             max_calls: 1024,
             max_calls_per_connection: 512,
         })
     }
 
-    /// Applies `[tls]`, `[clients]` and the call limits of `config`.
+    /// Applies `[tls]`, `[clients]`, `[admin]` and the call limits of `config`.
     pub fn secure(mut self, config: &Config) -> anyhow::Result<Self> {
         if let Some(t) = &config.tls {
             self.tls = Some((tls::reloading(t)?, t.handshake_timeout));
@@ -132,6 +128,10 @@ impl Listeners {
                 .map(|(name, c)| (name.clone(), c.methods.iter().cloned().collect()))
                 .collect(),
         );
+        self.admin_authz = AdminAuthz::from_config(&crate::config::AdminConfig {
+            allowed_clients: config.admin_clients(),
+            token_file: config.admin.token_file.clone(),
+        })?;
         self.max_calls = config.max_concurrent_calls;
         self.max_calls_per_connection = config.max_concurrent_calls_per_connection;
         Ok(self)
@@ -187,7 +187,7 @@ pub async fn serve(
         ))
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(AdminGrpc::server(authd.clone()))
+        .add_service(AdminGrpc::server(authd.clone(), listeners.admin_authz))
         .add_service(AuthenticatorGrpc::server(authd));
     let drained = async {
         let _ = drain_rx.await;

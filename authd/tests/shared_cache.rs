@@ -12,14 +12,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use authd::authz::AdminAuthz;
 use authd::cache::redis::SharedCache;
+use authd::cache::verdict::SharedLevel;
 use authd::cache::Ttls;
 use authd::config::RedisConfig;
 use authd::fingerprint::Fingerprinter;
 use authd::identity::{Identity, Outcome};
 use authd::metrics::{LevelLabels, Metrics};
-use authd::service::{Pipeline, SharedLevel};
+use authd::pipeline::Pipeline;
 use authd::verifiers::Verifier;
 use authd::Authd;
 use authd_proto::v1::{AuthenticateRequest, AuthenticateResponse};
@@ -167,7 +167,6 @@ fn replica(redis: &Redis, source: &Arc<Switch>, grace: Duration) -> Authd {
             cache: Arc::new(shared),
             local_ttl: Duration::from_secs(10),
         }),
-        AdminAuthz::deny_all(),
     )
 }
 

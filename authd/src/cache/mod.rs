@@ -1,12 +1,55 @@
-//! Verdict caches. `local` is the in-process level in front of everything else; `redis`
-//! is the optional shared level behind it.
+//! Verdict caches. `verdict` is the cache the service asks: both levels, single flight and
+//! the guards against caching what a revocation or reload made obsolete. `local` is the
+//! in-process level in front of everything else; `redis` is the optional shared level behind
+//! it, seen by `verdict` only through [`SharedStore`] (`memory` stands in for it in tests).
 
 pub mod local;
+#[cfg(test)]
+pub mod memory;
 pub mod redis;
+pub mod verdict;
 
+use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::fingerprint::Fingerprint;
 use crate::identity::Verdict;
+use local::LocalCache;
+
+/// The shared level behind the in-process one, as the verdict cache uses it. Lookups never
+/// fail (a failure is a miss); revocations report their failure, because the operator must
+/// retry them.
+pub trait SharedStore: Send + Sync + 'static {
+    type Error: std::error::Error + Send + 'static;
+
+    /// The shared verdict for `fp`, if there is one (fresh or not).
+    fn get(&self, fp: &Fingerprint) -> impl Future<Output = Option<CachedVerdict>> + Send;
+
+    /// Stores a definitive verdict, indexed by token and (for a positive one) by user.
+    fn put(
+        &self,
+        fp: &Fingerprint,
+        token_id: &Fingerprint,
+        user_id: Option<&Fingerprint>,
+        entry: &CachedVerdict,
+    ) -> impl Future<Output = ()> + Send;
+
+    /// Drops every verdict of one token and tells every replica; returns how many.
+    fn revoke_token(
+        &self,
+        token_id: &Fingerprint,
+    ) -> impl Future<Output = Result<u64, Self::Error>> + Send;
+
+    /// Drops every verdict naming one user and tells every replica; returns how many.
+    fn revoke_user(
+        &self,
+        user_id: &Fingerprint,
+    ) -> impl Future<Output = Result<u64, Self::Error>> + Send;
+
+    /// Starts applying every replica's revocations to `local`.
+    fn subscribe(self: &Arc<Self>, local: LocalCache);
+}
 
 /// A cached verdict with its deadlines (wall-clock, so replicas sharing a cache agree).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -29,7 +29,7 @@ use redis::{Client, FromRedisValue, IntoConnectionInfo, RedisResult, TlsCertific
 use serde::{Deserialize, Serialize};
 
 use super::local::LocalCache;
-use super::CachedVerdict;
+use super::{CachedVerdict, SharedStore};
 use crate::config::RedisConfig;
 use crate::fingerprint::Fingerprint;
 use crate::identity::{Identity, Verdict};
@@ -605,6 +605,42 @@ impl SharedCache {
                 }
             }
         }
+    }
+}
+
+impl SharedStore for SharedCache {
+    type Error = SharedCacheError;
+
+    fn get(&self, fp: &Fingerprint) -> impl Future<Output = Option<CachedVerdict>> + Send {
+        SharedCache::get(self, fp)
+    }
+
+    fn put(
+        &self,
+        fp: &Fingerprint,
+        token_id: &Fingerprint,
+        user_id: Option<&Fingerprint>,
+        entry: &CachedVerdict,
+    ) -> impl Future<Output = ()> + Send {
+        SharedCache::put(self, fp, token_id, user_id, entry)
+    }
+
+    fn revoke_token(
+        &self,
+        token_id: &Fingerprint,
+    ) -> impl Future<Output = Result<u64, SharedCacheError>> + Send {
+        SharedCache::revoke_token(self, token_id)
+    }
+
+    fn revoke_user(
+        &self,
+        user_id: &Fingerprint,
+    ) -> impl Future<Output = Result<u64, SharedCacheError>> + Send {
+        SharedCache::revoke_user(self, user_id)
+    }
+
+    fn subscribe(self: &Arc<Self>, local: LocalCache) {
+        self.spawn_subscriber(local);
     }
 }
 

@@ -1,0 +1,113 @@
+//! An in-memory stand-in for the shared level, for the verdict cache's unit tests: the same
+//! contract as Redis (entries, token and user indexes, revocations reaching every
+//! subscribed replica) without a server. The end-to-end tests use real Redis.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use super::local::LocalCache;
+use super::redis::Revocation;
+use super::{CachedVerdict, SharedStore};
+use crate::fingerprint::Fingerprint;
+
+#[derive(Default)]
+pub struct MemoryShared {
+    entries: Mutex<HashMap<Fingerprint, CachedVerdict>>,
+    by_token: Mutex<HashMap<Fingerprint, Vec<Fingerprint>>>,
+    by_user: Mutex<HashMap<Fingerprint, Vec<Fingerprint>>>,
+    /// Every replica's local level, as the revocation channel reaches them.
+    subscribers: Mutex<Vec<LocalCache>>,
+}
+
+impl MemoryShared {
+    /// The stored verdict for `fp`, as a test inspects it.
+    pub fn entry(&self, fp: &Fingerprint) -> Option<CachedVerdict> {
+        lock(&self.entries).get(fp).cloned()
+    }
+
+    /// Stores an entry directly, as another replica would have.
+    pub fn insert(&self, fp: Fingerprint, entry: CachedVerdict) {
+        lock(&self.entries).insert(fp, entry);
+    }
+
+    /// How many verdicts it holds.
+    pub fn stored(&self) -> usize {
+        lock(&self.entries).len()
+    }
+
+    /// Deletes what `index` lists under `id`, then tells every replica.
+    async fn revoke(
+        &self,
+        index: &Mutex<HashMap<Fingerprint, Vec<Fingerprint>>>,
+        id: &Fingerprint,
+        message: impl FnOnce(Vec<Fingerprint>) -> Revocation,
+    ) -> u64 {
+        let keys = lock(index).remove(id).unwrap_or_default();
+        let removed = {
+            let mut entries = lock(&self.entries);
+            keys.iter().filter(|k| entries.remove(k).is_some()).count()
+        };
+        let message = message(keys);
+        let subscribers = lock(&self.subscribers).clone();
+        for local in &subscribers {
+            message.apply(local).await;
+        }
+        removed as u64
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl SharedStore for MemoryShared {
+    type Error = Infallible;
+
+    fn get(&self, fp: &Fingerprint) -> impl Future<Output = Option<CachedVerdict>> + Send {
+        let entry = self.entry(fp);
+        async move { entry }
+    }
+
+    fn put(
+        &self,
+        fp: &Fingerprint,
+        token_id: &Fingerprint,
+        user_id: Option<&Fingerprint>,
+        entry: &CachedVerdict,
+    ) -> impl Future<Output = ()> + Send {
+        self.insert(*fp, entry.clone());
+        lock(&self.by_token).entry(*token_id).or_default().push(*fp);
+        if let Some(u) = user_id {
+            lock(&self.by_user).entry(*u).or_default().push(*fp);
+        }
+        async {}
+    }
+
+    fn revoke_token(
+        &self,
+        token_id: &Fingerprint,
+    ) -> impl Future<Output = Result<u64, Infallible>> + Send {
+        let token_id = *token_id;
+        async move {
+            let message = |keys| Revocation::Token { token_id, keys };
+            Ok(self.revoke(&self.by_token, &token_id, message).await)
+        }
+    }
+
+    fn revoke_user(
+        &self,
+        user_id: &Fingerprint,
+    ) -> impl Future<Output = Result<u64, Infallible>> + Send {
+        let user_id = *user_id;
+        async move {
+            let message = |keys| Revocation::User { user_id, keys };
+            Ok(self.revoke(&self.by_user, &user_id, message).await)
+        }
+    }
+
+    fn subscribe(self: &Arc<Self>, local: LocalCache) {
+        lock(&self.subscribers).push(local);
+    }
+}
