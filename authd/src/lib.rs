@@ -7,6 +7,7 @@ pub mod authz;
 pub mod cache;
 pub mod check;
 pub mod config;
+pub mod field;
 pub mod fingerprint;
 pub mod grpc;
 pub mod identity;
@@ -18,8 +19,8 @@ pub mod reloading;
 pub mod revocation;
 pub mod server;
 pub mod service;
+pub mod source;
 pub mod tls;
-pub mod verifiers;
 
 pub use service::Authd;
 

@@ -24,7 +24,7 @@ use crate::reloading::Reloading;
 use crate::revocation::AdminGrpc;
 use crate::service::{Authd, Pipeline, SharedLevel};
 use crate::tls;
-use crate::verifiers;
+use crate::source;
 
 /// Builds the service (sources, caches, policy) from a validated configuration. Must run
 /// inside a Tokio runtime when a shared cache is configured (it starts its subscriber).
@@ -45,7 +45,7 @@ pub fn build(config: &Config) -> anyhow::Result<Authd> {
         None => Fingerprinter::random(),
     };
     let pipeline = Pipeline {
-        sources: verifiers::build_all(&config.sources)?,
+        sources: source::build_all(&config.sources)?,
         clusters: config.clusters.clone(),
     };
     let ttls = Ttls {

@@ -22,7 +22,7 @@ use crate::fingerprint::{Fingerprint, Fingerprinter};
 use crate::identity::{Outcome, Verdict};
 use crate::metrics::{LevelLabels, Metrics, SourceLabels, VerdictLabels};
 use crate::policy::ClusterPolicy;
-use crate::verifiers::Verifier;
+use crate::source::Verifier;
 
 /// The parts of the configuration that a reload swaps as one.
 pub struct Pipeline {
