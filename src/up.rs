@@ -63,9 +63,10 @@ fn authd_config(
                 prefix: None,
                 mapping: authd::mapping::Mapping::default(),
             };
-            let mut config = authd::config::Config::with_sources(vec![
-                authd::config::SourceConfig::TokenFile(Box::new(source)),
-            ]);
+            let mut config =
+                authd::config::Config::with_sources(vec![authd::config::SourceConfig::TokenFile(
+                    Box::new(source),
+                )]);
             config.listen = grpc_listen;
             config
                 .finish(Path::new("."))

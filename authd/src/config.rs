@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use toml::de::DeValue;
+use toml::Spanned;
 
 use crate::check::Example;
 pub use crate::field::FieldError;
@@ -34,6 +36,12 @@ pub enum Invalid {
     /// gives the line and the field.
     #[error(transparent)]
     Syntax(#[from] toml::de::Error),
+    /// A source table that does not read; the message gives the line and the field.
+    #[error("sources[{index}]: {error}")]
+    Source {
+        index: usize,
+        error: toml::de::Error,
+    },
     /// Well-formed, but a value is not acceptable.
     #[error(transparent)]
     Field(#[from] FieldError),
@@ -44,7 +52,7 @@ impl Invalid {
     pub fn field(&self) -> Option<&str> {
         match self {
             Invalid::Field(e) => Some(&e.field),
-            Invalid::Syntax(_) => None,
+            Invalid::Syntax(_) | Invalid::Source { .. } => None,
         }
     }
 }
@@ -225,12 +233,8 @@ fn removed_allowed_clients<'de, D: serde::Deserializer<'de>>(_: D) -> Result<(),
 }
 
 impl Config {
-    /// Identities that may call Admin: every `[clients.NAME]` whose `methods` list a Revoke
+    /// Admin callers by certificate: every `[clients.NAME]` whose `methods` list a Revoke
     /// RPC (the access layer has already checked the exact method).
-    pub fn admin_clients(&self) -> Vec<String> {
-        self.admin.allowed_clients.clone()
-    }
-
     fn derive_admin_clients(&mut self) {
         self.admin.allowed_clients = self
             .clients
@@ -292,6 +296,25 @@ fn default_redis_connect_timeout() -> Duration {
     Duration::from_secs(1)
 }
 
+/// Points an error inside `[[sources]]` at its source and field (see
+/// [`crate::source::locate_error`]); any other error is kept as it is.
+fn locate(text: &str, error: toml::de::Error) -> Invalid {
+    let Ok(doc) = toml::de::DeTable::parse(text) else {
+        return error.into();
+    };
+    let sources = doc.into_inner().remove("sources").map(Spanned::into_inner);
+    let Some(DeValue::Array(sources)) = sources else {
+        return error.into();
+    };
+    for (index, table) in sources.into_iter().enumerate() {
+        if let Some(mut error) = crate::source::locate_error(table) {
+            error.set_input(Some(text));
+            return Invalid::Source { index, error };
+        }
+    }
+    error.into()
+}
+
 impl Config {
     /// Reads, parses and validates; relative paths are resolved against the file's folder.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -308,7 +331,7 @@ impl Config {
 
     /// Parses and validates TOML text; `base` anchors relative paths.
     pub fn parse(text: &str, base: &Path) -> Result<Self, Invalid> {
-        let config: Config = toml::from_str(text)?;
+        let config: Config = toml::from_str(text).map_err(|e| locate(text, e))?;
         Ok(config.finish(base)?)
     }
 
@@ -520,9 +543,13 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
-        let e = Config::parse("lisen = \"x\"\nsources = []\n", Path::new(".")).unwrap_err().to_string();
+        let e = Config::parse("lisen = \"x\"\nsources = []\n", Path::new("."))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("lisen"), "{e}");
-        let e = Config::parse("sources = []\n", Path::new(".")).unwrap_err().to_string();
+        let e = Config::parse("sources = []\n", Path::new("."))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("sources"), "{e}");
         let dup = "[[sources]]\nname='a'\ntype='token_file'\npath='x'\n\
                    [[sources]]\nname='a'\ntype='token_file'\npath='y'\n";
@@ -570,9 +597,49 @@ mod tests {
         ];
         for (body, needle) in cases {
             let e = Config::parse(&format!("[[sources]]\nname='s'\n{body}\n"), Path::new("."))
-                .unwrap_err().to_string();
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(needle), "{needle}: {e}");
         }
+    }
+
+    #[test]
+    fn source_typos_point_at_their_line() {
+        let two = "[[sources]]\nname='a'\ntype='token_file'\npath='x'\n\
+                   [[sources]]\nname='b'\ntype='token_file'\npaht='x'\n";
+        let e = Config::parse(two, Path::new(".")).unwrap_err();
+        assert!(matches!(e, Invalid::Source { index: 1, .. }), "{e:?}");
+        let e = e.to_string();
+        assert!(e.starts_with("sources[1]: "), "{e}");
+        assert!(
+            e.contains("line 8") && e.contains("unknown field `paht`"),
+            "{e}"
+        );
+        let nested = "[[sources]]\nname='a'\ntype='token_file'\npath='x'\n\
+                      [sources.mapping]\nusername='{user}'\ngroup_prefx='x:'\n";
+        let e = Config::parse(nested, Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 7") && e.contains("group_prefx"), "{e}");
+    }
+
+    #[test]
+    fn the_old_jwt_prefixes_say_what_to_write() {
+        let jwt = "[[sources]]\nname='j'\ntype='jwt'\nissuer='i'\naudiences=['a']\n\
+                   algorithms=['ES256']\nkeys=['k']\n";
+        let e = Config::parse(&format!("{jwt}username_prefix='p:'\n"), Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 8") && e.contains("username_prefix was removed"),
+            "{e}"
+        );
+        assert!(e.contains("mapping.username = \"<prefix>{user}\""), "{e}");
+        let e = Config::parse(&format!("{jwt}groups_prefix='p:'\n"), Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mapping.group_prefix"), "{e}");
+        assert!(Config::parse(jwt, Path::new(".")).is_ok());
     }
 
     #[test]
@@ -596,7 +663,8 @@ mod tests {
             &format!("{ldap}starttls=true\n").replace("ldap://", "ldaps://"),
             Path::new("."),
         )
-        .unwrap_err().to_string();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("sources[0].starttls"), "{e}");
         let pg = "[[sources]]\nname='db'\ntype='postgres'\n\
                   database_url='postgres://u@127.0.0.1/db'\nsecret_key_file='k'\n";
@@ -605,9 +673,13 @@ mod tests {
             SourceConfig::Postgres(p) => assert_eq!(p.prefix, "kad_"),
             other => panic!("unexpected source {other:?}"),
         }
-        let e = Config::parse(&format!("{pg}prefix='a.b'\n"), Path::new(".")).unwrap_err().to_string();
+        let e = Config::parse(&format!("{pg}prefix='a.b'\n"), Path::new("."))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("sources[0].prefix"), "{e}");
-        let e = Config::parse(&format!("{pg}max_connection=3\n"), Path::new(".")).unwrap_err().to_string();
+        let e = Config::parse(&format!("{pg}max_connection=3\n"), Path::new("."))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("max_connection"), "{e}");
     }
 
@@ -647,7 +719,8 @@ mod access_tests {
             &format!("[clients.edge]\nmethods=['Authenticate']\n{SOURCE}"),
             Path::new("."),
         )
-        .unwrap_err().to_string();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("tls.client_ca"), "{e}");
         let e = Config::parse(
             &format!("[tls]\ncert='a'\nkey='b'\nclient_ca='c'\n[clients.ops]\nmethods=['Revoke']\n{SOURCE}"),
@@ -659,7 +732,8 @@ mod access_tests {
             &format!("max_concurrent_calls = 0\n{SOURCE}"),
             Path::new("."),
         )
-        .unwrap_err().to_string();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("max_concurrent_calls"), "{e}");
     }
 
@@ -670,13 +744,15 @@ mod access_tests {
              [clients.edge]\nmethods = ['Authenticate']\n\
              [clients.ops]\nmethods = ['Authenticate', 'RevokeUser']\n";
         let c = Config::parse(&format!("{clients}{SOURCE}"), Path::new(".")).unwrap();
-        assert_eq!(c.admin_clients(), vec!["break-glass", "ops"]);
+        assert_eq!(c.admin.allowed_clients, vec!["break-glass", "ops"]);
     }
 
     #[test]
     fn the_old_admin_list_says_what_to_write() {
         let text = format!("[admin]\nallowed_clients = ['ops']\n{SOURCE}");
-        let e = Config::parse(&text, Path::new(".")).unwrap_err().to_string();
+        let e = Config::parse(&text, Path::new("."))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("admin.allowed_clients was removed"), "{e}");
         assert!(e.contains("[clients.NAME]"), "{e}");
         assert!(e.contains("line 2"), "{e}");
@@ -688,7 +764,8 @@ mod access_tests {
             &format!("[cache.redis]\nurl='redis://127.0.0.1:1'\n{SOURCE}"),
             Path::new("."),
         )
-        .unwrap_err().to_string();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("cache.hmac_key_file"), "{e}");
         let c = Config::parse(
             &format!(
@@ -721,7 +798,9 @@ mod access_tests {
         ];
         for (redis, field) in bad {
             let text = format!("[cache]\nhmac_key_file='k'\n[cache.redis]\n{redis}\n{SOURCE}");
-            let e = Config::parse(&text, Path::new(".")).unwrap_err().to_string();
+            let e = Config::parse(&text, Path::new("."))
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(field), "{redis}: {e}");
             assert!(!e.contains("secret"), "{e}");
         }

@@ -52,9 +52,6 @@ mod tests {
             .within("sources[0]");
         assert_eq!(e.field, "sources[0].mapping.username");
         assert_eq!(e.to_string(), "sources[0].mapping.username: bad");
-        assert_eq!(
-            FieldError::new("[1]", "x").within("keys").field,
-            "keys[1]"
-        );
+        assert_eq!(FieldError::new("[1]", "x").within("keys").field, "keys[1]");
     }
 }

@@ -23,8 +23,8 @@ use crate::metrics::Metrics;
 use crate::reloading::Reloading;
 use crate::revocation::AdminGrpc;
 use crate::service::{Authd, Pipeline, SharedLevel};
-use crate::tls;
 use crate::source;
+use crate::tls;
 
 /// Builds the service (sources, caches, policy) from a validated configuration. Must run
 /// inside a Tokio runtime when a shared cache is configured (it starts its subscriber).
@@ -67,10 +67,7 @@ pub fn build(config: &Config) -> anyhow::Result<Authd> {
         }
         None => None,
     };
-    let admin = AdminAuthz::from_config(&crate::config::AdminConfig {
-        allowed_clients: config.admin_clients(),
-        token_file: config.admin.token_file.clone(),
-    })?;
+    let admin = AdminAuthz::from_config(&config.admin)?;
     Ok(Authd::with_levels(
         fingerprinter,
         pipeline,

@@ -51,9 +51,12 @@ pub fn read_secret(field: &'static str, path: &Path) -> Result<String, FileError
 }
 
 /// A PEM CA bundle as the only trust anchors of an HTTP client.
-pub fn http_roots(field: &'static str, path: &Path) -> Result<Vec<reqwest::Certificate>, FileError> {
-    let pem =
-        std::fs::read(path).map_err(|e| FileError::new(field, path, format!("cannot read: {e}")))?;
+pub fn http_roots(
+    field: &'static str,
+    path: &Path,
+) -> Result<Vec<reqwest::Certificate>, FileError> {
+    let pem = std::fs::read(path)
+        .map_err(|e| FileError::new(field, path, format!("cannot read: {e}")))?;
     let certs = reqwest::Certificate::from_pem_bundle(&pem)
         .map_err(|e| FileError::new(field, path, format!("not a PEM certificate bundle: {e}")))?;
     if certs.is_empty() {
@@ -66,7 +69,8 @@ pub fn http_roots(field: &'static str, path: &Path) -> Result<Vec<reqwest::Certi
 pub fn tls_roots(field: &'static str, path: &Path) -> Result<rustls::ClientConfig, FileError> {
     let err = |message: String| FileError::new(field, path, message);
     let mut roots = rustls::RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(path).map_err(|e| err(format!("cannot read: {e}")))?;
+    let certs =
+        CertificateDer::pem_file_iter(path).map_err(|e| err(format!("cannot read: {e}")))?;
     for cert in certs {
         let cert = cert.map_err(|e| err(format!("bad PEM: {e}")))?;
         roots

@@ -72,10 +72,18 @@ pub struct Config {
     #[serde(default)]
     pub mapping: Mapping,
     /// Removed: one way to prefix names, the mapping.
-    #[serde(default, rename = "username_prefix", deserialize_with = "removed_username_prefix")]
+    #[serde(
+        default,
+        rename = "username_prefix",
+        deserialize_with = "removed_username_prefix"
+    )]
     _username_prefix: (),
     /// Removed: one way to prefix names, the mapping.
-    #[serde(default, rename = "groups_prefix", deserialize_with = "removed_groups_prefix")]
+    #[serde(
+        default,
+        rename = "groups_prefix",
+        deserialize_with = "removed_groups_prefix"
+    )]
     _groups_prefix: (),
 }
 

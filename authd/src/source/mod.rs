@@ -20,6 +20,8 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use serde::Deserialize;
+use toml::de::{DeValue, ValueDeserializer};
+use toml::Spanned;
 
 use crate::field::FieldError;
 use crate::identity::Outcome;
@@ -59,7 +61,8 @@ pub trait Kind {
 }
 
 /// The registry: one line per kind, `Variant(module)`. The TOML `type` is the variant's
-/// snake_case name (`token_file`, `basic_auth`, `jwt`, `ldap`, `postgres`).
+/// snake_case name, which is also the module's (`token_file`, `basic_auth`, `jwt`, `ldap`,
+/// `postgres`).
 macro_rules! registry {
     ($( $(#[$doc:meta])* $variant:ident($module:ident), )*) => {
         /// One identity source; `type` selects the kind.
@@ -67,6 +70,15 @@ macro_rules! registry {
         #[serde(tag = "type", rename_all = "snake_case")]
         pub enum SourceConfig {
             $( $(#[$doc])* $variant(Box<$module::Config>), )*
+        }
+
+        /// Reads one source table (without its `type`) straight into `kind`'s `Config`,
+        /// keeping the positions serde's tag handling loses; `None` for an unknown kind.
+        fn reread(kind: &str, table: ValueDeserializer<'_>) -> Option<Result<(), toml::de::Error>> {
+            match kind {
+                $( stringify!($module) => Some($module::Config::deserialize(table).map(drop)), )*
+                _ => None,
+            }
         }
 
         impl SourceConfig {
@@ -111,7 +123,11 @@ impl SourceConfig {
 
     /// Local files this source reads; a change to any of them triggers a reload.
     pub fn files(&self) -> Vec<PathBuf> {
-        self.kind().files().into_iter().map(Path::to_owned).collect()
+        self.kind()
+            .files()
+            .into_iter()
+            .map(Path::to_owned)
+            .collect()
     }
 
     /// Anchors relative paths at `base`, the configuration file's folder.
@@ -125,10 +141,23 @@ impl SourceConfig {
             return Err(FieldError::new("name", "must not be empty"));
         }
         self.kind().validate()?;
-        self.mapping()
-            .validate()
-            .map_err(|e| e.within("mapping"))
+        self.mapping().validate().map_err(|e| e.within("mapping"))
     }
+}
+
+/// A source table that failed to load, read again on its own so the error points at the
+/// line of the bad field: serde reads the `type` tag by buffering the whole table, which
+/// loses every position inside it. `None` when the table reads fine alone (or has no known
+/// `type`): the caller keeps its own error.
+pub fn locate_error(table: Spanned<DeValue<'_>>) -> Option<toml::de::Error> {
+    let span = table.span();
+    let DeValue::Table(mut table) = table.into_inner() else {
+        return None;
+    };
+    let kind = table.remove("type")?.into_inner();
+    let kind = kind.as_str()?.to_owned();
+    let table = ValueDeserializer::from(Spanned::new(span, DeValue::Table(table)));
+    reread(&kind, table)?.err()
 }
 
 /// Builds every configured source, in order, each behind its identity mapping. Errors name
@@ -145,4 +174,26 @@ pub fn build_all(configs: &[SourceConfig]) -> anyhow::Result<Vec<Arc<dyn Verifie
             Ok(Arc::new(Mapped::new(source, c.mapping().clone())) as Arc<dyn Verifier>)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_is_named_like_its_module() {
+        for kind in ["token_file", "basic_auth", "jwt", "ldap", "postgres"] {
+            let doc = format!("type = '{kind}'\nname = 'x'\nno_such_field = 1\n");
+            let table = toml::de::DeTable::parse(&doc).unwrap();
+            let table = Spanned::new(table.span(), DeValue::Table(table.into_inner()));
+            let e = locate_error(table).unwrap_or_else(|| panic!("{kind} not in the registry"));
+            assert!(e.message().contains("no_such_field"), "{kind}: {e}");
+            let at = doc.find("no_such_field").unwrap();
+            assert_eq!(
+                e.span(),
+                Some(at..at + "no_such_field".len()),
+                "{kind}: {e}"
+            );
+        }
+    }
 }

@@ -243,7 +243,8 @@ pub async fn create_token(
 ) -> Result<(String, String), PostgresError> {
     let id = hex::encode(rand::random::<[u8; ID_LEN / 2]>());
     let secret = hex::encode(rand::random::<[u8; SECRET_LEN / 2]>());
-    let extra = serde_json::to_string(&new.extra).map_err(|e| PostgresError::Extra(e.to_string()))?;
+    let extra =
+        serde_json::to_string(&new.extra).map_err(|e| PostgresError::Extra(e.to_string()))?;
     let ttl_secs = new.ttl.map(|t| t.as_secs_f64());
     sqlx::query(
         "INSERT INTO authd_tokens (id, secret_hash, username, uid, groups, extra, expires_at) \
