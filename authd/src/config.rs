@@ -14,6 +14,7 @@ use toml::Spanned;
 
 use crate::check::Example;
 pub use crate::field::FieldError;
+use crate::field::Removed;
 use crate::policy::ClusterPolicy;
 use crate::source::common::resolve;
 pub use crate::source::SourceConfig;
@@ -221,10 +222,10 @@ pub struct AdminConfig {
         rename = "allowed_clients",
         deserialize_with = "removed_allowed_clients"
     )]
-    _allowed_clients: (),
+    _allowed_clients: Removed,
 }
 
-fn removed_allowed_clients<'de, D: serde::Deserializer<'de>>(_: D) -> Result<(), D::Error> {
+fn removed_allowed_clients<'de, D: serde::Deserializer<'de>>(_: D) -> Result<Removed, D::Error> {
     Err(serde::de::Error::custom(
         "admin.allowed_clients was removed: give each admin client a [clients.NAME] table \
          with methods = [\"RevokeToken\", \"RevokeUser\"] (add \"Authenticate\" if it also \

@@ -35,6 +35,11 @@ impl FieldError {
     }
 }
 
+/// The value of a setting that was removed: it never holds anything, because reading the
+/// old spelling fails (with a message that says what to write instead).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Removed;
+
 impl fmt::Display for FieldError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.field, self.message)

@@ -24,7 +24,7 @@ use serde_json::Value;
 
 use super::common::{check_timeout, http_roots, resolve, FileError};
 use super::{BuildError, Kind, Verifier};
-use crate::field::FieldError;
+use crate::field::{FieldError, Removed};
 use crate::identity::{Identity, Outcome};
 use crate::mapping::Mapping;
 
@@ -77,23 +77,23 @@ pub struct Config {
         rename = "username_prefix",
         deserialize_with = "removed_username_prefix"
     )]
-    _username_prefix: (),
+    _username_prefix: Removed,
     /// Removed: one way to prefix names, the mapping.
     #[serde(
         default,
         rename = "groups_prefix",
         deserialize_with = "removed_groups_prefix"
     )]
-    _groups_prefix: (),
+    _groups_prefix: Removed,
 }
 
-fn removed_username_prefix<'de, D: serde::Deserializer<'de>>(_: D) -> Result<(), D::Error> {
+fn removed_username_prefix<'de, D: serde::Deserializer<'de>>(_: D) -> Result<Removed, D::Error> {
     Err(serde::de::Error::custom(
         "username_prefix was removed: write mapping.username = \"<prefix>{user}\" instead",
     ))
 }
 
-fn removed_groups_prefix<'de, D: serde::Deserializer<'de>>(_: D) -> Result<(), D::Error> {
+fn removed_groups_prefix<'de, D: serde::Deserializer<'de>>(_: D) -> Result<Removed, D::Error> {
     Err(serde::de::Error::custom(
         "groups_prefix was removed: write mapping.group_prefix = \"<prefix>\" instead \
          (mapping.group_renames and allow_groups see the names without it)",
