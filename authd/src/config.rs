@@ -667,6 +667,11 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("sources[0].starttls"), "{e}");
+        let e = Config::parse(&ldap.replace("ldap://", "http://"), Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("sources[0]: ") && e.contains("line 4"), "{e}");
+        assert!(e.contains("must start with ldap:// or ldaps://"), "{e}");
         let pg = "[[sources]]\nname='db'\ntype='postgres'\n\
                   database_url='postgres://u@127.0.0.1/db'\nsecret_key_file='k'\n";
         let c = Config::parse(pg, Path::new(".")).unwrap();

@@ -28,6 +28,70 @@ impl FileError {
     }
 }
 
+/// A URL parsed once, at load, with its scheme checked and no credentials in it (a URL is
+/// logged and shown in errors). Read from a TOML string.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub struct CheckedUrl<const KIND: u8>(reqwest::Url);
+
+/// `http://` or `https://`.
+pub const HTTP: u8 = 0;
+/// `ldap://` or `ldaps://`.
+pub const LDAP: u8 = 1;
+
+/// An HTTP(S) URL, e.g. a JWKS document.
+pub type HttpUrl = CheckedUrl<HTTP>;
+/// An LDAP server, `ldap://host:389` or `ldaps://host:636`.
+pub type LdapUrl = CheckedUrl<LDAP>;
+
+impl<const KIND: u8> CheckedUrl<KIND> {
+    const SCHEMES: &'static [&'static str] = match KIND {
+        HTTP => &["http", "https"],
+        _ => &["ldap", "ldaps"],
+    };
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let url =
+            reqwest::Url::parse(text).map_err(|e| format!("{text:?} is not a valid URL: {e}"))?;
+        if !Self::SCHEMES.contains(&url.scheme()) {
+            return Err(format!(
+                "{text:?} must start with {}",
+                Self::SCHEMES
+                    .iter()
+                    .map(|s| format!("{s}://"))
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            ));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(format!(
+                "{}://{}: must not hold credentials",
+                url.scheme(),
+                url.host_str().unwrap_or("")
+            ));
+        }
+        Ok(Self(url))
+    }
+
+    pub fn as_url(&self) -> &reqwest::Url {
+        &self.0
+    }
+}
+
+impl<const KIND: u8> TryFrom<String> for CheckedUrl<KIND> {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        Self::parse(&text)
+    }
+}
+
+impl<const KIND: u8> std::fmt::Display for CheckedUrl<KIND> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// Splits an owned token into user and password: `[prefix]user<separator>password`, at the
 /// first separator, with a non-empty user name. `None`: not this source's shape.
 pub fn split_user_password<'t>(
@@ -129,6 +193,19 @@ mod tests {
         assert_eq!(split(None, ":", "opaque"), None);
         assert_eq!(split(Some("l/"), "::", "l/a::b"), Some(("a", "b")));
         assert_eq!(split(Some("l/"), "::", "a::b"), None);
+    }
+
+    #[test]
+    fn urls_are_checked_once() {
+        assert!(HttpUrl::parse("https://idp/jwks").is_ok());
+        assert!(LdapUrl::parse("ldaps://dir:636").is_ok());
+        for bad in ["idp/jwks", "ftp://idp/", "ldap://dir", "https://u:pw@idp/"] {
+            let e = HttpUrl::parse(bad).unwrap_err();
+            assert!(!e.contains("pw"), "{e}");
+        }
+        assert!(LdapUrl::parse("https://dir")
+            .unwrap_err()
+            .contains("ldap:// or ldaps://"));
     }
 
     #[test]

@@ -24,7 +24,7 @@ use tokio::sync::Mutex;
 
 use super::common::{
     check_prefix, check_separator, check_timeout, read_secret, resolve, split_user_password,
-    tls_roots, FileError,
+    tls_roots, FileError, LdapUrl,
 };
 use super::{BuildError, Kind, Verifier};
 use crate::field::FieldError;
@@ -50,7 +50,7 @@ pub struct Config {
     #[serde(default)]
     pub mapping: Mapping,
     /// `ldap://host:389` or `ldaps://host:636`.
-    pub url: String,
+    pub url: LdapUrl,
     /// Upgrade an `ldap://` connection with StartTLS before any bind.
     #[serde(default)]
     pub starttls: bool,
@@ -145,13 +145,7 @@ impl Kind for Config {
     }
 
     fn validate(&self) -> Result<(), FieldError> {
-        if !(self.url.starts_with("ldap://") || self.url.starts_with("ldaps://")) {
-            return Err(FieldError::new(
-                "url",
-                format!("{:?} must start with ldap:// or ldaps://", self.url),
-            ));
-        }
-        if self.starttls && self.url.starts_with("ldaps://") {
+        if self.starttls && self.url.as_url().scheme() == "ldaps" {
             return Err(FieldError::new(
                 "starttls",
                 "cannot be combined with an ldaps:// url",
@@ -228,9 +222,10 @@ impl LdapVerifier {
     }
 
     async fn connect(&self) -> Result<Ldap, Fault> {
-        let (conn, ldap) = LdapConnAsync::with_settings(self.settings.clone(), &self.config.url)
-            .await
-            .map_err(|e| Fault::new("connect", e))?;
+        let (conn, ldap) =
+            LdapConnAsync::from_url_with_settings(self.settings.clone(), self.config.url.as_url())
+                .await
+                .map_err(|e| Fault::new("connect", e))?;
         // The driver ends when the connection closes; its error only matters to the
         // operations in flight, which see it themselves.
         tokio::spawn(async move {
