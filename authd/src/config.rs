@@ -37,10 +37,12 @@ pub enum Invalid {
     /// gives the line and the field.
     #[error(transparent)]
     Syntax(#[from] toml::de::Error),
-    /// A source table that does not read; the message gives the line and the field.
-    #[error("sources[{index}]: {error}")]
+    /// A source table that does not read; `field` is its path (`sources[1].url`, or just
+    /// `sources[1]`), and the message gives the line.
+    #[error("{field}: {error}")]
     Source {
         index: usize,
+        field: String,
         error: toml::de::Error,
     },
     /// Well-formed, but a value is not acceptable.
@@ -53,7 +55,8 @@ impl Invalid {
     pub fn field(&self) -> Option<&str> {
         match self {
             Invalid::Field(e) => Some(&e.field),
-            Invalid::Syntax(_) | Invalid::Source { .. } => None,
+            Invalid::Source { field, .. } => Some(field),
+            Invalid::Syntax(_) => None,
         }
     }
 }
@@ -308,9 +311,17 @@ fn locate(text: &str, error: toml::de::Error) -> Invalid {
         return error.into();
     };
     for (index, table) in sources.into_iter().enumerate() {
-        if let Some(mut error) = crate::source::locate_error(table) {
+        if let Some((field, mut error)) = crate::source::locate_error(table) {
             error.set_input(Some(text));
-            return Invalid::Source { index, error };
+            let field = match field {
+                Some(f) => format!("sources[{index}].{f}"),
+                None => format!("sources[{index}]"),
+            };
+            return Invalid::Source {
+                index,
+                field,
+                error,
+            };
         }
     }
     error.into()
@@ -611,7 +622,7 @@ mod tests {
         let e = Config::parse(two, Path::new(".")).unwrap_err();
         assert!(matches!(e, Invalid::Source { index: 1, .. }), "{e:?}");
         let e = e.to_string();
-        assert!(e.starts_with("sources[1]: "), "{e}");
+        assert!(e.starts_with("sources[1].paht: "), "{e}");
         assert!(
             e.contains("line 8") && e.contains("unknown field `paht`"),
             "{e}"
@@ -621,7 +632,8 @@ mod tests {
         let e = Config::parse(nested, Path::new("."))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("line 7") && e.contains("group_prefx"), "{e}");
+        assert!(e.starts_with("sources[0].mapping.group_prefx: "), "{e}");
+        assert!(e.contains("line 7"), "{e}");
     }
 
     #[test]
@@ -670,7 +682,10 @@ mod tests {
         let e = Config::parse(&ldap.replace("ldap://", "http://"), Path::new("."))
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("sources[0]: ") && e.contains("line 4"), "{e}");
+        assert!(
+            e.starts_with("sources[0].url: ") && e.contains("line 4"),
+            "{e}"
+        );
         assert!(e.contains("must start with ldap:// or ldaps://"), "{e}");
         let pg = "[[sources]]\nname='db'\ntype='postgres'\n\
                   database_url='postgres://u@127.0.0.1/db'\nsecret_key_file='k'\n";

@@ -149,15 +149,47 @@ impl SourceConfig {
 /// line of the bad field: serde reads the `type` tag by buffering the whole table, which
 /// loses every position inside it. `None` when the table reads fine alone (or has no known
 /// `type`): the caller keeps its own error.
-pub fn locate_error(table: Spanned<DeValue<'_>>) -> Option<toml::de::Error> {
+/// With the error comes the path of the field it is about, relative to the source's table
+/// (`url`, `mapping.username`), when its position falls on one.
+pub fn locate_error(table: Spanned<DeValue<'_>>) -> Option<(Option<String>, toml::de::Error)> {
     let span = table.span();
     let DeValue::Table(mut table) = table.into_inner() else {
         return None;
     };
     let kind = table.remove("type")?.into_inner();
     let kind = kind.as_str()?.to_owned();
+    let mut fields = Vec::new();
+    field_spans(&table, "", &mut fields);
     let table = ValueDeserializer::from(Spanned::new(span, DeValue::Table(table)));
-    reread(&kind, table)?.err()
+    let error = reread(&kind, table)?.err()?;
+    // The innermost field whose key or value holds the error's position.
+    let at = error.span().map(|s| s.start);
+    let field = fields
+        .into_iter()
+        .filter(|(_, span)| at.is_some_and(|at| span.contains(&at)))
+        .max_by_key(|(path, _)| path.len())
+        .map(|(path, _)| path);
+    Some((field, error))
+}
+
+/// Every field of `table` (nested tables too) with the span from its key to its value's end.
+fn field_spans(
+    table: &toml::de::DeTable<'_>,
+    parent: &str,
+    out: &mut Vec<(String, std::ops::Range<usize>)>,
+) {
+    for (key, value) in table.iter() {
+        let path = if parent.is_empty() {
+            key.get_ref().to_string()
+        } else {
+            format!("{parent}.{}", key.get_ref())
+        };
+        let (k, v) = (key.span(), value.span());
+        out.push((path.clone(), k.start.min(v.start)..k.end.max(v.end)));
+        if let DeValue::Table(inner) = value.get_ref() {
+            field_spans(inner, &path, out);
+        }
+    }
 }
 
 /// Builds every configured source, in order, each behind its identity mapping. Errors name
@@ -186,7 +218,9 @@ mod tests {
             let doc = format!("type = '{kind}'\nname = 'x'\nno_such_field = 1\n");
             let table = toml::de::DeTable::parse(&doc).unwrap();
             let table = Spanned::new(table.span(), DeValue::Table(table.into_inner()));
-            let e = locate_error(table).unwrap_or_else(|| panic!("{kind} not in the registry"));
+            let (field, e) =
+                locate_error(table).unwrap_or_else(|| panic!("{kind} not in the registry"));
+            assert_eq!(field.as_deref(), Some("no_such_field"), "{kind}: {e}");
             assert!(e.message().contains("no_such_field"), "{kind}: {e}");
             let at = doc.find("no_such_field").unwrap();
             assert_eq!(
