@@ -43,7 +43,7 @@ pub enum Invalid {
     Source {
         index: usize,
         field: String,
-        error: toml::de::Error,
+        error: Box<toml::de::Error>,
     },
     /// Well-formed, but a value is not acceptable.
     #[error(transparent)]
@@ -320,7 +320,7 @@ fn locate(text: &str, error: toml::de::Error) -> Invalid {
             return Invalid::Source {
                 index,
                 field,
-                error,
+                error: Box::new(error),
             };
         }
     }
