@@ -50,17 +50,6 @@ pub enum Invalid {
     Field(#[from] FieldError),
 }
 
-impl Invalid {
-    /// The offending field's path, when the error is about one value.
-    pub fn field(&self) -> Option<&str> {
-        match self {
-            Invalid::Field(e) => Some(&e.field),
-            Invalid::Source { field, .. } => Some(field),
-            Invalid::Syntax(_) => None,
-        }
-    }
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
