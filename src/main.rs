@@ -146,7 +146,7 @@ enum TokenCommand {
         #[arg(long = "extra")]
         extra: Vec<String>,
         /// Lifetime, e.g. 24h; no expiry without it.
-        #[arg(long, value_parser = authd::verifiers::sql::parse_duration)]
+        #[arg(long, value_parser = authd::source::postgres::parse_duration)]
         ttl: Option<std::time::Duration>,
     },
     /// Disable a token by its id (the 16 hex digits after the prefix).
@@ -321,16 +321,16 @@ async fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
-fn token_pool(db: &TokenDb) -> anyhow::Result<authd::verifiers::sql::PgPoolHandle> {
-    use authd::verifiers::sql;
+fn token_pool(db: &TokenDb) -> anyhow::Result<authd::source::postgres::PgPoolHandle> {
+    use authd::source::postgres;
     let timeout = std::time::Duration::from_secs(10);
-    let options = sql::connect_options(&db.database_url, db.password_file.as_deref(), timeout)
+    let options = postgres::connect_options(&db.database_url, db.password_file.as_deref(), timeout)
         .context("--database-url")?;
-    Ok(sql::pool(options, 1, timeout))
+    Ok(postgres::pool(options, 1, timeout))
 }
 
 async fn token(command: TokenCommand) -> anyhow::Result<()> {
-    use authd::verifiers::sql;
+    use authd::source::postgres;
     match command {
         TokenCommand::Create {
             db,
@@ -358,17 +358,17 @@ async fn token(command: TokenCommand) -> anyhow::Result<()> {
                     .or_default()
                     .push(v.to_owned());
             }
-            let key = sql::read_key(&secret_key_file).context("--secret-key-file")?;
+            let key = postgres::read_key(&secret_key_file).context("--secret-key-file")?;
             let pool = token_pool(&db)?;
-            sql::migrate(&pool).await?;
-            let new = sql::NewToken {
+            postgres::migrate(&pool).await?;
+            let new = postgres::NewToken {
                 username: user,
                 uid,
                 groups: groups.into_iter().filter(|g| !g.is_empty()).collect(),
                 extra: extra_map,
                 ttl,
             };
-            let (id, token) = sql::create_token(&pool, &key, &prefix, &new).await?;
+            let (id, token) = postgres::create_token(&pool, &key, &prefix, &new).await?;
             eprintln!(
                 "created token id {id} for user {:?}; it is shown only once",
                 new.username
@@ -378,7 +378,7 @@ async fn token(command: TokenCommand) -> anyhow::Result<()> {
         }
         TokenCommand::Disable { db, id } => {
             let pool = token_pool(&db)?;
-            if !sql::disable_token(&pool, &id).await? {
+            if !postgres::disable_token(&pool, &id).await? {
                 anyhow::bail!("--id {id:?}: no such token");
             }
             eprintln!("disabled token id {id}");
@@ -390,7 +390,7 @@ async fn token(command: TokenCommand) -> anyhow::Result<()> {
 /// `config check`: exits non-zero (an error) on an invalid file or any failing example.
 fn config_check(file: &std::path::Path) -> anyhow::Result<()> {
     let config = authd::config::Config::load(file)?;
-    authd::verifiers::build_all(&config.sources)
+    authd::source::build_all(&config.sources)
         .with_context(|| format!("config file {}", file.display()))?;
     println!(
         "{}: valid ({} sources, {} clusters)",
@@ -398,7 +398,7 @@ fn config_check(file: &std::path::Path) -> anyhow::Result<()> {
         config.sources.len(),
         config.clusters.len()
     );
-    let results = authd::check::run(&config);
+    let results = authd::check::run(&config.examples, &config.sources, &config.clusters);
     let mut failed = Vec::new();
     for r in &results {
         match &r.outcome {

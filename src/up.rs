@@ -60,12 +60,19 @@ fn authd_config(
     match authd_config {
         Some(path) => Ok(authd::config::Config::load(path)?),
         None => {
-            let text = format!(
-                "listen = \"{}\"\n[[sources]]\nname = \"static\"\ntype = \"token_file\"\npath = {:?}\n",
-                grpc_listen,
-                token_file.display().to_string()
-            );
-            authd::config::Config::parse(&text, Path::new("."))
+            let source = authd::source::token_file::Config {
+                name: "static".into(),
+                path: token_file.to_owned(),
+                prefix: None,
+                mapping: authd::mapping::Mapping::default(),
+            };
+            let mut config =
+                authd::config::Config::with_sources(vec![authd::config::SourceConfig::TokenFile(
+                    Box::new(source),
+                )]);
+            config.listen = grpc_listen;
+            config
+                .finish(Path::new("."))
                 .map_err(|e| anyhow::anyhow!("built-in authd configuration: {e}"))
         }
     }

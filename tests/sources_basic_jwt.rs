@@ -365,9 +365,8 @@ audiences = ["k8s"]
 algorithms = ["EdDSA"]
 keys = ["partner.pem"]
 username_claim = "email"
-username_prefix = "partner:"
 groups_claim = "groups"
-groups_prefix = "partner:"
+mapping = {{ username = "partner:{{user}}", group_prefix = "partner:" }}
 "#,
         jwks.url()
     );

@@ -6,8 +6,10 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::config::Config;
 use crate::identity::Identity;
+use crate::mapping::Mapping;
+use crate::policy::{self, ClusterPolicy};
+use crate::source::SourceConfig;
 
 /// One `[[examples]]` entry: what a source says about a user, and what should come out.
 #[derive(Debug, Clone, Deserialize)]
@@ -50,15 +52,14 @@ pub struct ExampleResult {
     pub outcome: Result<String, String>,
 }
 
-/// Runs every example of `config`.
-pub fn run(config: &Config) -> Vec<ExampleResult> {
-    let mappings: BTreeMap<&str, _> = config
-        .sources
-        .iter()
-        .map(|s| (s.name(), s.mapping()))
-        .collect();
-    config
-        .examples
+/// Runs every example against the configured sources' mappings and the clusters' policy.
+pub fn run(
+    examples: &[Example],
+    sources: &[SourceConfig],
+    clusters: &BTreeMap<String, ClusterPolicy>,
+) -> Vec<ExampleResult> {
+    let mappings: BTreeMap<&str, _> = sources.iter().map(|s| (s.name(), s.mapping())).collect();
+    examples
         .iter()
         .enumerate()
         .map(|(i, ex)| {
@@ -74,7 +75,7 @@ pub fn run(config: &Config) -> Vec<ExampleResult> {
                     ex.source,
                     mappings.keys().cloned().collect::<Vec<_>>().join(", ")
                 )),
-                Some(mapping) => judge(ex, mapping, config),
+                Some(mapping) => judge(ex, mapping, clusters),
             };
             ExampleResult { label, outcome }
         })
@@ -83,8 +84,8 @@ pub fn run(config: &Config) -> Vec<ExampleResult> {
 
 fn judge(
     ex: &Example,
-    mapping: &crate::mapping::Mapping,
-    config: &Config,
+    mapping: &Mapping,
+    clusters: &BTreeMap<String, ClusterPolicy>,
 ) -> Result<String, String> {
     let identity = Identity {
         username: ex.user.clone(),
@@ -95,7 +96,7 @@ fn judge(
     let decided = mapping
         .apply(&ex.source, identity)
         .map_err(|e| e.to_string())
-        .and_then(|id| crate::policy::admit(&config.clusters, &ex.cluster, id));
+        .and_then(|id| policy::admit(clusters, &ex.cluster, id));
     match (ex.expect, decided) {
         (Expect::Denied, Err(why)) => Ok(format!("denied as expected: {why}")),
         (Expect::Denied, Ok(id)) => Err(format!(
@@ -129,15 +130,25 @@ fn judge(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
+
+    /// The parts of a configuration file the examples need.
+    #[derive(Deserialize)]
+    struct Doc {
+        sources: Vec<SourceConfig>,
+        clusters: BTreeMap<String, ClusterPolicy>,
+        examples: Vec<Example>,
+    }
 
     const BASE: &str = "[[sources]]\nname = 'corp'\ntype = 'token_file'\npath = 't.csv'\n\
         mapping = { username = 'corp:{user}', group_prefix = 'corp:' }\n\
         [clusters.prod]\nallow_groups = ['corp:sre']\n";
 
     fn results(examples: &str) -> Vec<Result<String, String>> {
-        let c = Config::parse(&format!("{BASE}{examples}"), Path::new(".")).unwrap();
-        run(&c).into_iter().map(|r| r.outcome).collect()
+        let d: Doc = toml::from_str(&format!("{BASE}{examples}")).unwrap();
+        run(&d.examples, &d.sources, &d.clusters)
+            .into_iter()
+            .map(|r| r.outcome)
+            .collect()
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! authd's configuration: one typed struct loaded from a TOML file and validated at start-up.
-//! Every error names the file and the offending field.
+//! It composes the parts other modules own (each source's `Config` in `source::*`, the
+//! mapping, the cluster policy, the `[[examples]]`); every error names the file and the
+//! offending field ([`FieldError`]).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -7,14 +9,38 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use toml::de::DeValue;
+use toml::Spanned;
 
 use crate::check::Example;
-use crate::mapping::Mapping;
+pub use crate::field::FieldError;
+use crate::field::Removed;
 use crate::policy::ClusterPolicy;
-use crate::verifiers::basic_auth::BasicAuthConfig;
-use crate::verifiers::jwt::JwtConfig;
+use crate::source::common::resolve;
+pub use crate::source::SourceConfig;
 
-pub use authd_runtime::config::ConfigError;
+/// A configuration file authd could not use.
+pub type ConfigError = authd_runtime::config::ConfigError<Invalid>;
+
+/// Why configuration text was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum Invalid {
+    /// Not TOML, an unknown or removed field, or a value of the wrong type; the message
+    /// gives the line and the field.
+    #[error(transparent)]
+    Syntax(#[from] toml::de::Error),
+    /// A source table that does not read; `field` is its path (`sources[1].url`, or just
+    /// `sources[1]`), and the message gives the line.
+    #[error("{field}: {error}")]
+    Source {
+        index: usize,
+        field: String,
+        error: Box<toml::de::Error>,
+    },
+    /// Well-formed, but a value is not acceptable.
+    #[error(transparent)]
+    Field(#[from] FieldError),
+}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -56,6 +82,27 @@ pub struct Config {
     /// Who may call the Admin gRPC service (revocation).
     #[serde(default)]
     pub admin: AdminConfig,
+}
+
+impl Config {
+    /// The defaults for everything, serving `sources`; for configurations built in code
+    /// (`kube-authd up`). Call [`Config::finish`] after setting fields.
+    pub fn with_sources(sources: Vec<SourceConfig>) -> Self {
+        Self {
+            listen: default_listen(),
+            admin_listen: None,
+            shutdown_grace: default_shutdown_grace(),
+            cache: CacheConfig::default(),
+            sources,
+            clusters: BTreeMap::new(),
+            examples: Vec::new(),
+            tls: None,
+            clients: BTreeMap::new(),
+            max_concurrent_calls: default_max_concurrent_calls(),
+            max_concurrent_calls_per_connection: default_max_calls_per_connection(),
+            admin: AdminConfig::default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -141,30 +188,45 @@ pub struct RedisConfig {
     pub connect_timeout: Duration,
 }
 
-/// Callers allowed to use the Admin service. With neither field set every call is refused.
+/// Callers allowed to use the Admin service: the holders of the shared secret, and the
+/// clients whose `[clients.NAME] methods` list a Revoke RPC. With neither, every call is
+/// refused.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
-    /// Client certificate identities (as the TLS layer names them) allowed to call Admin.
-    #[serde(default)]
+    /// Client certificate identities allowed to call Admin. Not a setting: filled at load
+    /// from `[clients]`, the one place a client's RPCs are listed.
+    #[serde(skip)]
     pub allowed_clients: Vec<String>,
     /// File holding a shared admin secret, presented as `authorization: Bearer <secret>`.
     pub token_file: Option<PathBuf>,
+    /// Removed: a second list of admin clients beside `[clients]`.
+    #[serde(
+        default,
+        rename = "allowed_clients",
+        deserialize_with = "removed_allowed_clients"
+    )]
+    _allowed_clients: Removed,
+}
+
+fn removed_allowed_clients<'de, D: serde::Deserializer<'de>>(_: D) -> Result<Removed, D::Error> {
+    Err(serde::de::Error::custom(
+        "admin.allowed_clients was removed: give each admin client a [clients.NAME] table \
+         with methods = [\"RevokeToken\", \"RevokeUser\"] (add \"Authenticate\" if it also \
+         reviews tokens); with any [clients] table, unlisted clients are refused",
+    ))
 }
 
 impl Config {
-    /// Identities that may call Admin: `admin.allowed_clients`, plus every `[clients.NAME]`
-    /// whose `methods` list a Revoke RPC (the access layer has already checked the exact
-    /// method), so a deployment with per-client allow-lists configures admins once.
-    pub fn admin_clients(&self) -> Vec<String> {
-        let mut names = self.admin.allowed_clients.clone();
-        for (name, access) in &self.clients {
-            let revokes = access.methods.iter().any(|m| m.starts_with("Revoke"));
-            if revokes && !names.contains(name) {
-                names.push(name.clone());
-            }
-        }
-        names
+    /// Admin callers by certificate: every `[clients.NAME]` whose `methods` list a Revoke
+    /// RPC (the access layer has already checked the exact method).
+    fn derive_admin_clients(&mut self) {
+        self.admin.allowed_clients = self
+            .clients
+            .iter()
+            .filter(|(_, access)| access.methods.iter().any(|m| m.starts_with("Revoke")))
+            .map(|(name, _)| name.clone())
+            .collect();
     }
 }
 
@@ -180,194 +242,6 @@ impl Default for CacheConfig {
             redis: None,
         }
     }
-}
-
-/// One identity source; `type` selects the kind.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum SourceConfig {
-    /// kube-apiserver `--token-auth-file` CSV.
-    TokenFile(TokenFileConfig),
-    /// External HTTP Basic-auth service for `user:password` tokens.
-    BasicAuth(BasicAuthConfig),
-    /// JWTs from one issuer (OIDC ID tokens, service tokens).
-    Jwt(JwtConfig),
-    /// `user:password` tokens checked against an LDAP directory.
-    Ldap(Box<LdapConfig>),
-    /// Opaque `<prefix><id>.<secret>` tokens stored (hashed) in PostgreSQL.
-    Postgres(PostgresConfig),
-}
-
-impl SourceConfig {
-    /// The unique name, reported as the deciding source.
-    pub fn name(&self) -> &str {
-        match self {
-            SourceConfig::TokenFile(c) => &c.name,
-            SourceConfig::BasicAuth(c) => &c.name,
-            SourceConfig::Jwt(c) => &c.name,
-            SourceConfig::Ldap(c) => &c.name,
-            SourceConfig::Postgres(c) => &c.name,
-        }
-    }
-
-    /// How this source's answers map to Kubernetes users.
-    pub fn mapping(&self) -> &Mapping {
-        match self {
-            SourceConfig::TokenFile(c) => &c.mapping,
-            SourceConfig::BasicAuth(c) => &c.mapping,
-            SourceConfig::Jwt(c) => &c.mapping,
-            SourceConfig::Ldap(c) => &c.mapping,
-            SourceConfig::Postgres(c) => &c.mapping,
-        }
-    }
-
-    /// Local files this source reads; a change to any of them triggers a reload.
-    pub fn files(&self) -> Vec<PathBuf> {
-        match self {
-            SourceConfig::TokenFile(c) => vec![c.path.clone()],
-            SourceConfig::BasicAuth(c) => c.ca_file.iter().cloned().collect(),
-            SourceConfig::Jwt(c) => c.files(),
-            SourceConfig::Ldap(c) => [Some(&c.bind_password_file), c.ca_file.as_ref()]
-                .into_iter()
-                .flatten()
-                .cloned()
-                .collect(),
-            SourceConfig::Postgres(c) => [Some(&c.secret_key_file), c.password_file.as_ref()]
-                .into_iter()
-                .flatten()
-                .cloned()
-                .collect(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TokenFileConfig {
-    pub name: String,
-    pub path: PathBuf,
-    /// Only tokens starting with this are looked up; a miss is then a definitive no.
-    pub prefix: Option<String>,
-    #[serde(default)]
-    pub mapping: Mapping,
-}
-
-/// LDAP source: find the user with a service bind and search, check the password with a
-/// bind as the user, read groups and attributes.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LdapConfig {
-    pub name: String,
-    /// How answers map to Kubernetes users.
-    #[serde(default)]
-    pub mapping: Mapping,
-    /// `ldap://host:389` or `ldaps://host:636`.
-    pub url: String,
-    /// Upgrade an `ldap://` connection with StartTLS before any bind.
-    #[serde(default)]
-    pub starttls: bool,
-    /// PEM CA bundle trusted for ldaps/StartTLS instead of the system roots.
-    pub ca_file: Option<PathBuf>,
-    /// DN of the service account used to search for users and groups.
-    pub bind_dn: String,
-    /// File holding the service account's password (trailing newline ignored).
-    pub bind_password_file: PathBuf,
-    /// Only tokens starting with this are owned (and it is stripped before splitting).
-    pub prefix: Option<String>,
-    /// Between user name and password; the token is split at its first occurrence.
-    #[serde(default = "default_ldap_separator")]
-    pub separator: String,
-    /// Search base for users (subtree).
-    pub user_base: String,
-    /// Filter template; `{user}` is replaced by the RFC 4515-escaped user name.
-    #[serde(default = "default_ldap_user_filter")]
-    pub user_filter: String,
-    /// Attribute giving the Kubernetes user name; the typed name when absent.
-    #[serde(default = "default_ldap_username_attribute")]
-    pub username_attribute: String,
-    /// Attribute giving the Kubernetes uid; the entry's DN when absent.
-    #[serde(default = "default_ldap_uid_attribute")]
-    pub uid_attribute: String,
-    /// Groups by search: base for the group search. Without it, groups are read from
-    /// `member_of_attribute` on the user entry.
-    pub group_base: Option<String>,
-    /// Group search filter template; `{dn}` is replaced by the escaped member DN.
-    #[serde(default = "default_ldap_group_filter")]
-    pub group_filter: String,
-    /// Attribute of a group entry giving the group name.
-    #[serde(default = "default_ldap_group_name_attribute")]
-    pub group_name_attribute: String,
-    /// How many levels of groups-in-groups to follow in group search mode (0: direct only).
-    #[serde(default)]
-    pub group_nesting_depth: u32,
-    /// User attribute listing group DNs (memberOf overlay) when `group_base` is not set.
-    #[serde(default = "default_ldap_member_of_attribute")]
-    pub member_of_attribute: String,
-    /// LDAP attribute -> key in the user's `extra`.
-    #[serde(default)]
-    pub extra_attributes: BTreeMap<String, String>,
-    /// Connect and per-operation limit, and the bound on one whole check.
-    #[serde(default = "default_source_timeout", with = "humantime_serde")]
-    pub timeout: Duration,
-}
-
-/// PostgreSQL source: opaque tokens looked up by id, secret checked against a keyed hash.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PostgresConfig {
-    pub name: String,
-    /// How answers map to Kubernetes users.
-    #[serde(default)]
-    pub mapping: Mapping,
-    /// `postgres://user@host:port/db`; put the password in `password_file`, not here.
-    pub database_url: String,
-    /// File holding the database password (trailing newline ignored).
-    pub password_file: Option<PathBuf>,
-    /// Key (at least 32 bytes) for the HMAC-SHA256 of token secrets.
-    pub secret_key_file: PathBuf,
-    /// Token prefix; the source owns only tokens of the form `<prefix><id>.<secret>`.
-    #[serde(default = "default_postgres_prefix")]
-    pub prefix: String,
-    /// Apply the schema migrations at start.
-    #[serde(default)]
-    pub migrate: bool,
-    /// Pool size.
-    #[serde(default = "default_postgres_max_connections")]
-    pub max_connections: u32,
-    /// Acquire and statement limit, and the bound on one whole lookup.
-    #[serde(default = "default_source_timeout", with = "humantime_serde")]
-    pub timeout: Duration,
-}
-
-fn default_ldap_separator() -> String {
-    ":".into()
-}
-fn default_ldap_user_filter() -> String {
-    "(uid={user})".into()
-}
-fn default_ldap_username_attribute() -> String {
-    "uid".into()
-}
-fn default_ldap_uid_attribute() -> String {
-    "entryUUID".into()
-}
-fn default_ldap_group_filter() -> String {
-    "(member={dn})".into()
-}
-fn default_ldap_group_name_attribute() -> String {
-    "cn".into()
-}
-fn default_ldap_member_of_attribute() -> String {
-    "memberOf".into()
-}
-fn default_postgres_prefix() -> String {
-    "kad_".into()
-}
-fn default_postgres_max_connections() -> u32 {
-    8
-}
-fn default_source_timeout() -> Duration {
-    Duration::from_secs(2)
 }
 
 fn default_listen() -> SocketAddr {
@@ -407,32 +281,56 @@ fn default_redis_connect_timeout() -> Duration {
     Duration::from_secs(1)
 }
 
+/// Points an error inside `[[sources]]` at its source and field (see
+/// [`crate::source::locate_error`]); any other error is kept as it is.
+fn locate(text: &str, error: toml::de::Error) -> Invalid {
+    let Ok(doc) = toml::de::DeTable::parse(text) else {
+        return error.into();
+    };
+    let sources = doc.into_inner().remove("sources").map(Spanned::into_inner);
+    let Some(DeValue::Array(sources)) = sources else {
+        return error.into();
+    };
+    for (index, table) in sources.into_iter().enumerate() {
+        if let Some((field, mut error)) = crate::source::locate_error(table) {
+            error.set_input(Some(text));
+            let field = match field {
+                Some(f) => format!("sources[{index}].{f}"),
+                None => format!("sources[{index}]"),
+            };
+            return Invalid::Source {
+                index,
+                field,
+                error: Box::new(error),
+            };
+        }
+    }
+    error.into()
+}
+
 impl Config {
     /// Reads, parses and validates; relative paths are resolved against the file's folder.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        authd_runtime::config::load(path, |text, base| {
-            Self::parse(text, base).map_err(|m| match m.split_once(": ") {
-                Some((field, message)) => authd_runtime::config::FieldError::new(field, message),
-                None => authd_runtime::config::FieldError::new("config", m),
-            })
-        })
+        authd_runtime::config::load(path, Self::parse)
     }
 
     /// Parses and validates TOML text; `base` anchors relative paths.
-    pub fn parse(text: &str, base: &Path) -> Result<Self, String> {
-        let mut config: Config =
-            authd_runtime::config::from_toml(text).map_err(|e| e.to_string())?;
-        config.resolve_paths(base);
-        config.validate()?;
-        Ok(config)
+    pub fn parse(text: &str, base: &Path) -> Result<Self, Invalid> {
+        let config: Config = toml::from_str(text).map_err(|e| locate(text, e))?;
+        Ok(config.finish(base)?)
+    }
+
+    /// Completes a configuration read or built in code: anchors relative paths at `base`,
+    /// validates, and derives what other settings imply.
+    pub fn finish(mut self, base: &Path) -> Result<Self, FieldError> {
+        self.resolve_paths(base);
+        self.validate()?;
+        self.derive_admin_clients();
+        Ok(self)
     }
 
     fn resolve_paths(&mut self, base: &Path) {
-        let fix = |p: &mut PathBuf| {
-            if p.is_relative() {
-                *p = base.join(&*p);
-            }
-        };
+        let fix = |p: &mut PathBuf| resolve(base, p);
         if let Some(p) = self.cache.hmac_key_file.as_mut() {
             fix(p);
         }
@@ -448,23 +346,7 @@ impl Config {
             fix(p);
         }
         for s in &mut self.sources {
-            match s {
-                SourceConfig::TokenFile(c) => fix(&mut c.path),
-                SourceConfig::BasicAuth(c) => c.ca_file.iter_mut().for_each(fix),
-                SourceConfig::Jwt(c) => c.resolve_paths(&fix),
-                SourceConfig::Ldap(c) => {
-                    fix(&mut c.bind_password_file);
-                    if let Some(p) = c.ca_file.as_mut() {
-                        fix(p);
-                    }
-                }
-                SourceConfig::Postgres(c) => {
-                    fix(&mut c.secret_key_file);
-                    if let Some(p) = c.password_file.as_mut() {
-                        fix(p);
-                    }
-                }
-            }
+            s.resolve_paths(base);
         }
         if let Some(t) = self.tls.as_mut() {
             fix(&mut t.cert);
@@ -475,42 +357,30 @@ impl Config {
         }
     }
 
-    fn validate(&self) -> Result<(), String> {
+    /// Checks every value and how values fit together; the error names the field.
+    fn validate(&self) -> Result<(), FieldError> {
         if self.sources.is_empty() {
-            return Err("sources: at least one identity source is required".into());
+            return Err(FieldError::new(
+                "sources",
+                "at least one identity source is required",
+            ));
         }
         let mut seen = BTreeMap::new();
         for (i, s) in self.sources.iter().enumerate() {
-            let name = s.name();
-            if name.trim().is_empty() {
-                return Err(format!("sources[{i}].name: must not be empty"));
-            }
-            if let Some(j) = seen.insert(name, i) {
-                return Err(format!(
-                    "sources[{i}].name: {name:?} is already used by sources[{j}]"
+            let at = format!("sources[{i}]");
+            s.validate().map_err(|e| e.within(&at))?;
+            if let Some(j) = seen.insert(s.name(), i) {
+                return Err(FieldError::new(
+                    format!("{at}.name"),
+                    format!("{:?} is already used by sources[{j}]", s.name()),
                 ));
             }
-            match s {
-                SourceConfig::TokenFile(c) => {
-                    if c.prefix.as_deref() == Some("") {
-                        return Err(format!("sources[{i}].prefix: must not be empty when set"));
-                    }
-                }
-                SourceConfig::BasicAuth(c) => {
-                    c.validate().map_err(|e| format!("sources[{i}].{e}"))?
-                }
-                SourceConfig::Jwt(c) => c.validate().map_err(|e| format!("sources[{i}].{e}"))?,
-                SourceConfig::Ldap(c) => c.validate().map_err(|e| format!("sources[{i}].{e}"))?,
-                SourceConfig::Postgres(c) => {
-                    c.validate().map_err(|e| format!("sources[{i}].{e}"))?
-                }
-            }
-            s.mapping()
-                .validate()
-                .map_err(|e| format!("sources[{i}].{e}"))?;
         }
         if self.cache.positive_ttl.is_zero() && !self.cache.stale_if_error.is_zero() {
-            return Err("cache.stale_if_error: needs a non-zero cache.positive_ttl".into());
+            return Err(FieldError::new(
+                "cache.stale_if_error",
+                "needs a non-zero cache.positive_ttl",
+            ));
         }
         if let Some(r) = &self.cache.redis {
             self.validate_redis(r)?;
@@ -518,23 +388,32 @@ impl Config {
         self.validate_access()
     }
 
-    fn validate_access(&self) -> Result<(), String> {
+    fn validate_access(&self) -> Result<(), FieldError> {
         if self.max_concurrent_calls == 0 {
-            return Err("max_concurrent_calls: must be greater than 0".into());
+            return Err(FieldError::new(
+                "max_concurrent_calls",
+                "must be greater than 0",
+            ));
         }
         if self.max_concurrent_calls_per_connection == 0 {
-            return Err("max_concurrent_calls_per_connection: must be greater than 0".into());
+            return Err(FieldError::new(
+                "max_concurrent_calls_per_connection",
+                "must be greater than 0",
+            ));
         }
         let mutual = self.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
         if !self.clients.is_empty() && !mutual {
-            return Err("clients: allow-lists need tls.client_ca (client identities come from client certificates)".into());
+            return Err(FieldError::new(
+                "clients",
+                "allow-lists need tls.client_ca (client identities come from client certificates)",
+            ));
         }
         for (name, c) in &self.clients {
             for m in &c.methods {
                 if !KNOWN_METHODS.contains(&m.as_str()) {
-                    return Err(format!(
-                        "clients.{name}.methods: unknown RPC {m:?} (known: {})",
-                        KNOWN_METHODS.join(", ")
+                    return Err(FieldError::new(
+                        format!("clients.{name}.methods"),
+                        format!("unknown RPC {m:?} (known: {})", KNOWN_METHODS.join(", ")),
                     ));
                 }
             }
@@ -542,14 +421,18 @@ impl Config {
         Ok(())
     }
 
-    fn validate_redis(&self, r: &RedisConfig) -> Result<(), String> {
+    fn validate_redis(&self, r: &RedisConfig) -> Result<(), FieldError> {
         if self.cache.hmac_key_file.is_none() {
-            return Err("cache.hmac_key_file: required when cache.redis is set \
-                        (every replica must use the same key)"
-                .into());
+            return Err(FieldError::new(
+                "cache.hmac_key_file",
+                "required when cache.redis is set (every replica must use the same key)",
+            ));
         }
         if self.cache.local_ttl.is_zero() {
-            return Err("cache.local_ttl: must be greater than zero".into());
+            return Err(FieldError::new(
+                "cache.local_ttl",
+                "must be greater than zero",
+            ));
         }
         let urls: Vec<(String, &String)> = match (&r.url, r.cluster_urls.is_empty()) {
             (Some(u), true) => vec![("cache.redis.url".into(), u)],
@@ -560,9 +443,17 @@ impl Config {
                 .map(|(i, u)| (format!("cache.redis.cluster_urls[{i}]"), u))
                 .collect(),
             (Some(_), false) => {
-                return Err("cache.redis: set either url or cluster_urls, not both".into())
+                return Err(FieldError::new(
+                    "cache.redis",
+                    "set either url or cluster_urls, not both",
+                ))
             }
-            (None, true) => return Err("cache.redis: url or cluster_urls is required".into()),
+            (None, true) => {
+                return Err(FieldError::new(
+                    "cache.redis",
+                    "url or cluster_urls is required",
+                ))
+            }
         };
         for (field, url) in urls {
             let tls = if url.starts_with("rediss://") {
@@ -570,89 +461,47 @@ impl Config {
             } else if url.starts_with("redis://") {
                 false
             } else {
-                return Err(format!("{field}: must start with redis:// or rediss://"));
+                return Err(FieldError::new(
+                    field,
+                    "must start with redis:// or rediss://",
+                ));
             };
             // The URL is logged and shown in errors; a password belongs in password_file.
             let authority = url.split_once("://").map_or("", |(_, rest)| rest);
             let authority = authority.split('/').next().unwrap_or("");
             if let Some((userinfo, _)) = authority.rsplit_once('@') {
                 if userinfo.contains(':') {
-                    return Err(format!(
-                        "{field}: must not contain a password; use cache.redis.password_file"
+                    return Err(FieldError::new(
+                        field,
+                        "must not contain a password; use cache.redis.password_file",
                     ));
                 }
             }
             if r.ca_file.is_some() && !tls {
-                return Err(format!(
-                    "cache.redis.ca_file: only used with rediss:// URLs, but {field} is redis://"
+                return Err(FieldError::new(
+                    "cache.redis.ca_file",
+                    format!("only used with rediss:// URLs, but {field} is redis://"),
                 ));
             }
         }
         if r.password_file.is_some() && r.username.is_none() {
             // Redis's legacy AUTH <password> is the "default" user; say so explicitly.
-            return Err("cache.redis.username: required with password_file (use \"default\" for a requirepass server)".into());
-        }
-        if r.timeout.is_zero() {
-            return Err("cache.redis.timeout: must be greater than zero".into());
-        }
-        if r.connect_timeout.is_zero() {
-            return Err("cache.redis.connect_timeout: must be greater than zero".into());
-        }
-        Ok(())
-    }
-}
-
-impl LdapConfig {
-    /// Errors start with the field name.
-    fn validate(&self) -> Result<(), String> {
-        if !(self.url.starts_with("ldap://") || self.url.starts_with("ldaps://")) {
-            return Err(format!(
-                "url: {:?} must start with ldap:// or ldaps://",
-                self.url
+            return Err(FieldError::new(
+                "cache.redis.username",
+                "required with password_file (use \"default\" for a requirepass server)",
             ));
         }
-        if self.starttls && self.url.starts_with("ldaps://") {
-            return Err("starttls: cannot be combined with an ldaps:// url".into());
+        if r.timeout.is_zero() {
+            return Err(FieldError::new(
+                "cache.redis.timeout",
+                "must be greater than zero",
+            ));
         }
-        if self.separator.is_empty() {
-            return Err("separator: must not be empty".into());
-        }
-        if self.prefix.as_deref() == Some("") {
-            return Err("prefix: must not be empty when set".into());
-        }
-        if !self.user_filter.contains("{user}") {
-            return Err("user_filter: must contain {user}".into());
-        }
-        if self.group_base.is_some() && !self.group_filter.contains("{dn}") {
-            return Err("group_filter: must contain {dn}".into());
-        }
-        if self.group_nesting_depth > 8 {
-            return Err("group_nesting_depth: at most 8".into());
-        }
-        if self.timeout.is_zero() {
-            return Err("timeout: must be more than zero".into());
-        }
-        Ok(())
-    }
-}
-
-impl PostgresConfig {
-    /// Errors start with the field name.
-    fn validate(&self) -> Result<(), String> {
-        if !(self.database_url.starts_with("postgres://")
-            || self.database_url.starts_with("postgresql://"))
-        {
-            return Err("database_url: must start with postgres:// or postgresql://".into());
-        }
-        // The id/secret split is at the first '.', and the prefix is matched literally.
-        if self.prefix.is_empty() || self.prefix.contains('.') {
-            return Err("prefix: must be non-empty and contain no '.'".into());
-        }
-        if self.max_connections == 0 {
-            return Err("max_connections: must be at least 1".into());
-        }
-        if self.timeout.is_zero() {
-            return Err("timeout: must be more than zero".into());
+        if r.connect_timeout.is_zero() {
+            return Err(FieldError::new(
+                "cache.redis.connect_timeout",
+                "must be greater than zero",
+            ));
         }
         Ok(())
     }
@@ -679,19 +528,23 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
-        let e = Config::parse("lisen = \"x\"\nsources = []\n", Path::new(".")).unwrap_err();
+        let e = Config::parse("lisen = \"x\"\nsources = []\n", Path::new("."))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("lisen"), "{e}");
-        let e = Config::parse("sources = []\n", Path::new(".")).unwrap_err();
+        let e = Config::parse("sources = []\n", Path::new("."))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("sources"), "{e}");
         let dup = "[[sources]]\nname='a'\ntype='token_file'\npath='x'\n\
                    [[sources]]\nname='a'\ntype='token_file'\npath='y'\n";
-        let e = Config::parse(dup, Path::new(".")).unwrap_err();
+        let e = Config::parse(dup, Path::new(".")).unwrap_err().to_string();
         assert!(e.contains("sources[1].name"), "{e}");
         let e = Config::parse(
             "[cache]\npositive_ttl = \"soon\"\n[[sources]]\nname='a'\ntype='token_file'\npath='x'\n",
             Path::new("."),
         )
-        .unwrap_err();
+        .unwrap_err().to_string();
         assert!(e.contains("positive_ttl"), "{e}");
     }
 
@@ -729,9 +582,50 @@ mod tests {
         ];
         for (body, needle) in cases {
             let e = Config::parse(&format!("[[sources]]\nname='s'\n{body}\n"), Path::new("."))
-                .unwrap_err();
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(needle), "{needle}: {e}");
         }
+    }
+
+    #[test]
+    fn source_typos_point_at_their_line() {
+        let two = "[[sources]]\nname='a'\ntype='token_file'\npath='x'\n\
+                   [[sources]]\nname='b'\ntype='token_file'\npaht='x'\n";
+        let e = Config::parse(two, Path::new(".")).unwrap_err();
+        assert!(matches!(e, Invalid::Source { index: 1, .. }), "{e:?}");
+        let e = e.to_string();
+        assert!(e.starts_with("sources[1].paht: "), "{e}");
+        assert!(
+            e.contains("line 8") && e.contains("unknown field `paht`"),
+            "{e}"
+        );
+        let nested = "[[sources]]\nname='a'\ntype='token_file'\npath='x'\n\
+                      [sources.mapping]\nusername='{user}'\ngroup_prefx='x:'\n";
+        let e = Config::parse(nested, Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("sources[0].mapping.group_prefx: "), "{e}");
+        assert!(e.contains("line 7"), "{e}");
+    }
+
+    #[test]
+    fn the_old_jwt_prefixes_say_what_to_write() {
+        let jwt = "[[sources]]\nname='j'\ntype='jwt'\nissuer='i'\naudiences=['a']\n\
+                   algorithms=['ES256']\nkeys=['k']\n";
+        let e = Config::parse(&format!("{jwt}username_prefix='p:'\n"), Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 8") && e.contains("username_prefix was removed"),
+            "{e}"
+        );
+        assert!(e.contains("mapping.username = \"<prefix>{user}\""), "{e}");
+        let e = Config::parse(&format!("{jwt}groups_prefix='p:'\n"), Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mapping.group_prefix"), "{e}");
+        assert!(Config::parse(jwt, Path::new(".")).is_ok());
     }
 
     #[test]
@@ -747,15 +641,25 @@ mod tests {
             }
             other => panic!("unexpected source {other:?}"),
         }
-        let e =
-            Config::parse(&format!("{ldap}user_filter='(uid=x)'\n"), Path::new(".")).unwrap_err();
+        let e = Config::parse(&format!("{ldap}user_filter='(uid=x)'\n"), Path::new("."))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("sources[0].user_filter"), "{e}");
         let e = Config::parse(
             &format!("{ldap}starttls=true\n").replace("ldap://", "ldaps://"),
             Path::new("."),
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("sources[0].starttls"), "{e}");
+        let e = Config::parse(&ldap.replace("ldap://", "http://"), Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("sources[0].url: ") && e.contains("line 4"),
+            "{e}"
+        );
+        assert!(e.contains("must start with ldap:// or ldaps://"), "{e}");
         let pg = "[[sources]]\nname='db'\ntype='postgres'\n\
                   database_url='postgres://u@127.0.0.1/db'\nsecret_key_file='k'\n";
         let c = Config::parse(pg, Path::new(".")).unwrap();
@@ -763,9 +667,13 @@ mod tests {
             SourceConfig::Postgres(p) => assert_eq!(p.prefix, "kad_"),
             other => panic!("unexpected source {other:?}"),
         }
-        let e = Config::parse(&format!("{pg}prefix='a.b'\n"), Path::new(".")).unwrap_err();
+        let e = Config::parse(&format!("{pg}prefix='a.b'\n"), Path::new("."))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("sources[0].prefix"), "{e}");
-        let e = Config::parse(&format!("{pg}max_connection=3\n"), Path::new(".")).unwrap_err();
+        let e = Config::parse(&format!("{pg}max_connection=3\n"), Path::new("."))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("max_connection"), "{e}");
     }
 
@@ -805,32 +713,43 @@ mod access_tests {
             &format!("[clients.edge]\nmethods=['Authenticate']\n{SOURCE}"),
             Path::new("."),
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("tls.client_ca"), "{e}");
         let e = Config::parse(
             &format!("[tls]\ncert='a'\nkey='b'\nclient_ca='c'\n[clients.ops]\nmethods=['Revoke']\n{SOURCE}"),
             Path::new("."),
         )
-        .unwrap_err();
+        .unwrap_err().to_string();
         assert!(e.contains("clients.ops.methods"), "{e}");
         let e = Config::parse(
             &format!("max_concurrent_calls = 0\n{SOURCE}"),
             Path::new("."),
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("max_concurrent_calls"), "{e}");
     }
 
     #[test]
     fn clients_allowed_to_revoke_are_admins() {
-        let text = format!(
-            "[admin]\nallowed_clients = ['break-glass']\n\
-             [tls]\ncert='c'\nkey='k'\nclient_ca='ca'\n\
+        let clients = "[tls]\ncert='c'\nkey='k'\nclient_ca='ca'\n\
+             [clients.break-glass]\nmethods = ['RevokeToken', 'RevokeUser']\n\
              [clients.edge]\nmethods = ['Authenticate']\n\
-             [clients.ops]\nmethods = ['Authenticate', 'RevokeUser']\n{SOURCE}"
-        );
-        let c = Config::parse(&text, Path::new(".")).unwrap();
-        assert_eq!(c.admin_clients(), vec!["break-glass", "ops"]);
+             [clients.ops]\nmethods = ['Authenticate', 'RevokeUser']\n";
+        let c = Config::parse(&format!("{clients}{SOURCE}"), Path::new(".")).unwrap();
+        assert_eq!(c.admin.allowed_clients, vec!["break-glass", "ops"]);
+    }
+
+    #[test]
+    fn the_old_admin_list_says_what_to_write() {
+        let text = format!("[admin]\nallowed_clients = ['ops']\n{SOURCE}");
+        let e = Config::parse(&text, Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("admin.allowed_clients was removed"), "{e}");
+        assert!(e.contains("[clients.NAME]"), "{e}");
+        assert!(e.contains("line 2"), "{e}");
     }
 
     #[test]
@@ -839,7 +758,8 @@ mod access_tests {
             &format!("[cache.redis]\nurl='redis://127.0.0.1:1'\n{SOURCE}"),
             Path::new("."),
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("cache.hmac_key_file"), "{e}");
         let c = Config::parse(
             &format!(
@@ -872,7 +792,9 @@ mod access_tests {
         ];
         for (redis, field) in bad {
             let text = format!("[cache]\nhmac_key_file='k'\n[cache.redis]\n{redis}\n{SOURCE}");
-            let e = Config::parse(&text, Path::new(".")).unwrap_err();
+            let e = Config::parse(&text, Path::new("."))
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(field), "{redis}: {e}");
             assert!(!e.contains("secret"), "{e}");
         }

@@ -6,6 +6,7 @@ pub mod authz;
 pub mod cache;
 pub mod check;
 pub mod config;
+pub mod field;
 pub mod fingerprint;
 pub mod grpc;
 pub mod identity;
@@ -17,7 +18,7 @@ pub mod reload;
 pub mod revocation;
 pub mod server;
 pub mod service;
+pub mod source;
 pub mod tls;
-pub mod verifiers;
 
 pub use service::Authd;

@@ -2,18 +2,16 @@
 //! user it may mint. Username template, group renames, allow-filter and prefix, reserved
 //! prefixes a source may not mint, and an `extra` entry naming the deciding source.
 //!
-//! Applied right after a source answers (`Mapped` wraps every built source), so cached
+//! Applied right after a source answers (`source::Mapped` wraps every built source), so cached
 //! verdicts hold the mapped identity. The cluster's own `extra` entry is added per request
 //! after the cache (`service.rs`), since one cached verdict serves every cluster.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
-use futures::future::{BoxFuture, FutureExt};
 use serde::Deserialize;
 
-use crate::identity::{Identity, Outcome};
-use crate::verifiers::Verifier;
+use crate::field::FieldError;
+use crate::identity::Identity;
 
 /// `extra` key naming the source that authenticated the user.
 pub const EXTRA_SOURCE: &str = "authd.kube-authd.io/source";
@@ -82,29 +80,36 @@ pub enum MappingError {
 const PLACEHOLDERS: [&str; 3] = ["{user}", "{uid}", "{source}"];
 
 impl Mapping {
-    /// Checks the template; the error says what is wrong (the caller names the field).
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks the template; the path is relative to the `mapping` table.
+    pub fn validate(&self) -> Result<(), FieldError> {
         let mut rest = self.username.clone();
         for p in PLACEHOLDERS {
             rest = rest.replace(p, "");
         }
         if rest.contains('{') || rest.contains('}') {
-            return Err(format!(
-                "mapping.username: {:?} has an unknown placeholder (known: {})",
-                self.username,
-                PLACEHOLDERS.join(", ")
+            return Err(FieldError::new(
+                "username",
+                format!(
+                    "{:?} has an unknown placeholder (known: {})",
+                    self.username,
+                    PLACEHOLDERS.join(", ")
+                ),
             ));
         }
         if !self.username.contains("{user}") && !self.username.contains("{uid}") {
-            return Err(format!(
-                "mapping.username: {:?} must contain {{user}} or {{uid}}, or every user would be the same",
-                self.username
+            return Err(FieldError::new(
+                "username",
+                format!(
+                    "{:?} must contain {{user}} or {{uid}}, or every user would be the same",
+                    self.username
+                ),
             ));
         }
         if self.reserved_prefixes.iter().any(String::is_empty) {
-            return Err(
-                "mapping.reserved_prefixes: an empty prefix would reserve everything".into(),
-            );
+            return Err(FieldError::new(
+                "reserved_prefixes",
+                "an empty prefix would reserve everything",
+            ));
         }
         Ok(())
     }
@@ -160,49 +165,6 @@ impl Mapping {
                 Some(prefix) => g.starts_with(prefix),
                 None => a == g,
             })
-    }
-}
-
-/// A source whose authenticated answers go through its mapping.
-pub struct Mapped {
-    inner: Arc<dyn Verifier>,
-    mapping: Mapping,
-}
-
-impl Mapped {
-    pub fn new(inner: Arc<dyn Verifier>, mapping: Mapping) -> Self {
-        Self { inner, mapping }
-    }
-}
-
-impl Verifier for Mapped {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-
-    fn owns(&self, token: &str) -> bool {
-        self.inner.owns(token)
-    }
-
-    fn verify<'a>(&'a self, token: &'a str, audiences: &'a [String]) -> BoxFuture<'a, Outcome> {
-        async move {
-            match self.inner.verify(token, audiences).await {
-                Outcome::Authenticated(id) => {
-                    match self.mapping.apply(self.inner.name(), id) {
-                        Ok(id) => Outcome::Authenticated(id),
-                        Err(why) => {
-                            // A source minting a reserved name is misconfigured or attacked:
-                            // a definitive no, and loud.
-                            tracing::warn!(source = %self.inner.name(), reason = %why,
-                                "rejected: identity mapping refused the source's answer");
-                            Outcome::Rejected
-                        }
-                    }
-                }
-                other => other,
-            }
-        }
-        .boxed()
     }
 }
 
@@ -269,7 +231,7 @@ mod tests {
             username: "{usr}".into(),
             ..Mapping::default()
         };
-        assert!(m.validate().unwrap_err().contains("mapping.username"));
+        assert_eq!(m.validate().unwrap_err().field, "username");
         let m = Mapping {
             username: "fixed".into(),
             ..Mapping::default()

@@ -3,7 +3,7 @@
 //!
 //! A token goes only to the sources that own its shape (`Verifier::owns`), in order; the
 //! first definitive answer decides. Each source already sits behind its identity mapping
-//! (`mapping::Mapped`, wrapped in `verifiers::build_all`), so the verdict names the mapped
+//! (`mapping::Mapped`, wrapped in `source::build_all`), so the verdict names the mapped
 //! user. Cluster policy is not part of the cached verdict: the service applies it after the
 //! cache (`admit`), so one cached verdict serves every cluster under its own policy.
 
@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::identity::{Identity, Outcome, Verdict};
 use crate::metrics::{Metrics, SourceLabels};
 use crate::policy::ClusterPolicy;
-use crate::verifiers::{self, Verifier};
+use crate::source::{self, Verifier};
 
 /// The parts of the configuration that a reload swaps as one.
 pub struct Pipeline {
@@ -28,7 +28,7 @@ impl Pipeline {
     /// policies; errors name the source and its field.
     pub fn from_config(config: &Config) -> anyhow::Result<Self> {
         Ok(Self {
-            sources: verifiers::build_all(&config.sources)?,
+            sources: source::build_all(&config.sources)?,
             clusters: config.clusters.clone(),
         })
     }

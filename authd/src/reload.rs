@@ -16,8 +16,9 @@ use sha2::{Digest, Sha256};
 
 use crate::config::Config;
 use crate::metrics::ReloadLabels;
-use crate::service::{Authd, Pipeline};
-use crate::verifiers;
+use crate::pipeline::Pipeline;
+use crate::service::Authd;
+use crate::source;
 
 /// How often files are polled.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -185,7 +186,7 @@ impl Watch {
 
 fn try_reload(authd: &Authd, load: &Loader) -> anyhow::Result<Config> {
     let config = load()?;
-    let sources = verifiers::build_all(&config.sources)?;
+    let sources = source::build_all(&config.sources)?;
     authd.reload(Pipeline {
         sources,
         clusters: config.clusters.clone(),

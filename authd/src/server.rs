@@ -128,10 +128,7 @@ impl Listeners {
                 .map(|(name, c)| (name.clone(), c.methods.iter().cloned().collect()))
                 .collect(),
         );
-        self.admin_authz = AdminAuthz::from_config(&crate::config::AdminConfig {
-            allowed_clients: config.admin_clients(),
-            token_file: config.admin.token_file.clone(),
-        })?;
+        self.admin_authz = AdminAuthz::from_config(&config.admin)?;
         self.max_calls = config.max_concurrent_calls;
         self.max_calls_per_connection = config.max_concurrent_calls_per_connection;
         Ok(self)

@@ -22,8 +22,7 @@ use crate::fingerprint::{Fingerprint, Fingerprinter};
 use crate::identity::Verdict;
 use crate::metrics::{Metrics, VerdictLabels};
 
-/// Kept at its old path for `reload.rs`.
-pub use crate::pipeline::Pipeline;
+use crate::pipeline::Pipeline;
 
 /// What a review came to, as the `result` label of `authd_verdicts` tells it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

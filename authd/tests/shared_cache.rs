@@ -20,7 +20,7 @@ use authd::fingerprint::Fingerprinter;
 use authd::identity::{Identity, Outcome};
 use authd::metrics::{LevelLabels, Metrics};
 use authd::pipeline::Pipeline;
-use authd::verifiers::Verifier;
+use authd::source::Verifier;
 use authd::Authd;
 use authd_proto::v1::{AuthenticateRequest, AuthenticateResponse};
 use futures::future::BoxFuture;

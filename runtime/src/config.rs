@@ -5,15 +5,17 @@ use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 
+/// A configuration file that could not be used: unreadable, or refused by the binary's
+/// parser (`E`, a [`FieldError`] unless the binary has a richer type).
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
+pub enum ConfigError<E: std::error::Error + 'static = FieldError> {
     #[error("config file {path}: cannot read: {source}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
     #[error("config file {path}: {source}")]
-    Invalid { path: PathBuf, source: FieldError },
+    Invalid { path: PathBuf, source: E },
 }
 
 /// A bad setting: where it is (a dotted path from the top of the file, e.g.
@@ -52,10 +54,10 @@ impl FieldError {
 
 /// Reads `path` and hands its text to `parse` together with the file's folder, which
 /// anchors relative paths; `parse`'s error is reported against the file.
-pub fn load<T>(
+pub fn load<T, E: std::error::Error + 'static>(
     path: &Path,
-    parse: impl FnOnce(&str, &Path) -> Result<T, FieldError>,
-) -> Result<T, ConfigError> {
+    parse: impl FnOnce(&str, &Path) -> Result<T, E>,
+) -> Result<T, ConfigError<E>> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,

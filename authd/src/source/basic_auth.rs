@@ -7,13 +7,19 @@
 //! `ca_file` when given, one timeout for the whole call, no redirects (a redirect would
 //! re-send the password elsewhere) and no proxy from the environment.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::{BoxFuture, FutureExt};
 use serde::Deserialize;
 
-use super::Verifier;
+use super::common::{
+    check_prefix, check_separator, check_timeout, http_roots, resolve, split_user_password,
+    FileError,
+};
+use super::{BuildError, Kind, Verifier};
+use crate::field::FieldError;
 use crate::identity::{Identity, Outcome};
 use crate::mapping::Mapping;
 
@@ -24,9 +30,10 @@ pub const MAX_PASSWORD_BYTES: usize = 1024;
 /// Most response-body bytes read (and discarded) so the connection can be reused.
 const MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// `type = "basic_auth"`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct BasicAuthConfig {
+pub struct Config {
     pub name: String,
     /// `https://idp.example/basic-auth/{user}`; `{user}` (optional, path only) is
     /// replaced by the percent-encoded user name.
@@ -55,27 +62,44 @@ fn default_timeout() -> Duration {
     Duration::from_secs(2)
 }
 
-impl BasicAuthConfig {
-    /// Checks the fields; errors start with the field name.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.separator.is_empty() {
-            return Err("separator: must not be empty".into());
-        }
-        if self.prefix.as_deref() == Some("") {
-            return Err("prefix: must not be empty when set".into());
-        }
-        if self.timeout.is_zero() {
-            return Err("timeout: must be more than zero".into());
-        }
+impl Kind for Config {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn mapping(&self) -> &Mapping {
+        &self.mapping
+    }
+
+    fn files(&self) -> Vec<&Path> {
+        self.ca_file.iter().map(PathBuf::as_path).collect()
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        self.ca_file.iter_mut().for_each(|p| resolve(base, p));
+    }
+
+    fn validate(&self) -> Result<(), FieldError> {
+        check_separator(&self.separator)?;
+        check_prefix(self.prefix.as_deref())?;
+        check_timeout("timeout", self.timeout)?;
+        self.validate_url()
+            .map_err(|message| FieldError::new("url", message))
+    }
+
+    fn build(&self) -> Result<Arc<dyn Verifier>, BuildError> {
+        Ok(Arc::new(BasicAuth::new(self)?))
+    }
+}
+
+impl Config {
+    fn validate_url(&self) -> Result<(), String> {
         let Some(scheme_end) = self.url.find("://") else {
-            return Err(format!(
-                "url: {:?} has no scheme (use https://...)",
-                self.url
-            ));
+            return Err(format!("{:?} has no scheme (use https://...)", self.url));
         };
         let scheme = &self.url[..scheme_end];
         if scheme != "https" && scheme != "http" {
-            return Err(format!("url: scheme {scheme:?} is not http or https"));
+            return Err(format!("scheme {scheme:?} is not http or https"));
         }
         let query_at = self.url.find(['?', '#']).unwrap_or(self.url.len());
         if let Some(at) = self.url.find("{user}") {
@@ -84,19 +108,19 @@ impl BasicAuthConfig {
                 .map(|i| i + scheme_end + 3);
             if host_end.is_none_or(|h| at < h) || at > query_at {
                 return Err(format!(
-                    "url: {{user}} may only appear in the path of {:?}",
+                    "{{user}} may only appear in the path of {:?}",
                     self.url
                 ));
             }
         }
         let sample = reqwest::Url::parse(&self.url.replace("{user}", "x"))
-            .map_err(|e| format!("url: {:?} is not a valid URL: {e}", self.url))?;
+            .map_err(|e| format!("{:?} is not a valid URL: {e}", self.url))?;
         if !sample.username().is_empty() || sample.password().is_some() {
-            return Err("url: must not hold credentials; the token's are sent instead".into());
+            return Err("must not hold credentials; the token's are sent instead".into());
         }
         if self.url.replace("{user}", "").contains(['{', '}']) {
             return Err(format!(
-                "url: {:?} has an unknown placeholder (only {{user}})",
+                "{:?} has an unknown placeholder (only {{user}})",
                 self.url
             ));
         }
@@ -106,8 +130,8 @@ impl BasicAuthConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BasicAuthError {
-    #[error("ca_file {path}: {message}")]
-    Ca { path: PathBuf, message: String },
+    #[error(transparent)]
+    Ca(#[from] FileError),
     #[error("cannot build the HTTP client: {0}")]
     Client(String),
 }
@@ -127,7 +151,7 @@ pub struct BasicAuth {
 
 impl BasicAuth {
     /// Builds the client (reads `ca_file`); does not contact the service.
-    pub fn new(c: &BasicAuthConfig) -> Result<Self, BasicAuthError> {
+    pub fn new(c: &Config) -> Result<Self, BasicAuthError> {
         let mut b = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
@@ -135,17 +159,7 @@ impl BasicAuth {
             .connect_timeout(c.timeout)
             .pool_idle_timeout(Duration::from_secs(90));
         if let Some(path) = &c.ca_file {
-            let ca_err = |message: String| BasicAuthError::Ca {
-                path: path.clone(),
-                message,
-            };
-            let pem = std::fs::read(path).map_err(|e| ca_err(format!("cannot read: {e}")))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| ca_err(format!("not a PEM certificate bundle: {e}")))?;
-            if certs.is_empty() {
-                return Err(ca_err("holds no certificate".into()));
-            }
-            b = b.tls_certs_only(certs);
+            b = b.tls_certs_only(http_roots("ca_file", path)?);
         }
         let client = b
             .build()
@@ -167,12 +181,7 @@ impl BasicAuth {
 
     /// The `user`, `password` parts of an owned token.
     fn split<'t>(&self, token: &'t str) -> Option<(&'t str, &'t str)> {
-        let rest = match &self.prefix {
-            Some(p) => token.strip_prefix(p.as_str())?,
-            None => token,
-        };
-        let (user, password) = rest.split_once(self.separator.as_str())?;
-        (!user.is_empty()).then_some((user, password))
+        split_user_password(self.prefix.as_deref(), &self.separator, token)
     }
 
     async fn check(&self, user: &str, password: &str) -> Outcome {
@@ -287,7 +296,7 @@ impl Verifier for BasicAuth {
 mod tests {
     use super::*;
 
-    fn config(url: &str) -> BasicAuthConfig {
+    fn config(url: &str) -> Config {
         toml::from_str(&format!("name = 'b'\nurl = {url:?}\n")).unwrap()
     }
 
@@ -306,7 +315,7 @@ mod tests {
             "https://idp.example/{username}",
         ] {
             let e = config(bad).validate().unwrap_err();
-            assert!(e.starts_with("url:"), "{bad}: {e}");
+            assert_eq!(e.field, "url", "{bad}: {e}");
         }
     }
 

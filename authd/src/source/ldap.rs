@@ -13,17 +13,23 @@
 //! message that never contains the password.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use ldap3::{ldap_escape, Ldap, LdapConnAsync, LdapConnSettings, Scope, SearchEntry};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
+use serde::Deserialize;
 use tokio::sync::Mutex;
 
-use super::Verifier;
-use crate::config::LdapConfig;
+use super::common::{
+    check_prefix, check_separator, check_timeout, read_secret, resolve, split_user_password,
+    tls_roots, FileError, LdapUrl,
+};
+use super::{BuildError, Kind, Verifier};
+use crate::field::FieldError;
 use crate::identity::{Identity, Outcome};
+use crate::mapping::Mapping;
 
 /// Longest user name looked up; longer ones are rejected without a query.
 const MAX_USER_LEN: usize = 256;
@@ -34,15 +40,134 @@ const MAX_GROUPS: usize = 1000;
 /// LDAP result code for a failed bind (RFC 4511).
 const INVALID_CREDENTIALS: u32 = 49;
 
-#[derive(Debug, thiserror::Error)]
-pub enum LdapSetupError {
-    #[error("bind_password_file {path}: cannot read: {source}")]
-    Password {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("ca_file {path}: {message}")]
-    Ca { path: String, message: String },
+/// LDAP source: find the user with a service bind and search, check the password with a
+/// bind as the user, read groups and attributes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub name: String,
+    /// How answers map to Kubernetes users.
+    #[serde(default)]
+    pub mapping: Mapping,
+    /// `ldap://host:389` or `ldaps://host:636`.
+    pub url: LdapUrl,
+    /// Upgrade an `ldap://` connection with StartTLS before any bind.
+    #[serde(default)]
+    pub starttls: bool,
+    /// PEM CA bundle trusted for ldaps/StartTLS instead of the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// DN of the service account used to search for users and groups.
+    pub bind_dn: String,
+    /// File holding the service account's password (trailing newline ignored).
+    pub bind_password_file: PathBuf,
+    /// Only tokens starting with this are owned (and it is stripped before splitting).
+    pub prefix: Option<String>,
+    /// Between user name and password; the token is split at its first occurrence.
+    #[serde(default = "default_separator")]
+    pub separator: String,
+    /// Search base for users (subtree).
+    pub user_base: String,
+    /// Filter template; `{user}` is replaced by the RFC 4515-escaped user name.
+    #[serde(default = "default_user_filter")]
+    pub user_filter: String,
+    /// Attribute giving the Kubernetes user name; the typed name when absent.
+    #[serde(default = "default_username_attribute")]
+    pub username_attribute: String,
+    /// Attribute giving the Kubernetes uid; the entry's DN when absent.
+    #[serde(default = "default_uid_attribute")]
+    pub uid_attribute: String,
+    /// Groups by search: base for the group search. Without it, groups are read from
+    /// `member_of_attribute` on the user entry.
+    pub group_base: Option<String>,
+    /// Group search filter template; `{dn}` is replaced by the escaped member DN.
+    #[serde(default = "default_group_filter")]
+    pub group_filter: String,
+    /// Attribute of a group entry giving the group name.
+    #[serde(default = "default_group_name_attribute")]
+    pub group_name_attribute: String,
+    /// How many levels of groups-in-groups to follow in group search mode (0: direct only).
+    #[serde(default)]
+    pub group_nesting_depth: u32,
+    /// User attribute listing group DNs (memberOf overlay) when `group_base` is not set.
+    #[serde(default = "default_member_of_attribute")]
+    pub member_of_attribute: String,
+    /// LDAP attribute -> key in the user's `extra`.
+    #[serde(default)]
+    pub extra_attributes: BTreeMap<String, String>,
+    /// Connect and per-operation limit, and the bound on one whole check.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_separator() -> String {
+    ":".into()
+}
+fn default_user_filter() -> String {
+    "(uid={user})".into()
+}
+fn default_username_attribute() -> String {
+    "uid".into()
+}
+fn default_uid_attribute() -> String {
+    "entryUUID".into()
+}
+fn default_group_filter() -> String {
+    "(member={dn})".into()
+}
+fn default_group_name_attribute() -> String {
+    "cn".into()
+}
+fn default_member_of_attribute() -> String {
+    "memberOf".into()
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+impl Kind for Config {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn mapping(&self) -> &Mapping {
+        &self.mapping
+    }
+
+    fn files(&self) -> Vec<&Path> {
+        std::iter::once(self.bind_password_file.as_path())
+            .chain(self.ca_file.as_deref())
+            .collect()
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        resolve(base, &mut self.bind_password_file);
+        self.ca_file.iter_mut().for_each(|p| resolve(base, p));
+    }
+
+    fn validate(&self) -> Result<(), FieldError> {
+        if self.starttls && self.url.as_url().scheme() == "ldaps" {
+            return Err(FieldError::new(
+                "starttls",
+                "cannot be combined with an ldaps:// url",
+            ));
+        }
+        check_separator(&self.separator)?;
+        check_prefix(self.prefix.as_deref())?;
+        if !self.user_filter.contains("{user}") {
+            return Err(FieldError::new("user_filter", "must contain {user}"));
+        }
+        if self.group_base.is_some() && !self.group_filter.contains("{dn}") {
+            return Err(FieldError::new("group_filter", "must contain {dn}"));
+        }
+        if self.group_nesting_depth > 8 {
+            return Err(FieldError::new("group_nesting_depth", "at most 8"));
+        }
+        check_timeout("timeout", self.timeout)
+    }
+
+    fn build(&self) -> Result<Arc<dyn Verifier>, BuildError> {
+        Ok(Arc::new(LdapVerifier::new(self)?))
+    }
 }
 
 /// A fault talking to the directory; the message is safe to log (no password).
@@ -64,7 +189,7 @@ struct Shared {
 
 pub struct LdapVerifier {
     name: String,
-    config: LdapConfig,
+    config: Config,
     bind_password: String,
     settings: LdapConnSettings,
     service: Mutex<Shared>,
@@ -72,19 +197,13 @@ pub struct LdapVerifier {
 
 impl LdapVerifier {
     /// Reads the service password and CA; does not connect (the directory may come up later).
-    pub fn new(config: &LdapConfig) -> Result<Self, LdapSetupError> {
-        let bind_password = std::fs::read_to_string(&config.bind_password_file)
-            .map_err(|source| LdapSetupError::Password {
-                path: config.bind_password_file.display().to_string(),
-                source,
-            })?
-            .trim_end_matches(['\r', '\n'])
-            .to_owned();
+    pub fn new(config: &Config) -> Result<Self, FileError> {
+        let bind_password = read_secret("bind_password_file", &config.bind_password_file)?;
         let mut settings = LdapConnSettings::new()
             .set_conn_timeout(config.timeout)
             .set_starttls(config.starttls);
         if let Some(path) = &config.ca_file {
-            settings = settings.set_config(Arc::new(client_config(path)?));
+            settings = settings.set_config(Arc::new(tls_roots("ca_file", path)?));
         }
         Ok(Self {
             name: config.name.clone(),
@@ -99,13 +218,14 @@ impl LdapVerifier {
     }
 
     fn split<'t>(&self, token: &'t str) -> Option<(&'t str, &'t str)> {
-        split_token(self.config.prefix.as_deref(), &self.config.separator, token)
+        split_user_password(self.config.prefix.as_deref(), &self.config.separator, token)
     }
 
     async fn connect(&self) -> Result<Ldap, Fault> {
-        let (conn, ldap) = LdapConnAsync::with_settings(self.settings.clone(), &self.config.url)
-            .await
-            .map_err(|e| Fault::new("connect", e))?;
+        let (conn, ldap) =
+            LdapConnAsync::from_url_with_settings(self.settings.clone(), self.config.url.as_url())
+                .await
+                .map_err(|e| Fault::new("connect", e))?;
         // The driver ends when the connection closes; its error only matters to the
         // operations in flight, which see it themselves.
         tokio::spawn(async move {
@@ -333,21 +453,6 @@ impl Verifier for LdapVerifier {
     }
 }
 
-/// Splits an owned token into user and password: `[prefix]user<separator>password`, at the
-/// first separator, with a non-empty user name. `None`: not this source's shape.
-fn split_token<'t>(
-    prefix: Option<&str>,
-    separator: &str,
-    token: &'t str,
-) -> Option<(&'t str, &'t str)> {
-    let rest = match prefix {
-        Some(p) => token.strip_prefix(p)?,
-        None => token,
-    };
-    let (user, password) = rest.split_once(separator)?;
-    (!user.is_empty()).then_some((user, password))
-}
-
 fn attr<'e>(entry: &'e SearchEntry, name: &str) -> &'e [String] {
     // Attribute names are case-insensitive; servers answer in their own spelling.
     entry
@@ -399,41 +504,9 @@ fn first_rdn_value(dn: &str) -> Option<String> {
     (!value.is_empty()).then_some(value)
 }
 
-fn client_config(path: &std::path::Path) -> Result<rustls::ClientConfig, LdapSetupError> {
-    let ca_err = |message: String| LdapSetupError::Ca {
-        path: path.display().to_string(),
-        message,
-    };
-    let mut roots = rustls::RootCertStore::empty();
-    let certs =
-        CertificateDer::pem_file_iter(path).map_err(|e| ca_err(format!("cannot read: {e}")))?;
-    for cert in certs {
-        let cert = cert.map_err(|e| ca_err(format!("bad PEM: {e}")))?;
-        roots
-            .add(cert)
-            .map_err(|e| ca_err(format!("bad certificate: {e}")))?;
-    }
-    if roots.is_empty() {
-        return Err(ca_err("no certificates found".into()));
-    }
-    Ok(rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tokens_split_at_the_first_separator() {
-        assert_eq!(split_token(None, ":", "a:b:c"), Some(("a", "b:c")));
-        assert_eq!(split_token(None, ":", "a:"), Some(("a", "")));
-        assert_eq!(split_token(None, ":", ":pw"), None);
-        assert_eq!(split_token(None, ":", "opaque"), None);
-        assert_eq!(split_token(Some("l/"), "::", "l/a::b"), Some(("a", "b")));
-        assert_eq!(split_token(Some("l/"), "::", "a::b"), None);
-    }
 
     #[test]
     fn first_rdn_value_unescapes() {

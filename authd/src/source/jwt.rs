@@ -10,9 +10,9 @@
 //! `jwks_min_refresh`. While the JWKS cannot be fetched, tokens signed with cached keys still
 //! verify and tokens naming unknown keys are "could not decide", never a cached no.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine;
@@ -22,7 +22,9 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::Verifier;
+use super::common::{check_timeout, http_roots, resolve, FileError, HttpUrl};
+use super::{BuildError, Kind, Verifier};
+use crate::field::{FieldError, Removed};
 use crate::identity::{Identity, Outcome};
 use crate::mapping::Mapping;
 
@@ -31,9 +33,10 @@ const MAX_TOKEN_BYTES: usize = 16 * 1024;
 /// Largest JWKS document accepted.
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
 
+/// `type = "jwt"`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct JwtConfig {
+pub struct Config {
     pub name: String,
     /// Exact `iss` value; the source owns tokens claiming it.
     pub issuer: String,
@@ -49,7 +52,7 @@ pub struct JwtConfig {
     #[serde(default)]
     pub keys: Vec<PathBuf>,
     /// JWKS document URL.
-    pub jwks_url: Option<String>,
+    pub jwks_url: Option<HttpUrl>,
     /// PEM CA bundle trusted (alone) for `jwks_url`.
     pub ca_file: Option<PathBuf>,
     /// Limit for one JWKS fetch.
@@ -63,14 +66,38 @@ pub struct JwtConfig {
     pub leeway: Duration,
     #[serde(default = "default_username_claim")]
     pub username_claim: String,
-    #[serde(default)]
-    pub username_prefix: String,
     /// Claim holding a list of group names (or one name); no groups without it.
     pub groups_claim: Option<String>,
-    #[serde(default)]
-    pub groups_prefix: String,
+    /// Prefixes, renames and filters: the same `mapping` every source has.
     #[serde(default)]
     pub mapping: Mapping,
+    /// Removed: one way to prefix names, the mapping.
+    #[serde(
+        default,
+        rename = "username_prefix",
+        deserialize_with = "removed_username_prefix"
+    )]
+    _username_prefix: Removed,
+    /// Removed: one way to prefix names, the mapping.
+    #[serde(
+        default,
+        rename = "groups_prefix",
+        deserialize_with = "removed_groups_prefix"
+    )]
+    _groups_prefix: Removed,
+}
+
+fn removed_username_prefix<'de, D: serde::Deserializer<'de>>(_: D) -> Result<Removed, D::Error> {
+    Err(serde::de::Error::custom(
+        "username_prefix was removed: write mapping.username = \"<prefix>{user}\" instead",
+    ))
+}
+
+fn removed_groups_prefix<'de, D: serde::Deserializer<'de>>(_: D) -> Result<Removed, D::Error> {
+    Err(serde::de::Error::custom(
+        "groups_prefix was removed: write mapping.group_prefix = \"<prefix>\" instead \
+         (mapping.group_renames and allow_groups see the names without it)",
+    ))
 }
 
 fn default_jwks_timeout() -> Duration {
@@ -86,70 +113,83 @@ fn default_username_claim() -> String {
     "sub".into()
 }
 
-impl JwtConfig {
-    pub fn resolve_paths(&mut self, fix: &dyn Fn(&mut PathBuf)) {
-        self.keys.iter_mut().for_each(fix);
-        self.ca_file.iter_mut().for_each(fix);
+impl Kind for Config {
+    fn name(&self) -> &str {
+        &self.name
     }
 
-    pub fn files(&self) -> Vec<PathBuf> {
-        self.keys.iter().chain(&self.ca_file).cloned().collect()
+    fn mapping(&self) -> &Mapping {
+        &self.mapping
     }
 
-    fn parsed_algorithms(&self) -> Result<Vec<Algorithm>, String> {
+    fn files(&self) -> Vec<&Path> {
+        self.keys
+            .iter()
+            .chain(&self.ca_file)
+            .map(PathBuf::as_path)
+            .collect()
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        for p in self.keys.iter_mut().chain(self.ca_file.as_mut()) {
+            resolve(base, p);
+        }
+    }
+
+    fn validate(&self) -> Result<(), FieldError> {
+        if self.issuer.is_empty() {
+            return Err(FieldError::new("issuer", "must not be empty"));
+        }
+        if self.audiences.is_empty() || self.audiences.iter().any(String::is_empty) {
+            return Err(FieldError::new(
+                "audiences",
+                "at least one non-empty audience is required",
+            ));
+        }
+        if self.parsed_algorithms()?.is_empty() {
+            return Err(FieldError::new(
+                "algorithms",
+                "at least one algorithm is required",
+            ));
+        }
+        if self.keys.is_empty() && self.jwks_url.is_none() {
+            return Err(FieldError::new(
+                "keys",
+                "give PEM key files in keys, or a jwks_url",
+            ));
+        }
+        if self.leeway > Duration::from_secs(300) {
+            return Err(FieldError::new("leeway", "at most 5m"));
+        }
+        check_timeout("jwks_timeout", self.jwks_timeout)?;
+        if self.username_claim.is_empty() {
+            return Err(FieldError::new("username_claim", "must not be empty"));
+        }
+        Ok(())
+    }
+
+    fn build(&self) -> Result<Arc<dyn Verifier>, BuildError> {
+        Ok(Arc::new(Jwt::new(self)?))
+    }
+}
+
+impl Config {
+    fn parsed_algorithms(&self) -> Result<Vec<Algorithm>, FieldError> {
         self.algorithms
             .iter()
             .map(|a| {
                 let alg = Algorithm::from_str(a).map_err(|_| {
-                    format!("algorithms: {a:?} is not a JWS algorithm (e.g. RS256, ES256, EdDSA); \"none\" is never accepted")
+                    FieldError::new("algorithms", format!("{a:?} is not a JWS algorithm (e.g. RS256, ES256, EdDSA); \"none\" is never accepted"))
                 })?;
                 if alg.family() == AlgorithmFamily::Hmac {
-                    return Err(format!(
-                        "algorithms: {a:?} is HMAC; only public-key algorithms are accepted"
+                    return Err(FieldError::new(
+                        "algorithms",
+                        format!("{a:?} is HMAC; only public-key algorithms are accepted"),
                     ));
                 }
                 Ok(alg)
             })
             .collect()
-    }
-
-    /// Checks the fields; errors start with the field name.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.issuer.is_empty() {
-            return Err("issuer: must not be empty".into());
-        }
-        if self.audiences.is_empty() || self.audiences.iter().any(String::is_empty) {
-            return Err("audiences: at least one non-empty audience is required".into());
-        }
-        if self.parsed_algorithms()?.is_empty() {
-            return Err("algorithms: at least one algorithm is required".into());
-        }
-        if self.keys.is_empty() && self.jwks_url.is_none() {
-            return Err("keys: give PEM key files in keys, or a jwks_url".into());
-        }
-        if let Some(u) = &self.jwks_url {
-            let url = reqwest::Url::parse(u)
-                .map_err(|e| format!("jwks_url: {u:?} is not a valid URL: {e}"))?;
-            if url.scheme() != "https" && url.scheme() != "http" {
-                return Err(format!(
-                    "jwks_url: scheme {:?} is not http or https",
-                    url.scheme()
-                ));
-            }
-            if !url.username().is_empty() || url.password().is_some() {
-                return Err("jwks_url: must not hold credentials".into());
-            }
-        }
-        if self.leeway > Duration::from_secs(300) {
-            return Err("leeway: at most 5m".into());
-        }
-        if self.jwks_timeout.is_zero() {
-            return Err("jwks_timeout: must be more than zero".into());
-        }
-        if self.username_claim.is_empty() {
-            return Err("username_claim: must not be empty".into());
-        }
-        Ok(())
     }
 }
 
@@ -157,10 +197,10 @@ impl JwtConfig {
 pub enum JwtError {
     #[error("keys: {path}: {message}")]
     Key { path: PathBuf, message: String },
-    #[error("ca_file {path}: {message}")]
-    Ca { path: PathBuf, message: String },
-    #[error("{0}")]
-    Config(String),
+    #[error(transparent)]
+    Ca(#[from] FileError),
+    #[error(transparent)]
+    Config(#[from] FieldError),
 }
 
 /// A verification key and the `kid` it was published under, if any.
@@ -178,7 +218,7 @@ struct JwksState {
 }
 
 struct Jwks {
-    url: String,
+    url: HttpUrl,
     client: reqwest::Client,
     min_refresh: Duration,
     state: RwLock<JwksState>,
@@ -196,9 +236,7 @@ pub struct Jwt {
     jwks: Option<Jwks>,
     leeway: Duration,
     username_claim: String,
-    username_prefix: String,
     groups_claim: Option<String>,
-    groups_prefix: String,
 }
 
 /// What key lookup found for a token.
@@ -212,8 +250,8 @@ enum Keys {
 
 impl Jwt {
     /// Reads the static keys and builds the JWKS client; does not fetch anything.
-    pub fn new(c: &JwtConfig) -> Result<Self, JwtError> {
-        let algorithms = c.parsed_algorithms().map_err(JwtError::Config)?;
+    pub fn new(c: &Config) -> Result<Self, JwtError> {
+        let algorithms = c.parsed_algorithms()?;
         let mut static_keys = Vec::new();
         for path in &c.keys {
             let key_err = |message: String| JwtError::Key {
@@ -246,19 +284,11 @@ impl Jwt {
                     .timeout(c.jwks_timeout)
                     .connect_timeout(c.jwks_timeout);
                 if let Some(path) = &c.ca_file {
-                    let ca_err = |message: String| JwtError::Ca {
-                        path: path.clone(),
-                        message,
-                    };
-                    let pem =
-                        std::fs::read(path).map_err(|e| ca_err(format!("cannot read: {e}")))?;
-                    let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                        .map_err(|e| ca_err(format!("not a PEM certificate bundle: {e}")))?;
-                    b = b.tls_certs_only(certs);
+                    b = b.tls_certs_only(http_roots("ca_file", path)?);
                 }
-                let client = b
-                    .build()
-                    .map_err(|e| JwtError::Config(format!("jwks_url: cannot build client: {e}")))?;
+                let client = b.build().map_err(|e| {
+                    FieldError::new("jwks_url", format!("cannot build client: {e}"))
+                })?;
                 Some(Jwks {
                     url: url.clone(),
                     client,
@@ -278,9 +308,7 @@ impl Jwt {
             jwks,
             leeway: c.leeway,
             username_claim: c.username_claim.clone(),
-            username_prefix: c.username_prefix.clone(),
             groups_claim: c.groups_claim.clone(),
-            groups_prefix: c.groups_prefix.clone(),
         })
     }
 
@@ -374,18 +402,13 @@ impl Jwt {
             Vec::new()
         };
         let username = match claims.get(&self.username_claim).and_then(Value::as_str) {
-            Some(u) if !u.is_empty() => format!("{}{u}", self.username_prefix),
+            Some(u) if !u.is_empty() => u.to_owned(),
             _ => return reject("username claim missing or not a string"),
         };
         let groups = self
             .groups_claim
             .as_ref()
-            .map(|c| {
-                string_list(claims.get(c))
-                    .into_iter()
-                    .map(|g| format!("{}{g}", self.groups_prefix))
-                    .collect()
-            })
+            .map(|c| string_list(claims.get(c)))
             .unwrap_or_default();
         let expires_at = claims
             .get("exp")
@@ -489,7 +512,7 @@ impl Jwks {
     async fn fetch(&self) -> Result<Vec<Key>, String> {
         let mut resp = self
             .client
-            .get(&self.url)
+            .get(self.url.as_url().clone())
             .send()
             .await
             .map_err(|e| e.without_url().to_string())?;
@@ -554,12 +577,12 @@ impl Verifier for Jwt {
 mod tests {
     use super::*;
 
-    fn config(extra: &str) -> Result<JwtConfig, String> {
-        let c: JwtConfig = toml::from_str(&format!(
+    fn config(extra: &str) -> Result<Config, String> {
+        let c: Config = toml::from_str(&format!(
             "name = 'j'\nissuer = 'https://idp'\naudiences = ['k8s']\njwks_url = 'https://idp/jwks'\n{extra}"
         ))
         .map_err(|e| e.to_string())?;
-        c.validate()?;
+        c.validate().map_err(|e| e.to_string())?;
         Ok(c)
     }
 

@@ -10,12 +10,13 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
 use hmac::{Hmac, Mac};
+use serde::Deserialize;
 use sha2::Sha256;
 use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -23,9 +24,11 @@ use sqlx::Row;
 use subtle::ConstantTimeEq;
 use tokio::sync::OnceCell;
 
-use super::Verifier;
-use crate::config::PostgresConfig;
+use super::common::{check_timeout, read_secret, resolve, FileError};
+use super::{BuildError, Kind, Verifier};
+use crate::field::FieldError;
 use crate::identity::{Identity, Outcome};
+use crate::mapping::Mapping;
 
 /// Hex digits of a token id (8 random bytes).
 pub const ID_LEN: usize = 16;
@@ -34,14 +37,95 @@ pub const SECRET_LEN: usize = 64;
 /// Shortest accepted secret key.
 const MIN_KEY_LEN: usize = 32;
 
+/// PostgreSQL source: opaque tokens looked up by id, secret checked against a keyed hash.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub name: String,
+    /// How answers map to Kubernetes users.
+    #[serde(default)]
+    pub mapping: Mapping,
+    /// `postgres://user@host:port/db`; put the password in `password_file`, not here.
+    pub database_url: String,
+    /// File holding the database password (trailing newline ignored).
+    pub password_file: Option<PathBuf>,
+    /// Key (at least 32 bytes) for the HMAC-SHA256 of token secrets.
+    pub secret_key_file: PathBuf,
+    /// Token prefix; the source owns only tokens of the form `<prefix><id>.<secret>`.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// Apply the schema migrations at start.
+    #[serde(default)]
+    pub migrate: bool,
+    /// Pool size.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    /// Acquire and statement limit, and the bound on one whole lookup.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_prefix() -> String {
+    "kad_".into()
+}
+fn default_max_connections() -> u32 {
+    8
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+impl Kind for Config {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn mapping(&self) -> &Mapping {
+        &self.mapping
+    }
+
+    fn files(&self) -> Vec<&Path> {
+        std::iter::once(self.secret_key_file.as_path())
+            .chain(self.password_file.as_deref())
+            .collect()
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        resolve(base, &mut self.secret_key_file);
+        self.password_file.iter_mut().for_each(|p| resolve(base, p));
+    }
+
+    fn validate(&self) -> Result<(), FieldError> {
+        if !(self.database_url.starts_with("postgres://")
+            || self.database_url.starts_with("postgresql://"))
+        {
+            return Err(FieldError::new(
+                "database_url",
+                "must start with postgres:// or postgresql://",
+            ));
+        }
+        // The id/secret split is at the first '.', and the prefix is matched literally.
+        if self.prefix.is_empty() || self.prefix.contains('.') {
+            return Err(FieldError::new(
+                "prefix",
+                "must be non-empty and contain no '.'",
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err(FieldError::new("max_connections", "must be at least 1"));
+        }
+        check_timeout("timeout", self.timeout)
+    }
+
+    fn build(&self) -> Result<Arc<dyn Verifier>, BuildError> {
+        Ok(PostgresVerifier::new(self)?)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
-pub enum SqlError {
-    #[error("{field} {path}: cannot read: {source}")]
-    Read {
-        field: &'static str,
-        path: String,
-        source: std::io::Error,
-    },
+pub enum PostgresError {
+    #[error(transparent)]
+    Read(#[from] FileError),
     #[error("secret_key_file {path}: key must be at least {MIN_KEY_LEN} bytes, found {len}")]
     ShortKey { path: String, len: usize },
     #[error("database_url: {0}")]
@@ -75,20 +159,17 @@ impl MigrationSource<'static> for Embedded {
 }
 
 /// Applies the shipped migrations (idempotent; sqlx records them in `_sqlx_migrations`).
-pub async fn migrate(pool: &PgPool) -> Result<(), SqlError> {
+pub async fn migrate(pool: &PgPool) -> Result<(), PostgresError> {
     Migrator::new(Embedded).await?.run(pool).await?;
     Ok(())
 }
 
 /// Reads the HMAC key for token secrets.
-pub fn read_key(path: &Path) -> Result<Vec<u8>, SqlError> {
-    let key = std::fs::read(path).map_err(|source| SqlError::Read {
-        field: "secret_key_file",
-        path: path.display().to_string(),
-        source,
-    })?;
+pub fn read_key(path: &Path) -> Result<Vec<u8>, PostgresError> {
+    let key = std::fs::read(path)
+        .map_err(|e| FileError::new("secret_key_file", path, format!("cannot read: {e}")))?;
     if key.len() < MIN_KEY_LEN {
-        return Err(SqlError::ShortKey {
+        return Err(PostgresError::ShortKey {
             path: path.display().to_string(),
             len: key.len(),
         });
@@ -102,15 +183,10 @@ pub fn connect_options(
     url: &str,
     password_file: Option<&Path>,
     timeout: Duration,
-) -> Result<PgConnectOptions, SqlError> {
-    let mut options: PgConnectOptions = url.parse().map_err(SqlError::Url)?;
+) -> Result<PgConnectOptions, PostgresError> {
+    let mut options: PgConnectOptions = url.parse().map_err(PostgresError::Url)?;
     if let Some(path) = password_file {
-        let password = std::fs::read_to_string(path).map_err(|source| SqlError::Read {
-            field: "password_file",
-            path: path.display().to_string(),
-            source,
-        })?;
-        options = options.password(password.trim_end_matches(['\r', '\n']));
+        options = options.password(&read_secret("password_file", path)?);
     }
     Ok(options
         .application_name("kube-authd")
@@ -164,10 +240,11 @@ pub async fn create_token(
     key: &[u8],
     prefix: &str,
     new: &NewToken,
-) -> Result<(String, String), SqlError> {
+) -> Result<(String, String), PostgresError> {
     let id = hex::encode(rand::random::<[u8; ID_LEN / 2]>());
     let secret = hex::encode(rand::random::<[u8; SECRET_LEN / 2]>());
-    let extra = serde_json::to_string(&new.extra).map_err(|e| SqlError::Extra(e.to_string()))?;
+    let extra =
+        serde_json::to_string(&new.extra).map_err(|e| PostgresError::Extra(e.to_string()))?;
     let ttl_secs = new.ttl.map(|t| t.as_secs_f64());
     sqlx::query(
         "INSERT INTO authd_tokens (id, secret_hash, username, uid, groups, extra, expires_at) \
@@ -187,7 +264,7 @@ pub async fn create_token(
 }
 
 /// Sets `disabled` on a token; returns whether a row was found.
-pub async fn disable_token(pool: &PgPool, id: &str) -> Result<bool, SqlError> {
+pub async fn disable_token(pool: &PgPool, id: &str) -> Result<bool, PostgresError> {
     let done = sqlx::query("UPDATE authd_tokens SET disabled = true WHERE id = $1")
         .bind(id)
         .execute(pool)
@@ -200,7 +277,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime_serde::re::humantime::parse_duration(s).map_err(|e| e.to_string())
 }
 
-pub struct SqlVerifier {
+pub struct PostgresVerifier {
     name: String,
     prefix: String,
     key: Vec<u8>,
@@ -211,10 +288,10 @@ pub struct SqlVerifier {
     migrated: OnceCell<()>,
 }
 
-impl SqlVerifier {
+impl PostgresVerifier {
     /// Builds the pool (lazily connected); with `migrate = true` starts applying the schema
     /// at once, in the background, so a database that is still down does not stop start-up.
-    pub fn new(config: &PostgresConfig) -> Result<Arc<Self>, SqlError> {
+    pub fn new(config: &Config) -> Result<Arc<Self>, PostgresError> {
         let options = connect_options(
             &config.database_url,
             config.password_file.as_deref(),
@@ -244,7 +321,7 @@ impl SqlVerifier {
         Ok(verifier)
     }
 
-    async fn ensure_migrated(&self) -> Result<(), SqlError> {
+    async fn ensure_migrated(&self) -> Result<(), PostgresError> {
         if !self.migrate {
             return Ok(());
         }
@@ -254,7 +331,7 @@ impl SqlVerifier {
             .map(|_| ())
     }
 
-    async fn lookup(&self, id: &str, secret: &str) -> Result<Outcome, SqlError> {
+    async fn lookup(&self, id: &str, secret: &str) -> Result<Outcome, PostgresError> {
         self.ensure_migrated().await?;
         let row = sqlx::query(
             "SELECT secret_hash, username, uid, groups, extra::text AS extra, disabled, \
@@ -304,8 +381,8 @@ impl SqlVerifier {
 }
 
 /// `{"k": "v"}` or `{"k": ["v1", "v2"]}` into Kubernetes `extra`.
-fn parse_extra(text: &str) -> Result<BTreeMap<String, Vec<String>>, SqlError> {
-    let bad = || SqlError::Extra("must be an object of strings or string arrays".into());
+fn parse_extra(text: &str) -> Result<BTreeMap<String, Vec<String>>, PostgresError> {
+    let bad = || PostgresError::Extra("must be an object of strings or string arrays".into());
     let value: serde_json::Value = serde_json::from_str(text).map_err(|_| bad())?;
     let object = value.as_object().ok_or_else(bad)?;
     let mut extra = BTreeMap::new();
@@ -323,7 +400,7 @@ fn parse_extra(text: &str) -> Result<BTreeMap<String, Vec<String>>, SqlError> {
     Ok(extra)
 }
 
-impl Verifier for SqlVerifier {
+impl Verifier for PostgresVerifier {
     fn name(&self) -> &str {
         &self.name
     }

@@ -10,11 +10,58 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use futures::future::BoxFuture;
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::Verifier;
+use super::common::{check_prefix, resolve};
+use super::{BuildError, Kind, Verifier};
+use crate::field::FieldError;
 use crate::identity::{Identity, Outcome};
+use crate::mapping::Mapping;
+
+/// `type = "token_file"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub name: String,
+    /// The CSV file; re-read when it changes.
+    pub path: PathBuf,
+    /// Only tokens starting with this are looked up; a miss is then a definitive no.
+    pub prefix: Option<String>,
+    #[serde(default)]
+    pub mapping: Mapping,
+}
+
+impl Kind for Config {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn mapping(&self) -> &Mapping {
+        &self.mapping
+    }
+
+    fn files(&self) -> Vec<&Path> {
+        vec![&self.path]
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        resolve(base, &mut self.path);
+    }
+
+    fn validate(&self) -> Result<(), FieldError> {
+        check_prefix(self.prefix.as_deref())
+    }
+
+    fn build(&self) -> Result<Arc<dyn Verifier>, BuildError> {
+        Ok(Arc::new(TokenFile::open(
+            &self.name,
+            &self.path,
+            self.prefix.clone(),
+        )?))
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenFileError {
