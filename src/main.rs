@@ -84,7 +84,8 @@ enum Command {
     /// Drop cached verdicts for one token (read from stdin) or one user on every authd
     /// replica, through authd's Admin gRPC service.
     Revoke {
-        /// authd's gRPC URL, e.g. http://127.0.0.1:50051 (https:// with --ca).
+        /// authd's gRPC URL, e.g. https://authd.example:50051 with --ca; http:// only to
+        /// this machine (loopback) unless --allow-plaintext.
         #[arg(long)]
         authd: String,
         /// Read the token to revoke from stdin (never from argv).
@@ -99,6 +100,10 @@ enum Command {
         /// PEM CA that signed authd's certificate, for https://.
         #[arg(long)]
         ca: Option<PathBuf>,
+        /// Allow http:// to a host other than this machine: the admin secret then crosses
+        /// the network without TLS.
+        #[arg(long)]
+        allow_plaintext: bool,
     },
     /// Certificate management.
     Certs {
@@ -243,6 +248,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             user,
             admin_token_file,
             ca,
+            allow_plaintext,
         } => {
             revoke::run(revoke::RevokeArgs {
                 authd,
@@ -250,6 +256,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 user,
                 admin_token_file,
                 ca,
+                allow_plaintext,
             })
             .await
         }

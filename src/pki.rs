@@ -30,13 +30,16 @@ impl Pem {
 /// Writes a secret file readable by the owner only.
 pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    // `mode` only applies to a new file; one written by an older version may be wider.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("writing {}", path.display()))?;
     f.write_all(bytes)
         .with_context(|| format!("writing {}", path.display()))

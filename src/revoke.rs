@@ -1,5 +1,7 @@
 //! `kube-authd revoke`: calls authd's Admin service to drop cached verdicts for one token
-//! (read from stdin, so it never appears in argv or shell history) or one user.
+//! (read from stdin, so it never appears in argv or shell history) or one user. The call
+//! carries the admin secret, so `http://` is refused to anything but this machine unless
+//! `--allow-plaintext` says otherwise.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -16,9 +18,30 @@ pub struct RevokeArgs {
     pub user: Option<String>,
     pub admin_token_file: PathBuf,
     pub ca: Option<PathBuf>,
+    pub allow_plaintext: bool,
+}
+
+/// The admin secret and the token travel in the request: a plaintext `--authd` must be
+/// this machine (loopback) or explicitly allowed. Checked before anything is read or sent.
+fn check_transport(authd: &str, allow_plaintext: bool) -> anyhow::Result<()> {
+    let uri: tonic::transport::Uri = authd
+        .parse()
+        .with_context(|| format!("--authd {authd:?}: not a URL"))?;
+    if uri.scheme_str() == Some("https") || allow_plaintext {
+        return Ok(());
+    }
+    let host = uri.host().unwrap_or("");
+    if authd::source::common::is_loopback_host(host) {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "--authd {authd:?}: plaintext to the remote host {host:?} would send the admin secret \
+         without TLS; use https:// with --ca, or pass --allow-plaintext"
+    )
 }
 
 pub async fn run(args: RevokeArgs) -> anyhow::Result<()> {
+    check_transport(&args.authd, args.allow_plaintext)?;
     let secret = authd::authz::read_secret(&args.admin_token_file)
         .map_err(|e| anyhow::anyhow!("--admin-token-file: {e}"))?;
     let mut bearer = b"Bearer ".to_vec();
@@ -68,4 +91,27 @@ pub async fn run(args: RevokeArgs) -> anyhow::Result<()> {
     .removed;
     println!("revoked: {removed} shared cache entries removed");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_transport;
+
+    #[test]
+    fn plaintext_is_for_this_machine_or_the_flag() {
+        for ok in [
+            "http://127.0.0.1:50051",
+            "http://localhost:50051",
+            "http://[::1]:50051",
+            "https://authd.example:50051",
+        ] {
+            assert!(check_transport(ok, false).is_ok(), "{ok}");
+        }
+        let e = check_transport("http://authd.example:50051", false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--authd") && e.contains("--allow-plaintext"), "{e}");
+        assert!(check_transport("http://10.0.0.5:50051", false).is_err());
+        assert!(check_transport("http://authd.example:50051", true).is_ok());
+    }
 }

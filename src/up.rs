@@ -4,6 +4,10 @@
 //! behind the same layers as split mode (`authd_edge::Backend::layered`: load shed at
 //! `--max-in-flight-reviews`, deadline, fail fast); authd's gRPC port is still served for
 //! internal clients.
+//!
+//! Callers are authenticated: `up` issues kube-apiserver's client certificate (CN
+//! `kube-apiserver:default`, from the `cluster-default-ca` it keeps in the state dir), puts
+//! it in the webhook kubeconfig, and the edge requires it on every review route.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,6 +18,9 @@ use tokio::sync::watch;
 
 use crate::kubeconfig::WebhookKubeconfig;
 use crate::pki::{self, Ca};
+
+/// The cluster `POST /authenticate` serves, and whose kube-apiserver certificate `up` issues.
+const DEFAULT_CLUSTER: &str = "default";
 
 pub struct UpArgs {
     pub state_dir: PathBuf,
@@ -92,6 +99,18 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     }
     ca.issue_server("kube-authd edge", &hosts)?
         .write(&dir, "edge")?;
+    // kube-apiserver's certificate comes from a CA of its own (as `certs init --cluster`
+    // makes), so nothing else the state dir's CA signs can pass as kube-apiserver.
+    let cluster_ca = Ca::load_or_create_named(
+        &dir,
+        &format!("cluster-{DEFAULT_CLUSTER}-ca"),
+        &format!("kube-authd cluster {DEFAULT_CLUSTER} CA"),
+    )?;
+    let apiserver = cluster_ca.issue_client(&format!(
+        "{}{DEFAULT_CLUSTER}",
+        authd_edge::tls::APISERVER_CN_PREFIX
+    ))?;
+    apiserver.write(&dir, &format!("apiserver-{DEFAULT_CLUSTER}"))?;
 
     let token_file = match &args.token_file {
         Some(f) => f.clone(),
@@ -127,7 +146,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 
     let edge_cfg = authd_edge::Config::parse(
         &format!(
-            "listen = \"{}\"\n{}{}[tls]\ncert = {:?}\nkey = {:?}\n",
+            "listen = \"{}\"\ndefault_cluster = \"{DEFAULT_CLUSTER}\"\n{}{}\
+             [tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n",
             args.listen,
             args.admin_listen
                 .map(|a| format!("admin_listen = \"{a}\"\n"))
@@ -137,6 +157,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 .unwrap_or_default(),
             dir.join("edge.crt").display().to_string(),
             dir.join("edge.key").display().to_string(),
+            dir.join(format!("cluster-{DEFAULT_CLUSTER}-ca.crt"))
+                .display()
+                .to_string(),
         ),
         &dir,
     )
@@ -165,11 +188,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let kubeconfig = WebhookKubeconfig {
         server: &server,
         ca_pem: &ca.pem.cert,
-        client_cert_pem: None,
-        client_key_pem: None,
+        client_cert_pem: Some(&apiserver.cert),
+        client_key_pem: Some(&apiserver.key),
     };
-    std::fs::write(&kubeconfig_path, kubeconfig.render())
-        .with_context(|| format!("writing {}", kubeconfig_path.display()))?;
+    // It holds kube-apiserver's private key.
+    pki::write_private(&kubeconfig_path, kubeconfig.render().as_bytes())?;
 
     let admin = edge.admin_addr();
     tracing::info!(%edge_addr, %grpc_addr, ?admin, "kube-authd up");
@@ -187,8 +210,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         token_file.display()
     );
     println!(
-        "  curl --cacert {ca} -H 'Content-Type: application/json' {server} -d \"{{\\\"apiVersion\\\":\\\"authentication.k8s.io/v1\\\",\\\"kind\\\":\\\"TokenReview\\\",\\\"spec\\\":{{\\\"token\\\":\\\"$(grep -v '^#' {tokens} | head -n1 | cut -d, -f1)\\\"}}}}\"",
+        "  curl --cacert {ca} --cert {cert} --key {key} -H 'Content-Type: application/json' {server} -d \"{{\\\"apiVersion\\\":\\\"authentication.k8s.io/v1\\\",\\\"kind\\\":\\\"TokenReview\\\",\\\"spec\\\":{{\\\"token\\\":\\\"$(grep -v '^#' {tokens} | head -n1 | cut -d, -f1)\\\"}}}}\"",
         ca = dir.join("ca.crt").display(),
+        cert = dir.join(format!("apiserver-{DEFAULT_CLUSTER}.crt")).display(),
+        key = dir.join(format!("apiserver-{DEFAULT_CLUSTER}.key")).display(),
         tokens = token_file.display(),
     );
 

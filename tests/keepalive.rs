@@ -27,13 +27,8 @@ async fn keep_alive_connection_outlives_the_header_timeout() {
         .trim_end_matches("/authenticate")
         .to_owned();
 
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls::pki_types::pem::PemObject::pem_slice_iter(&split.ca_pem) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let mut config = kube_apiserver_tls(&split.ca_pem, b"http/1.1");
+    config.alpn_protocols.clear();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = tokio::net::TcpStream::connect(&authority).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();

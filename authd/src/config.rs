@@ -177,6 +177,10 @@ pub struct RedisConfig {
     pub password_file: Option<PathBuf>,
     /// PEM CA bundle that signed Redis's certificate, for `rediss://`.
     pub ca_file: Option<PathBuf>,
+    /// Accept `redis://` (plaintext) to a host other than this machine (an on-path attacker
+    /// can read and forge cached verdicts). Off: a start-up error.
+    #[serde(default)]
+    pub allow_plaintext: bool,
     /// Prepended to every key and the revocation channel.
     #[serde(default = "default_key_prefix")]
     pub key_prefix: String,
@@ -455,7 +459,7 @@ impl Config {
                 ))
             }
         };
-        for (field, url) in urls {
+        for (field, url) in &urls {
             let tls = if url.starts_with("rediss://") {
                 true
             } else if url.starts_with("redis://") {
@@ -502,6 +506,21 @@ impl Config {
                 "cache.redis.connect_timeout",
                 "must be greater than zero",
             ));
+        }
+        // Cached verdicts are identities: forged ones would authenticate anyone.
+        for (field, url) in urls.iter().filter(|(_, u)| u.starts_with("redis://")) {
+            let host = reqwest::Url::parse(url)
+                .map_err(|e| FieldError::new(field, format!("not a valid URL: {e}")))?
+                .host_str()
+                .unwrap_or("")
+                .to_owned();
+            crate::source::common::check_plaintext(
+                field,
+                &host,
+                "redis:// (cached verdicts sent without TLS)",
+                "cache.redis.allow_plaintext",
+                r.allow_plaintext,
+            )?;
         }
         Ok(())
     }
@@ -775,6 +794,79 @@ mod access_tests {
         assert_eq!(c.admin.token_file.unwrap(), Path::new("/etc/authd/admin"));
     }
 
+    /// Each remote transport without TLS is a load error naming the field and the source's
+    /// `allow_plaintext`; loopback, unix sockets, TLS and the opt-out load.
+    #[test]
+    fn plaintext_sources_are_for_loopback_or_the_opt_out() {
+        let jwt = |url: &str| {
+            format!("type='jwt'\nissuer='i'\naudiences=['a']\nalgorithms=['RS256']\njwks_url='{url}'")
+        };
+        let basic = |url: &str| format!("type='basic_auth'\nurl='{url}'");
+        let ldap = |url: &str| {
+            format!("type='ldap'\nurl='{url}'\nbind_dn='cn=x'\nbind_password_file='pw'\nuser_base='dc=x'")
+        };
+        let pg = |url: &str| format!("type='postgres'\ndatabase_url='{url}'\nsecret_key_file='k'");
+        let parse = |table: &str| {
+            Config::parse(&format!("[[sources]]\nname='s'\n{table}\n"), Path::new("."))
+                .map_err(|e| e.to_string())
+        };
+        for (table, field) in [
+            (jwt("http://idp.example/jwks"), "sources[0].jwks_url"),
+            (jwt("http://10.1.2.3:8080/jwks"), "sources[0].jwks_url"),
+            (basic("http://idp.example/basic/{user}"), "sources[0].url"),
+            (ldap("ldap://dir.example:389"), "sources[0].url"),
+            (pg("postgres://authd@db.example/authd"), "sources[0].database_url"),
+            (
+                pg("postgres://authd@db.example/authd?sslmode=disable"),
+                "sources[0].database_url",
+            ),
+            (
+                pg("postgres://authd@10.0.0.9/authd?sslmode=prefer"),
+                "sources[0].database_url",
+            ),
+        ] {
+            let e = parse(&table).unwrap_err();
+            assert!(e.contains(field), "{table}: {e}");
+            assert!(e.contains("allow_plaintext = true"), "{table}: {e}");
+            assert!(
+                parse(&format!("{table}\nallow_plaintext = true")).is_ok(),
+                "{table} with the opt-out"
+            );
+        }
+        for table in [
+            jwt("https://idp.example/jwks"),
+            jwt("http://127.0.0.1:8080/jwks"),
+            jwt("http://localhost/jwks"),
+            basic("https://idp.example/basic/{user}"),
+            basic("http://[::1]:9000/basic/{user}"),
+            ldap("ldaps://dir.example:636"),
+            format!("{}\nstarttls = true", ldap("ldap://dir.example:389")),
+            ldap("ldap://127.0.0.1:389"),
+            pg("postgres://authd@db.example/authd?sslmode=verify-full"),
+            pg("postgres://authd@db.example/authd?sslmode=require"),
+            pg("postgres://authd@127.0.0.1:5432/authd"),
+            pg("postgres://authd@localhost/authd?sslmode=disable"),
+            pg("postgres://authd@%2Fvar%2Frun%2Fpostgresql/authd"),
+        ] {
+            assert!(parse(&table).is_ok(), "{table}: {:?}", parse(&table));
+        }
+    }
+
+    /// Plaintext Redis is accepted to this machine, or anywhere with the opt-out.
+    #[test]
+    fn plaintext_redis_is_for_loopback_or_the_opt_out() {
+        for redis in [
+            "url='redis://127.0.0.1:6379'",
+            "url='redis://localhost:6379/2'",
+            "url='redis://[::1]:6379'",
+            "url='redis://cache.example:6379'\nallow_plaintext=true",
+            "url='rediss://cache.example:6380'",
+        ] {
+            let text = format!("[cache]\nhmac_key_file='k'\n[cache.redis]\n{redis}\n{SOURCE}");
+            assert!(Config::parse(&text, Path::new(".")).is_ok(), "{redis}");
+        }
+    }
+
     #[test]
     fn redis_errors_name_the_field() {
         let bad = [
@@ -789,6 +881,11 @@ mod access_tests {
             ("url='redis://a'\nca_file='c'", "cache.redis.ca_file"),
             ("url='redis://a'\npassword_file='p'", "cache.redis.username"),
             ("url='redis://a'\ntimeout='0s'", "cache.redis.timeout"),
+            ("url='redis://cache.example:6379'", "cache.redis.allow_plaintext = true"),
+            (
+                "cluster_urls=['rediss://a', 'redis://10.0.0.2:6379']",
+                "cache.redis.cluster_urls[1]",
+            ),
         ];
         for (redis, field) in bad {
             let text = format!("[cache]\nhmac_key_file='k'\n[cache.redis]\n{redis}\n{SOURCE}");

@@ -65,9 +65,15 @@ pub struct TlsConfig {
     pub cert: PathBuf,
     /// PEM private key for `cert`.
     pub key: PathBuf,
-    /// PEM CA(s) whose client certificates `POST /authenticate` requires (mTLS); the route
-    /// is open to any TLS client when absent.
+    /// PEM CA(s) whose client certificates `POST /authenticate` requires (mTLS), and every
+    /// `[clusters.NAME]` route without a `client_ca` of its own. Required unless
+    /// `insecure_allow_anonymous_reviews` is set.
     pub client_ca: Option<PathBuf>,
+    /// Lets routes without a client CA answer any TLS client: a token oracle for whoever
+    /// reaches the port. Off by default; logged at warn at start-up and (rate-limited) as
+    /// anonymous callers connect.
+    #[serde(default)]
+    pub insecure_allow_anonymous_reviews: bool,
 }
 
 /// `[authd]` as written; checked and turned into [`AuthdConfig`] at load.
@@ -265,7 +271,8 @@ impl AuthdFile {
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     /// PEM CA whose client certificates this cluster's endpoint requires: the certificate
-    /// of this cluster's kube-apiserver (mTLS, bound to the cluster).
+    /// of this cluster's kube-apiserver (mTLS, bound to the cluster). `tls.client_ca` when
+    /// absent.
     pub client_ca: Option<PathBuf>,
 }
 
@@ -348,6 +355,16 @@ impl Config {
                 ));
             }
         }
+        // Fail closed: a route nobody authenticates is a token oracle, so it takes the
+        // explicit opt-out (every cluster route without its own CA uses tls.client_ca).
+        if self.tls.client_ca.is_none() && !self.tls.insecure_allow_anonymous_reviews {
+            return Err(FieldError::new(
+                "tls.client_ca",
+                "required: the CA of kube-apiserver's client certificate (`kube-authd certs init \
+                 --cluster NAME` writes cluster-NAME-ca.crt); to answer reviews from any TLS \
+                 client instead, set tls.insecure_allow_anonymous_reviews = true",
+            ));
+        }
         if self.idle_timeout.is_zero() {
             return Err(FieldError::new("idle_timeout", "must be greater than 0"));
         }
@@ -365,7 +382,7 @@ impl Config {
 mod tests {
     use super::*;
 
-    const TLS: &str = "[tls]\ncert = \"e.crt\"\nkey = \"e.key\"\n";
+    const TLS: &str = "[tls]\ncert = \"e.crt\"\nkey = \"e.key\"\nclient_ca = \"k.crt\"\n";
 
     fn parse(extra: &str) -> Result<Config, String> {
         Config::parse(&format!("{TLS}{extra}"), Path::new("/etc/edge")).map_err(|e| e.to_string())
@@ -447,5 +464,27 @@ mod tests {
             let e = parse(toml).unwrap_err();
             assert!(e.contains(field), "{toml:?}: {e}");
         }
+    }
+
+    /// Without a client CA the edge would answer anyone: a start-up error naming the field
+    /// and the opt-out, unless the opt-out is set.
+    #[test]
+    fn a_client_ca_is_required_unless_anonymous_reviews_are_allowed() {
+        let base = Path::new("/etc/edge");
+        let bare = "[tls]\ncert = \"e.crt\"\nkey = \"e.key\"\n";
+        for extra in ["", "[clusters.dev]\nclient_ca = \"dev.crt\"\n"] {
+            let e = Config::parse(&format!("{bare}{extra}"), base)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("tls.client_ca"), "{e}");
+            assert!(e.contains("tls.insecure_allow_anonymous_reviews = true"), "{e}");
+        }
+        let c = Config::parse(
+            &format!("{bare}insecure_allow_anonymous_reviews = true\n"),
+            base,
+        )
+        .unwrap();
+        assert!(c.tls.insecure_allow_anonymous_reviews && c.tls.client_ca.is_none());
+        assert!(!parse("").unwrap().tls.insecure_allow_anonymous_reviews);
     }
 }

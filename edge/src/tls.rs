@@ -2,10 +2,16 @@
 //! against the union of the configured client CAs at the handshake), the per-route check
 //! that binds a kube-apiserver certificate to its cluster, and the client configuration
 //! for mutual TLS to authd. All of it is rebuilt when its files change.
+//!
+//! Every review route needs a client certificate: `tls.client_ca` is required and is the
+//! CA of each cluster route without its own. Only `tls.insecure_allow_anonymous_reviews`
+//! opens routes, and it is logged at warn when loaded and as anonymous callers arrive.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use authd_runtime::pem::{load_certs, load_key, root_store};
@@ -45,13 +51,20 @@ pub struct ClientAuth {
     default_cluster: String,
     /// `tls.client_ca`, for `POST /authenticate`.
     default_route: Option<Arc<dyn ClientCertVerifier>>,
-    /// `clusters.NAME.client_ca`, for `POST /clusters/NAME/authenticate`.
+    /// `clusters.NAME.client_ca`, for `POST /clusters/NAME/authenticate`; a cluster not
+    /// listed uses `default_route`.
     clusters: BTreeMap<String, Arc<dyn ClientCertVerifier>>,
+    /// Unix second of the last warning about an anonymous caller (at most one a minute).
+    last_anonymous_warning: AtomicU64,
 }
+
+/// Least time between two warnings that an anonymous caller was answered.
+const ANONYMOUS_WARNING_INTERVAL: Duration = Duration::from_secs(60);
 
 impl ClientAuth {
     /// Checks the certificate chain a client presented against the route's CA; `Err` says
-    /// why it is refused. Routes without a CA accept any TLS client.
+    /// why it is refused. Routes without a CA (only with
+    /// `tls.insecure_allow_anonymous_reviews`) accept any TLS client, with a warning.
     pub fn check(
         &self,
         route: Route<'_>,
@@ -63,13 +76,17 @@ impl ClientAuth {
                 self.default_route.as_ref(),
                 "tls.client_ca".to_owned(),
             ),
-            Route::Cluster(cluster) => (
-                cluster,
-                self.clusters.get(cluster),
-                format!("clusters.{cluster}.client_ca"),
-            ),
+            Route::Cluster(cluster) => match self.clusters.get(cluster) {
+                Some(own) => (cluster, Some(own), format!("clusters.{cluster}.client_ca")),
+                None => (
+                    cluster,
+                    self.default_route.as_ref(),
+                    "tls.client_ca".to_owned(),
+                ),
+            },
         };
         let Some(verifier) = verifier else {
+            self.warn_anonymous(cluster);
             return Ok(());
         };
         let Some((leaf, intermediates)) = chain.and_then(|c| c.split_first()) else {
@@ -91,6 +108,27 @@ impl ClientAuth {
                 "client certificate {subject:?} is bound to cluster {bound:?}, not {cluster:?}"
             )),
             _ => Ok(()),
+        }
+    }
+
+    /// A warning that an unauthenticated caller got a route, at most once a minute: loud
+    /// enough to be noticed, bounded whatever the callers do.
+    fn warn_anonymous(&self, cluster: &str) {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = self.last_anonymous_warning.load(Ordering::Relaxed);
+        if (last == 0 || now >= last + ANONYMOUS_WARNING_INTERVAL.as_secs())
+            && self
+                .last_anonymous_warning
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                cluster,
+                "answering a caller without a client certificate \
+                 (tls.insecure_allow_anonymous_reviews): anyone who reaches this port can test tokens"
+            );
         }
     }
 }
@@ -126,8 +164,25 @@ pub fn server_tls(config: &Config) -> anyhow::Result<ServerTls> {
             all.push((p, field));
         }
     }
-    let every_route_needs_a_cert =
-        default_route.is_some() && clusters.len() == config.clusters.len();
+    // Clusters without their own CA use tls.client_ca: with it set, every route needs a
+    // certificate and the handshake requires one.
+    let every_route_needs_a_cert = default_route.is_some();
+    if !every_route_needs_a_cert {
+        let open: Vec<&str> = std::iter::once(config.default_cluster.as_str())
+            .chain(
+                config
+                    .clusters
+                    .iter()
+                    .filter(|(_, c)| c.client_ca.is_none())
+                    .map(|(name, _)| name.as_str()),
+            )
+            .collect();
+        tracing::warn!(
+            clusters = ?open,
+            "tls.insecure_allow_anonymous_reviews: these clusters' review routes answer any \
+             TLS client; anyone who reaches the port can test tokens. Set tls.client_ca"
+        );
+    }
     let builder = ServerConfig::builder();
     let builder = if all.is_empty() {
         builder.with_no_client_auth()
@@ -145,6 +200,7 @@ pub fn server_tls(config: &Config) -> anyhow::Result<ServerTls> {
             default_cluster: config.default_cluster.clone(),
             default_route,
             clusters,
+            last_anonymous_warning: AtomicU64::new(0),
         },
     })
 }
@@ -299,7 +355,8 @@ mod tests {
              [tls]\ncert = \"edge.crt\"\nkey = \"edge.key\"\nclient_ca = \"ca-a.crt\"\n\
              [clusters.a]\nclient_ca = \"ca-a.crt\"\n\
              [clusters.b]\nclient_ca = \"ca-b.crt\"\n\
-             [clusters.shared]\nclient_ca = \"ca-a.crt\"\n",
+             [clusters.shared]\nclient_ca = \"ca-a.crt\"\n\
+             [clusters.inherits]\n",
             d,
         )
         .unwrap();
@@ -324,5 +381,11 @@ mod tests {
         // No certificate at all on a route that requires one.
         let e = auth.check(Route::Cluster("b"), None).unwrap_err();
         assert!(e.contains("no client certificate presented"), "{e}");
+        // A cluster without its own CA uses tls.client_ca; it is never open.
+        let e = auth.check(Route::Cluster("inherits"), None).unwrap_err();
+        assert!(e.contains("issued by tls.client_ca"), "{e}");
+        let e = check(Route::Cluster("inherits"), &apiserver_b).unwrap_err();
+        assert!(e.contains("not issued by tls.client_ca"), "{e}");
+        assert_eq!(check(Route::Cluster("inherits"), &unbound_a), Ok(()));
     }
 }

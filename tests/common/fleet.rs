@@ -17,15 +17,18 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// `kube-authd certs init --dir DIR` with extra arguments (`--cluster`, `--client`).
+/// `kube-authd certs init --dir DIR` with extra arguments (`--cluster`, `--client`), plus
+/// kube-apiserver's client certificate, registered for `ca.crt` (see `register_certs`).
 pub fn certs_init_with(dir: &Path, extra: &[&str]) {
     let mut args = vec!["certs", "init", "--dir", dir.to_str().unwrap()];
     args.extend(extra);
+    args.extend(["--client", "kube-apiserver"]);
     let out = std::process::Command::new(super::bin("kube-authd"))
         .args(&args)
         .output()
         .expect("run kube-authd certs init");
     assert!(out.status.success(), "certs init: {out:?}");
+    super::register_certs(dir);
 }
 
 /// One authd replica at a fixed address, restartable.
@@ -77,8 +80,8 @@ pub fn start_fleet_edge(dir: &Path, name: &str, extra_toml: &str, authd_toml: &s
         &format!("{name}.toml"),
         &format!(
             "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{extra_toml}\n\
-             [tls]\ncert = \"edge.crt\"\nkey = \"edge.key\"\n\
-             [authd]\n{authd_toml}\n"
+             {}[authd]\n{authd_toml}\n",
+            super::EDGE_TLS
         ),
     );
     Proc::start_named(
@@ -220,20 +223,14 @@ pub fn cert_der(path: &Path) -> Vec<u8> {
         .to_vec()
 }
 
+/// TLS as kube-apiserver: trusts `ca_pem` and presents the identity registered for it.
 fn client_tls(ca_pem: &Path, alpn: &[u8]) -> tokio_rustls::TlsConnector {
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pki_types::CertificateDer::pem_file_iter(ca_pem).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let mut config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![alpn.to_vec()];
-    tokio_rustls::TlsConnector::from(Arc::new(config))
+    let ca = std::fs::read(ca_pem).unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(super::kube_apiserver_tls(&ca, alpn)))
 }
 
-/// A fresh TLS connection to `addr` trusting `ca_pem`, with its server name "localhost".
+/// A fresh TLS connection to `addr` trusting `ca_pem`, with its server name "localhost",
+/// presenting kube-apiserver's certificate.
 pub async fn tls_connect(
     addr: &str,
     ca_pem: &Path,

@@ -1,6 +1,13 @@
 //! Shared end-to-end harness: runs the real binaries in temp dirs on ephemeral loopback
 //! ports, reads their ready lines, and talks to the edge over real HTTPS trusting only the
 //! CA from the generated kubeconfig, as kube-apiserver does.
+//!
+//! The edge requires a client certificate, so the harness's clients present one as
+//! kube-apiserver would: `up` writes it into its kubeconfig, and `certs_init` issues one
+//! (`client-kube-apiserver`, CN `kube-apiserver`, from `ca.crt`, which the harness's edges
+//! trust as `tls.client_ca`). Each is registered against the server CA it goes with, and
+//! `client(ca, proto, None)` presents the one registered for `ca`; `anonymous_client`
+//! presents none (the attacker).
 #![allow(dead_code)]
 
 pub mod basic_auth;
@@ -12,6 +19,7 @@ pub mod procs;
 pub mod redis;
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use base64::Engine;
@@ -59,8 +67,57 @@ impl Kubeconfig {
     }
 }
 
-/// An HTTPS client trusting only `ca_pem`, speaking one HTTP version.
+/// kube-apiserver's client identity (certificate + key PEM) for each edge server CA.
+static KUBE_APISERVER: Mutex<Vec<(Vec<u8>, Vec<u8>)>> = Mutex::new(Vec::new());
+
+/// Records kube-apiserver's identity for edges whose certificate `ca_pem` signed.
+pub fn register_kube_apiserver(ca_pem: &[u8], identity_pem: Vec<u8>) {
+    let mut ids = KUBE_APISERVER.lock().unwrap();
+    ids.retain(|(ca, _)| ca != ca_pem);
+    ids.push((ca_pem.to_vec(), identity_pem));
+}
+
+/// kube-apiserver's identity for edges whose certificate `ca_pem` signed, if registered.
+pub fn kube_apiserver_identity(ca_pem: &[u8]) -> Option<Vec<u8>> {
+    let ids = KUBE_APISERVER.lock().unwrap();
+    ids.iter().find(|(ca, _)| ca == ca_pem).map(|(_, id)| id.clone())
+}
+
+/// A rustls client configuration as kube-apiserver's: trusts `ca_pem` only and presents
+/// the identity registered for it.
+pub fn kube_apiserver_tls(ca_pem: &[u8], alpn: &[u8]) -> rustls::ClientConfig {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let b = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let mut config = match kube_apiserver_identity(ca_pem) {
+        Some(id) => b
+            .with_client_auth_cert(
+                CertificateDer::pem_slice_iter(&id).map(Result::unwrap).collect(),
+                PrivateKeyDer::from_pem_slice(&id).expect("identity key"),
+            )
+            .expect("identity"),
+        None => b.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![alpn.to_vec()];
+    config
+}
+
+/// An HTTPS client trusting only `ca_pem`, speaking one HTTP version, presenting
+/// `identity_pem`, or kube-apiserver's identity registered for `ca_pem` when `None`.
 pub fn client(ca_pem: &[u8], proto: Proto, identity_pem: Option<Vec<u8>>) -> reqwest::Client {
+    client_as(ca_pem, proto, identity_pem.or_else(|| kube_apiserver_identity(ca_pem)))
+}
+
+/// An HTTPS client that presents no client certificate: anyone who can reach the port.
+pub fn anonymous_client(ca_pem: &[u8], proto: Proto) -> reqwest::Client {
+    client_as(ca_pem, proto, None)
+}
+
+fn client_as(ca_pem: &[u8], proto: Proto, identity_pem: Option<Vec<u8>>) -> reqwest::Client {
     let ca = reqwest::Certificate::from_pem(ca_pem).expect("CA PEM");
     let mut b = reqwest::Client::builder()
         .tls_certs_only([ca])
@@ -232,9 +289,10 @@ pub fn sha256_hex(s: &str) -> String {
     hex(&sha2::Sha256::digest(s.as_bytes()))
 }
 
-/// `kube-authd up` on ephemeral ports in `dir`, with `token_file`.
+/// `kube-authd up` on ephemeral ports in `dir`, with `token_file`; kube-apiserver's
+/// identity is taken from the kubeconfig it writes.
 pub fn start_up(dir: &Path, token_file: &Path) -> Proc {
-    Proc::start(
+    let up = Proc::start(
         "kube-authd",
         &[
             "up",
@@ -251,7 +309,13 @@ pub fn start_up(dir: &Path, token_file: &Path) -> Proc {
         ],
         dir,
         "kube-authd ready",
-    )
+    );
+    let kc = Kubeconfig::load(&dir.join("state/webhook-kubeconfig.yaml"));
+    if let (Some(mut cert), Some(key)) = (kc.client_cert_pem, kc.client_key_pem) {
+        cert.extend(key);
+        register_kube_apiserver(&kc.ca_pem, cert);
+    }
+    up
 }
 
 /// Edge and authd as separate processes, with certificates from `kube-authd certs init`.
@@ -264,17 +328,26 @@ pub struct Split {
     pub dir: PathBuf,
 }
 
+/// `kube-authd certs init` into `dir` (one `--cluster` per name), with kube-apiserver's
+/// client certificate `client-kube-apiserver` registered for the edge CA `ca.crt`.
 pub fn certs_init(dir: &Path, clusters: &[&str]) {
-    let mut args = vec!["certs", "init", "--dir", dir.to_str().unwrap()];
+    let mut args = vec![];
     for c in clusters {
-        args.extend(["--cluster", c]);
+        args.extend(["--cluster", *c]);
     }
-    let out = std::process::Command::new(bin("kube-authd"))
-        .args(&args)
-        .output()
-        .expect("run kube-authd certs init");
-    assert!(out.status.success(), "certs init: {out:?}");
+    fleet::certs_init_with(dir, &args);
 }
+
+/// Registers `dir`'s `client-kube-apiserver` identity for its `ca.crt`.
+pub fn register_certs(dir: &Path) {
+    register_kube_apiserver(
+        &std::fs::read(dir.join("ca.crt")).unwrap(),
+        fleet::identity(dir, "client-kube-apiserver"),
+    );
+}
+
+/// The `[tls]` table of the harness's edges: kube-apiserver's certificate is required.
+pub const EDGE_TLS: &str = "[tls]\ncert = \"edge.crt\"\nkey = \"edge.key\"\nclient_ca = \"ca.crt\"\n";
 
 /// Writes an authd config whose sources section is `sources_toml`, and starts authd.
 pub fn start_authd(dir: &Path, name: &str, listen: &str, extra_toml: &str) -> Proc {
@@ -299,8 +372,7 @@ pub fn start_edge(dir: &Path, name: &str, grpc: &str, extra_toml: &str) -> Proc 
         &format!("{name}.toml"),
         &format!(
             "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{extra_toml}\n\
-             [tls]\ncert = \"edge.crt\"\nkey = \"edge.key\"\n\
-             [authd]\nendpoint = \"http://{grpc}\"\n"
+             {EDGE_TLS}[authd]\nendpoint = \"http://{grpc}\"\n"
         ),
     );
     Proc::start_named(

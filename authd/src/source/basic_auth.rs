@@ -15,7 +15,7 @@ use futures::future::{BoxFuture, FutureExt};
 use serde::Deserialize;
 
 use super::common::{
-    check_prefix, check_separator, check_timeout, http_roots, resolve, split_user_password,
+    check_plaintext,     check_prefix, check_separator, check_timeout, http_roots, resolve, split_user_password,
     FileError,
 };
 use super::{BuildError, Kind, Verifier};
@@ -45,6 +45,10 @@ pub struct Config {
     pub prefix: Option<String>,
     /// PEM CA bundle; when set it is the only trust anchor for the service's certificate.
     pub ca_file: Option<PathBuf>,
+    /// Accept a plaintext `http://` `url` to a host other than this machine (an on-path
+    /// attacker can read every password). Off: a start-up error.
+    #[serde(default)]
+    pub allow_plaintext: bool,
     /// Limit for the whole call (connect, TLS, request, response headers).
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
@@ -117,6 +121,16 @@ impl Config {
             .map_err(|e| format!("{:?} is not a valid URL: {e}", self.url))?;
         if !sample.username().is_empty() || sample.password().is_some() {
             return Err("must not hold credentials; the token's are sent instead".into());
+        }
+        if sample.scheme() == "http" {
+            check_plaintext(
+                "url",
+                sample.host_str().unwrap_or(""),
+                "http:// (passwords sent without TLS)",
+                "allow_plaintext",
+                self.allow_plaintext,
+            )
+            .map_err(|e| e.message)?;
         }
         if self.url.replace("{user}", "").contains(['{', '}']) {
             return Err(format!(

@@ -22,7 +22,7 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::common::{check_timeout, http_roots, resolve, FileError, HttpUrl};
+use super::common::{check_plaintext, check_timeout, http_roots, resolve, FileError, HttpUrl};
 use super::{BuildError, Kind, Verifier};
 use crate::field::{FieldError, Removed};
 use crate::identity::{Identity, Outcome};
@@ -55,6 +55,10 @@ pub struct Config {
     pub jwks_url: Option<HttpUrl>,
     /// PEM CA bundle trusted (alone) for `jwks_url`.
     pub ca_file: Option<PathBuf>,
+    /// Accept a plaintext `http://` `jwks_url` to a host other than this machine (an
+    /// on-path attacker can inject signing keys). Off: a start-up error.
+    #[serde(default)]
+    pub allow_plaintext: bool,
     /// Limit for one JWKS fetch.
     #[serde(default = "default_jwks_timeout", with = "humantime_serde")]
     pub jwks_timeout: Duration,
@@ -162,6 +166,17 @@ impl Kind for Config {
             return Err(FieldError::new("leeway", "at most 5m"));
         }
         check_timeout("jwks_timeout", self.jwks_timeout)?;
+        if let Some(url) = self.jwks_url.as_ref().map(HttpUrl::as_url) {
+            if url.scheme() == "http" {
+                check_plaintext(
+                    "jwks_url",
+                    url.host_str().unwrap_or(""),
+                    "http:// (signing keys fetched without TLS)",
+                    "allow_plaintext",
+                    self.allow_plaintext,
+                )?;
+            }
+        }
         if self.username_claim.is_empty() {
             return Err(FieldError::new("username_claim", "must not be empty"));
         }

@@ -23,7 +23,7 @@ use serde::Deserialize;
 use tokio::sync::Mutex;
 
 use super::common::{
-    check_prefix, check_separator, check_timeout, read_secret, resolve, split_user_password,
+    check_plaintext,     check_prefix, check_separator, check_timeout, read_secret, resolve, split_user_password,
     tls_roots, FileError, LdapUrl,
 };
 use super::{BuildError, Kind, Verifier};
@@ -56,6 +56,10 @@ pub struct Config {
     pub starttls: bool,
     /// PEM CA bundle trusted for ldaps/StartTLS instead of the system roots.
     pub ca_file: Option<PathBuf>,
+    /// Accept `ldap://` without `starttls` to a host other than this machine (an on-path
+    /// attacker can read every password). Off: a start-up error.
+    #[serde(default)]
+    pub allow_plaintext: bool,
     /// DN of the service account used to search for users and groups.
     pub bind_dn: String,
     /// File holding the service account's password (trailing newline ignored).
@@ -150,6 +154,15 @@ impl Kind for Config {
                 "starttls",
                 "cannot be combined with an ldaps:// url",
             ));
+        }
+        if self.url.as_url().scheme() == "ldap" && !self.starttls {
+            check_plaintext(
+                "url",
+                self.url.as_url().host_str().unwrap_or(""),
+                "ldap:// without starttls (passwords sent without TLS)",
+                "allow_plaintext",
+                self.allow_plaintext,
+            )?;
         }
         check_separator(&self.separator)?;
         check_prefix(self.prefix.as_deref())?;

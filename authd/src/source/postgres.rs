@@ -19,12 +19,12 @@ use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
 use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
 use sqlx::Row;
 use subtle::ConstantTimeEq;
 use tokio::sync::OnceCell;
 
-use super::common::{check_timeout, read_secret, resolve, FileError};
+use super::common::{check_plaintext, check_timeout, read_secret, resolve, FileError};
 use super::{BuildError, Kind, Verifier};
 use crate::field::FieldError;
 use crate::identity::{Identity, Outcome};
@@ -49,6 +49,11 @@ pub struct Config {
     pub database_url: String,
     /// File holding the database password (trailing newline ignored).
     pub password_file: Option<PathBuf>,
+    /// Accept a connection that may be plaintext (`sslmode` disable, allow or prefer) to a
+    /// host other than this machine (an on-path attacker can read the password and the
+    /// token table). Off: a start-up error.
+    #[serde(default)]
+    pub allow_plaintext: bool,
     /// Key (at least 32 bytes) for the HMAC-SHA256 of token secrets.
     pub secret_key_file: PathBuf,
     /// Token prefix; the source owns only tokens of the form `<prefix><id>.<secret>`.
@@ -104,6 +109,7 @@ impl Kind for Config {
                 "must start with postgres:// or postgresql://",
             ));
         }
+        check_database_tls("database_url", &self.database_url, self.allow_plaintext)?;
         // The id/secret split is at the first '.', and the prefix is matched literally.
         if self.prefix.is_empty() || self.prefix.contains('.') {
             return Err(FieldError::new(
@@ -191,6 +197,32 @@ pub fn connect_options(
     Ok(options
         .application_name("kube-authd")
         .options([("statement_timeout", timeout.as_millis().to_string())]))
+}
+
+/// A connection that may fall back to plaintext (`sslmode` disable, allow or prefer, the
+/// default being prefer) is refused unless it goes to this machine (a loopback host or a
+/// unix socket) or `allow_plaintext` is set. `field` names the URL in the error.
+pub fn check_database_tls(field: &str, url: &str, allow_plaintext: bool) -> Result<(), FieldError> {
+    let options: PgConnectOptions = url
+        .parse()
+        .map_err(|e| FieldError::new(field, format!("not a valid database URL: {e}")))?;
+    let host = options.get_host();
+    // A host starting with '/' is the folder of a unix socket.
+    if host.starts_with('/')
+        || matches!(
+            options.get_ssl_mode(),
+            PgSslMode::Require | PgSslMode::VerifyCa | PgSslMode::VerifyFull
+        )
+    {
+        return Ok(());
+    }
+    check_plaintext(
+        field,
+        host,
+        "sslmode allows plaintext (set sslmode=verify-full)",
+        "allow_plaintext",
+        allow_plaintext,
+    )
 }
 
 /// A lazily connecting pool: authd starts even while the database is down.
