@@ -110,7 +110,10 @@ mod tests {
         let e = check_transport("http://authd.example:50051", false)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("--authd") && e.contains("--allow-plaintext"), "{e}");
+        assert!(
+            e.contains("--authd") && e.contains("--allow-plaintext"),
+            "{e}"
+        );
         assert!(check_transport("http://10.0.0.5:50051", false).is_err());
         assert!(check_transport("http://authd.example:50051", true).is_ok());
     }

@@ -249,7 +249,10 @@ async fn kube_apiserver_certificates_are_bound_to_their_cluster() {
         .body(review_body(V1, &alice, &[]))
         .send()
         .await;
-    assert!(r.is_err(), "no certificate: refused at the handshake: {r:?}");
+    assert!(
+        r.is_err(),
+        "no certificate: refused at the handshake: {r:?}"
+    );
 
     // A certificate from another deployment's CA: refused at the handshake.
     let other = temp_dir();

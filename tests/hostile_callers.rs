@@ -13,7 +13,8 @@ use std::time::Duration;
 use common::fleet::{certs_init_with, identity};
 use common::*;
 
-const SOURCES: &str = "[[sources]]\nname = \"static\"\ntype = \"token_file\"\npath = \"tokens.csv\"\n";
+const SOURCES: &str =
+    "[[sources]]\nname = \"static\"\ntype = \"token_file\"\npath = \"tokens.csv\"\n";
 
 /// Writes `tokens.csv` with alice's token and returns the token.
 fn alice(dir: &Path) -> String {
@@ -92,7 +93,11 @@ async fn up_answers_only_the_kube_apiserver_certificate_it_issued() {
     certs_init_with(foreign.path(), &["--cluster", "default"]);
 
     assert_refused(&attackers(&kc.ca_pem, foreign.path()), &kc.server, &token).await;
-    assert_eq!(verdicts(&admin).await, 0.0, "a refused caller reached authd");
+    assert_eq!(
+        verdicts(&admin).await,
+        0.0,
+        "a refused caller reached authd"
+    );
 
     // The kubeconfig's certificate, as kube-apiserver presents it, is answered.
     let apiserver = client(&kc.ca_pem, Proto::H2, None);
@@ -159,13 +164,23 @@ async fn split_mode_answers_only_kube_apiserver_certificates() {
         )
         .await;
     }
-    assert_eq!(verdicts(&admin).await, 0.0, "a refused caller reached authd");
+    assert_eq!(
+        verdicts(&admin).await,
+        0.0,
+        "a refused caller reached authd"
+    );
 
     let default = client(&ca, Proto::H2, Some(identity(d, "apiserver-default")));
     let a = review(&default, &format!("{base}/authenticate"), V1, &token).await;
     assert!(a.authenticated(), "{a:?}");
     let dev = client(&ca, Proto::H1, Some(identity(d, "apiserver-dev")));
-    let a = review(&dev, &format!("{base}/clusters/dev/authenticate"), V1, &token).await;
+    let a = review(
+        &dev,
+        &format!("{base}/clusters/dev/authenticate"),
+        V1,
+        &token,
+    )
+    .await;
     assert!(a.authenticated(), "{a:?}");
     assert_eq!(verdicts(&admin).await, 2.0);
 }
@@ -195,7 +210,12 @@ async fn an_edge_without_a_client_ca_needs_the_explicit_opt_out() {
         d,
         &[],
     );
-    assert_eq!(p.wait_exit(Duration::from_secs(10)), Some(1), "{}", p.stderr());
+    assert_eq!(
+        p.wait_exit(Duration::from_secs(10)),
+        Some(1),
+        "{}",
+        p.stderr()
+    );
     let err = p.stderr();
     assert!(err.contains("tls.client_ca"), "{err}");
     assert!(
@@ -221,7 +241,9 @@ async fn an_edge_without_a_client_ca_needs_the_explicit_opt_out() {
     assert!(a.authenticated(), "the opt-out opens the route: {a:?}");
     let log = edge.stderr();
     assert!(
-        log.contains("tls.insecure_allow_anonymous_reviews: these clusters' review routes answer any"),
+        log.contains(
+            "tls.insecure_allow_anonymous_reviews: these clusters' review routes answer any"
+        ),
         "{log}"
     );
     assert!(
@@ -248,7 +270,12 @@ fn authd_refuses_a_plaintext_remote_jwks_url_naming_the_field() {
         d,
         &[],
     );
-    assert_eq!(p.wait_exit(Duration::from_secs(10)), Some(1), "{}", p.stderr());
+    assert_eq!(
+        p.wait_exit(Duration::from_secs(10)),
+        Some(1),
+        "{}",
+        p.stderr()
+    );
     let err = p.stderr();
     assert!(err.contains("sources[0].jwks_url"), "{err}");
     assert!(err.contains("allow_plaintext = true"), "{err}");
@@ -261,7 +288,13 @@ fn revoke_refuses_to_send_the_admin_secret_in_plaintext_to_a_remote_host() {
     let d = dir.path();
     let secret = write(d, "admin.secret", "0123456789abcdef0123456789abcdef\n");
     let out = std::process::Command::new(bin("kube-authd"))
-        .args(["revoke", "--authd", "http://authd.invalid:50051", "--user", "alice"])
+        .args([
+            "revoke",
+            "--authd",
+            "http://authd.invalid:50051",
+            "--user",
+            "alice",
+        ])
         .arg("--admin-token-file")
         .arg(&secret)
         .output()

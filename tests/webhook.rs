@@ -386,7 +386,7 @@ async fn no_raw_token_in_any_log_line() {
         )
     };
     let edge = {
-        let cfg = write(dir.path(), "e.toml", &format!("listen = \"127.0.0.1:0\"\n[tls]\ncert = \"edge.crt\"\nkey = \"edge.key\"\n[authd]\nendpoint = \"http://{}\"\n", authd.ready_field("grpc")));
+        let cfg = write(dir.path(), "e.toml", &format!("listen = \"127.0.0.1:0\"\n{EDGE_TLS}[authd]\nendpoint = \"http://{}\"\n", authd.ready_field("grpc")));
         Proc::start_env(
             "edge",
             "authd-edge",
@@ -523,14 +523,14 @@ async fn bad_configuration_stops_startup_naming_file_line_and_field() {
     );
     // Unreadable certificate and key for the edge.
     write(d, "garbage.crt", "not a certificate\n");
-    write(d, "edge-bad-cert.toml", "[tls]\ncert = \"garbage.crt\"\nkey = \"garbage.crt\"\n[authd]\nendpoint = \"http://127.0.0.1:1\"\n");
+    write(d, "edge-bad-cert.toml", "[tls]\ncert = \"garbage.crt\"\nkey = \"garbage.crt\"\nclient_ca = \"ca.crt\"\n[authd]\nendpoint = \"http://127.0.0.1:1\"\n");
     fails(
         "badcert",
         "authd-edge",
         &["serve", "--config", "edge-bad-cert.toml"],
         &["tls.cert", "garbage.crt"],
     );
-    write(d, "edge-missing.toml", "[tls]\ncert = \"none.crt\"\nkey = \"none.key\"\n[authd]\nendpoint = \"http://127.0.0.1:1\"\n");
+    write(d, "edge-missing.toml", "[tls]\ncert = \"none.crt\"\nkey = \"none.key\"\nclient_ca = \"ca.crt\"\n[authd]\nendpoint = \"http://127.0.0.1:1\"\n");
     fails(
         "missingcert",
         "authd-edge",
@@ -540,7 +540,7 @@ async fn bad_configuration_stops_startup_naming_file_line_and_field() {
     write(
         d,
         "edge-noauthd.toml",
-        "[tls]\ncert = \"none.crt\"\nkey = \"none.key\"\n",
+        "[tls]\ncert = \"none.crt\"\nkey = \"none.key\"\nclient_ca = \"ca.crt\"\n",
     );
     fails(
         "noauthd",

@@ -799,7 +799,9 @@ mod access_tests {
     #[test]
     fn plaintext_sources_are_for_loopback_or_the_opt_out() {
         let jwt = |url: &str| {
-            format!("type='jwt'\nissuer='i'\naudiences=['a']\nalgorithms=['RS256']\njwks_url='{url}'")
+            format!(
+                "type='jwt'\nissuer='i'\naudiences=['a']\nalgorithms=['RS256']\njwks_url='{url}'"
+            )
         };
         let basic = |url: &str| format!("type='basic_auth'\nurl='{url}'");
         let ldap = |url: &str| {
@@ -815,7 +817,10 @@ mod access_tests {
             (jwt("http://10.1.2.3:8080/jwks"), "sources[0].jwks_url"),
             (basic("http://idp.example/basic/{user}"), "sources[0].url"),
             (ldap("ldap://dir.example:389"), "sources[0].url"),
-            (pg("postgres://authd@db.example/authd"), "sources[0].database_url"),
+            (
+                pg("postgres://authd@db.example/authd"),
+                "sources[0].database_url",
+            ),
             (
                 pg("postgres://authd@db.example/authd?sslmode=disable"),
                 "sources[0].database_url",
@@ -881,7 +886,10 @@ mod access_tests {
             ("url='redis://a'\nca_file='c'", "cache.redis.ca_file"),
             ("url='redis://a'\npassword_file='p'", "cache.redis.username"),
             ("url='redis://a'\ntimeout='0s'", "cache.redis.timeout"),
-            ("url='redis://cache.example:6379'", "cache.redis.allow_plaintext = true"),
+            (
+                "url='redis://cache.example:6379'",
+                "cache.redis.allow_plaintext = true",
+            ),
             (
                 "cluster_urls=['rediss://a', 'redis://10.0.0.2:6379']",
                 "cache.redis.cluster_urls[1]",

@@ -30,7 +30,7 @@ use rustls::client::Resumption;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
@@ -61,6 +61,8 @@ pub enum Target {
     Https {
         url: String,
         ca_pem: Vec<u8>,
+        /// The client certificate and key (PEM) presented as kube-apiserver's.
+        identity_pem: Option<Vec<u8>>,
         proto: Proto,
     },
     /// authd's gRPC address (`http://host:port`), cluster `default`.
@@ -159,7 +161,12 @@ struct Https {
 }
 
 impl Https {
-    async fn new(url: &str, ca_pem: &[u8], proto: Proto) -> anyhow::Result<Self> {
+    async fn new(
+        url: &str,
+        ca_pem: &[u8],
+        identity_pem: Option<&[u8]>,
+        proto: Proto,
+    ) -> anyhow::Result<Self> {
         let uri: Uri = url.parse().with_context(|| format!("URL {url:?}"))?;
         anyhow::ensure!(uri.scheme_str() == Some("https"), "URL {url:?}: not https");
         let authority = uri
@@ -180,9 +187,18 @@ impl Https {
                 .context("CA certificate")?;
         }
         anyhow::ensure!(!roots.is_empty(), "no certificate in the CA PEM");
-        let mut config = ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let builder = ClientConfig::builder().with_root_certificates(roots);
+        let mut config = match identity_pem {
+            Some(pem) => builder
+                .with_client_auth_cert(
+                    CertificateDer::pem_slice_iter(pem)
+                        .collect::<Result<_, _>>()
+                        .context("client certificate PEM")?,
+                    PrivateKeyDer::from_pem_slice(pem).context("client key PEM")?,
+                )
+                .context("client certificate")?,
+            None => builder.with_no_client_auth(),
+        };
         config.resumption = Resumption::disabled();
         config.alpn_protocols = match proto {
             Proto::H1 => vec![b"http/1.1".to_vec()],
@@ -513,8 +529,13 @@ pub async fn run(spec: &Spec, workload: Arc<Workload>) -> anyhow::Result<Outcome
     let n = spec.concurrency.max(1);
     let conns = spec.h2_connections.max(1);
     let clients: Vec<Client> = match &spec.target {
-        Target::Https { url, ca_pem, proto } => {
-            let https = Arc::new(Https::new(url, ca_pem, *proto).await?);
+        Target::Https {
+            url,
+            ca_pem,
+            identity_pem,
+            proto,
+        } => {
+            let https = Arc::new(Https::new(url, ca_pem, identity_pem.as_deref(), *proto).await?);
             match proto {
                 Proto::H1 => (0..n)
                     .map(|_| Client::H1 {

@@ -49,6 +49,10 @@ enum Command {
         /// PEM CA the endpoint's certificate chains to.
         #[arg(long, required_unless_present = "grpc")]
         ca: Option<PathBuf>,
+        /// PEM client certificate and key (one file) presented as kube-apiserver's; the
+        /// edge requires one.
+        #[arg(long)]
+        identity: Option<PathBuf>,
         /// Drive authd's Authenticate over gRPC instead.
         #[arg(long)]
         grpc: bool,
@@ -134,6 +138,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         Command::Run {
             url,
             ca,
+            identity,
             grpc,
             proto,
             connections,
@@ -153,6 +158,12 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                     url,
                     ca_pem: std::fs::read(&ca)
                         .with_context(|| format!("--ca {}: cannot read", ca.display()))?,
+                    identity_pem: identity
+                        .map(|p| {
+                            std::fs::read(&p)
+                                .with_context(|| format!("--identity {}: cannot read", p.display()))
+                        })
+                        .transpose()?,
                     proto: match proto {
                         ProtoArg::H1 => load::Proto::H1,
                         ProtoArg::H2 => load::Proto::H2,

@@ -381,6 +381,8 @@ struct Env {
     token_file: PathBuf,
     hmac_key: PathBuf,
     ca_pem: Vec<u8>,
+    /// kube-apiserver's client certificate and key (PEM), which the edge requires.
+    identity_pem: Vec<u8>,
     basic_addr: String,
     redis_port: Option<u16>,
     venv: Option<PathBuf>,
@@ -444,6 +446,17 @@ fn ensure_venv(python: &str) -> anyhow::Result<PathBuf> {
     Ok(venv)
 }
 
+/// `apiserver-default.crt` and its key in `dir` as one PEM: kube-apiserver's identity.
+fn identity(dir: &Path) -> anyhow::Result<Vec<u8>> {
+    let mut pem = std::fs::read(dir.join("apiserver-default.crt"))
+        .with_context(|| format!("{}/apiserver-default.crt", dir.display()))?;
+    pem.extend(
+        std::fs::read(dir.join("apiserver-default.key"))
+            .with_context(|| format!("{}/apiserver-default.key", dir.display()))?,
+    );
+    Ok(pem)
+}
+
 impl Env {
     fn setup(args: &Args, dir: &Path, need_python: bool, need_redis: bool) -> anyhow::Result<Env> {
         let bins = match &args.bin_dir {
@@ -454,7 +467,7 @@ impl Env {
                 .to_path_buf(),
         };
         let certs = Command::new(bin(&bins, "kube-authd")?)
-            .args(["certs", "init", "--dir"])
+            .args(["certs", "init", "--cluster", "default", "--dir"])
             .arg(dir)
             .output()
             .context("kube-authd certs init")?;
@@ -511,6 +524,7 @@ impl Env {
         Ok(Env {
             dir: dir.to_owned(),
             ca_pem: std::fs::read(dir.join("ca.crt"))?,
+            identity_pem: identity(dir)?,
             bins,
             universe,
             token_file,
@@ -586,9 +600,10 @@ fn start(env: &Env, sc: &Scenario, idx: usize) -> anyhow::Result<Start> {
     let mut procs = Vec::new();
     let mut pids = Vec::new();
     let ca_pem = env.ca_pem.clone();
-    let https = |url: String, ca_pem: Vec<u8>| Target::Https {
+    let https = |url: String, ca_pem: Vec<u8>, identity_pem: Vec<u8>| Target::Https {
         url,
         ca_pem,
+        identity_pem: Some(identity_pem),
         proto: sc.proto,
     };
     // authd refusing a configuration this branch does not support is a skip, anything
@@ -645,9 +660,10 @@ fn start(env: &Env, sc: &Scenario, idx: usize) -> anyhow::Result<Start> {
                 std::fs::write(
                     &edge_cfg,
                     format!(
-                        "listen = \"127.0.0.1:0\"\nshutdown_grace = \"1s\"\n[tls]\ncert = {:?}\nkey = {:?}\n[authd]\nendpoint = \"http://{grpc}\"\n",
+                        "listen = \"127.0.0.1:0\"\nshutdown_grace = \"1s\"\n[tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n[authd]\nendpoint = \"http://{grpc}\"\n",
                         env.dir.join("edge.crt").display().to_string(),
                         env.dir.join("edge.key").display().to_string(),
+                        env.dir.join("cluster-default-ca.crt").display().to_string(),
                     ),
                 )?;
                 let mut cmd = Command::new(bin(&env.bins, "authd-edge")?);
@@ -661,7 +677,11 @@ fn start(env: &Env, sc: &Scenario, idx: usize) -> anyhow::Result<Start> {
                 procs.push(edge);
                 Ok(Start::Up(Running {
                     _procs: procs,
-                    target: https(format!("{base}/authenticate"), ca_pem),
+                    target: https(
+                        format!("{base}/authenticate"),
+                        ca_pem,
+                        env.identity_pem.clone(),
+                    ),
                     pids,
                 }))
             }
@@ -683,7 +703,7 @@ fn start(env: &Env, sc: &Scenario, idx: usize) -> anyhow::Result<Start> {
                 procs.push(up);
                 Ok(Start::Up(Running {
                     _procs: procs,
-                    target: https(url, std::fs::read(state.join("ca.crt"))?),
+                    target: https(url, std::fs::read(state.join("ca.crt"))?, identity(&state)?),
                     pids,
                 }))
             }
@@ -735,7 +755,11 @@ fn start(env: &Env, sc: &Scenario, idx: usize) -> anyhow::Result<Start> {
                 procs.push(p);
                 Ok(Start::Up(Running {
                     _procs: procs,
-                    target: https(format!("https://127.0.0.1:{port}/"), ca_pem),
+                    target: https(
+                        format!("https://127.0.0.1:{port}/"),
+                        ca_pem,
+                        env.identity_pem.clone(),
+                    ),
                     pids,
                 }))
             }
@@ -771,7 +795,11 @@ fn start(env: &Env, sc: &Scenario, idx: usize) -> anyhow::Result<Start> {
                 procs.push(p);
                 Ok(Start::Up(Running {
                     _procs: procs,
-                    target: https(format!("{base}/authenticate"), ca_pem),
+                    target: https(
+                        format!("{base}/authenticate"),
+                        ca_pem,
+                        env.identity_pem.clone(),
+                    ),
                     pids,
                 }))
             }

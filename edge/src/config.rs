@@ -477,7 +477,10 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(e.contains("tls.client_ca"), "{e}");
-            assert!(e.contains("tls.insecure_allow_anonymous_reviews = true"), "{e}");
+            assert!(
+                e.contains("tls.insecure_allow_anonymous_reviews = true"),
+                "{e}"
+            );
         }
         let c = Config::parse(
             &format!("{bare}insecure_allow_anonymous_reviews = true\n"),

@@ -80,7 +80,9 @@ pub fn register_kube_apiserver(ca_pem: &[u8], identity_pem: Vec<u8>) {
 /// kube-apiserver's identity for edges whose certificate `ca_pem` signed, if registered.
 pub fn kube_apiserver_identity(ca_pem: &[u8]) -> Option<Vec<u8>> {
     let ids = KUBE_APISERVER.lock().unwrap();
-    ids.iter().find(|(ca, _)| ca == ca_pem).map(|(_, id)| id.clone())
+    ids.iter()
+        .find(|(ca, _)| ca == ca_pem)
+        .map(|(_, id)| id.clone())
 }
 
 /// A rustls client configuration as kube-apiserver's: trusts `ca_pem` only and presents
@@ -96,7 +98,9 @@ pub fn kube_apiserver_tls(ca_pem: &[u8], alpn: &[u8]) -> rustls::ClientConfig {
     let mut config = match kube_apiserver_identity(ca_pem) {
         Some(id) => b
             .with_client_auth_cert(
-                CertificateDer::pem_slice_iter(&id).map(Result::unwrap).collect(),
+                CertificateDer::pem_slice_iter(&id)
+                    .map(Result::unwrap)
+                    .collect(),
                 PrivateKeyDer::from_pem_slice(&id).expect("identity key"),
             )
             .expect("identity"),
@@ -109,7 +113,11 @@ pub fn kube_apiserver_tls(ca_pem: &[u8], alpn: &[u8]) -> rustls::ClientConfig {
 /// An HTTPS client trusting only `ca_pem`, speaking one HTTP version, presenting
 /// `identity_pem`, or kube-apiserver's identity registered for `ca_pem` when `None`.
 pub fn client(ca_pem: &[u8], proto: Proto, identity_pem: Option<Vec<u8>>) -> reqwest::Client {
-    client_as(ca_pem, proto, identity_pem.or_else(|| kube_apiserver_identity(ca_pem)))
+    client_as(
+        ca_pem,
+        proto,
+        identity_pem.or_else(|| kube_apiserver_identity(ca_pem)),
+    )
 }
 
 /// An HTTPS client that presents no client certificate: anyone who can reach the port.
@@ -347,7 +355,8 @@ pub fn register_certs(dir: &Path) {
 }
 
 /// The `[tls]` table of the harness's edges: kube-apiserver's certificate is required.
-pub const EDGE_TLS: &str = "[tls]\ncert = \"edge.crt\"\nkey = \"edge.key\"\nclient_ca = \"ca.crt\"\n";
+pub const EDGE_TLS: &str =
+    "[tls]\ncert = \"edge.crt\"\nkey = \"edge.key\"\nclient_ca = \"ca.crt\"\n";
 
 /// Writes an authd config whose sources section is `sources_toml`, and starts authd.
 pub fn start_authd(dir: &Path, name: &str, listen: &str, extra_toml: &str) -> Proc {

@@ -15,8 +15,8 @@ use futures::future::{BoxFuture, FutureExt};
 use serde::Deserialize;
 
 use super::common::{
-    check_plaintext,     check_prefix, check_separator, check_timeout, http_roots, resolve, split_user_password,
-    FileError,
+    check_plaintext, check_prefix, check_separator, check_timeout, http_roots, resolve,
+    split_user_password, FileError,
 };
 use super::{BuildError, Kind, Verifier};
 use crate::field::FieldError;

@@ -273,7 +273,10 @@ mod tests {
         let e = check_plaintext("url", "idp", "http://", "allow_plaintext", false)
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("url") && e.contains("allow_plaintext = true"), "{e}");
+        assert!(
+            e.starts_with("url") && e.contains("allow_plaintext = true"),
+            "{e}"
+        );
         assert!(check_plaintext("url", "idp", "http://", "allow_plaintext", true).is_ok());
         assert!(check_plaintext("url", "127.0.0.1", "http://", "allow_plaintext", false).is_ok());
     }

@@ -23,8 +23,8 @@ use serde::Deserialize;
 use tokio::sync::Mutex;
 
 use super::common::{
-    check_plaintext,     check_prefix, check_separator, check_timeout, read_secret, resolve, split_user_password,
-    tls_roots, FileError, LdapUrl,
+    check_plaintext, check_prefix, check_separator, check_timeout, read_secret, resolve,
+    split_user_password, tls_roots, FileError, LdapUrl,
 };
 use super::{BuildError, Kind, Verifier};
 use crate::field::FieldError;
