@@ -84,10 +84,6 @@ async fn up_answers_only_the_kube_apiserver_certificate_it_issued() {
     let token = alice(d);
     let up = start_up(d, &d.join("tokens.csv"));
     let kc = Kubeconfig::load(&d.join("state/webhook-kubeconfig.yaml"));
-    assert!(
-        kc.client_cert_pem.is_some() && kc.client_key_pem.is_some(),
-        "the webhook kubeconfig carries kube-apiserver's client certificate"
-    );
     let admin = up.ready_field("admin");
     let foreign = temp_dir();
     certs_init_with(foreign.path(), &["--cluster", "default"]);
@@ -97,6 +93,11 @@ async fn up_answers_only_the_kube_apiserver_certificate_it_issued() {
         verdicts(&admin).await,
         0.0,
         "a refused caller reached authd"
+    );
+
+    assert!(
+        kc.client_cert_pem.is_some() && kc.client_key_pem.is_some(),
+        "the webhook kubeconfig carries kube-apiserver's client certificate"
     );
 
     // The kubeconfig's certificate, as kube-apiserver presents it, is answered.
