@@ -53,6 +53,7 @@ async fn up_answers_the_fast_retryable_500_above_its_in_flight_limit() {
         d,
         "kube-authd ready",
     );
+    register_up(&d.join("state"));
     let kc = Kubeconfig::load(&d.join("state/webhook-kubeconfig.yaml"));
     let c = client(&kc.ca_pem, Proto::H2, None);
 

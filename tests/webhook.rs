@@ -373,6 +373,7 @@ async fn no_raw_token_in_any_log_line() {
         "kube-authd ready",
         &env,
     );
+    register_up(&dir.path().join("state"));
     certs_init(dir.path(), &[]);
     let authd = {
         let cfg = write(dir.path(), "a.toml", "listen = \"127.0.0.1:0\"\n[[sources]]\nname = \"static\"\ntype = \"token_file\"\npath = \"tokens.csv\"\n");
@@ -386,7 +387,14 @@ async fn no_raw_token_in_any_log_line() {
         )
     };
     let edge = {
-        let cfg = write(dir.path(), "e.toml", &format!("listen = \"127.0.0.1:0\"\n{EDGE_TLS}[authd]\nendpoint = \"http://{}\"\n", authd.ready_field("grpc")));
+        let cfg = write(
+            dir.path(),
+            "e.toml",
+            &format!(
+                "listen = \"127.0.0.1:0\"\n{EDGE_TLS}[authd]\nendpoint = \"http://{}\"\n",
+                authd.ready_field("grpc")
+            ),
+        );
         Proc::start_env(
             "edge",
             "authd-edge",

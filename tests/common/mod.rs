@@ -318,12 +318,18 @@ pub fn start_up(dir: &Path, token_file: &Path) -> Proc {
         dir,
         "kube-authd ready",
     );
-    let kc = Kubeconfig::load(&dir.join("state/webhook-kubeconfig.yaml"));
-    if let (Some(mut cert), Some(key)) = (kc.client_cert_pem, kc.client_key_pem) {
-        cert.extend(key);
-        register_kube_apiserver(&kc.ca_pem, cert);
-    }
+    register_up(&dir.join("state"));
     up
+}
+
+/// Registers kube-apiserver's identity from the kubeconfig `up` wrote in `state_dir`.
+pub fn register_up(state_dir: &Path) {
+    let kc = Kubeconfig::load(&state_dir.join("webhook-kubeconfig.yaml"));
+    let (Some(mut cert), Some(key)) = (kc.client_cert_pem, kc.client_key_pem) else {
+        panic!("up's kubeconfig has no client certificate");
+    };
+    cert.extend(key);
+    register_kube_apiserver(&kc.ca_pem, cert);
 }
 
 /// Edge and authd as separate processes, with certificates from `kube-authd certs init`.
