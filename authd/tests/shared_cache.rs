@@ -145,6 +145,7 @@ fn replica(redis: &Redis, source: &Arc<Switch>, grace: Duration) -> Authd {
         username: None,
         password_file: None,
         ca_file: None,
+        allow_plaintext: false,
         key_prefix: "test:".into(),
         timeout: Duration::from_secs(2),
         connect_timeout: Duration::from_secs(1),
