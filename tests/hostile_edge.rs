@@ -331,7 +331,8 @@ async fn h2_rapid_reset_is_bounded() {
         let (mut sent, mut connections) = (0usize, 1usize);
         let until = Instant::now() + Duration::from_secs(3);
         while Instant::now() < until && sent < 50_000 {
-            let ready = tokio::time::timeout(Duration::from_millis(500), send.clone().ready()).await;
+            let ready =
+                tokio::time::timeout(Duration::from_millis(500), send.clone().ready()).await;
             let opened = match ready {
                 Ok(Ok(mut ready)) => ready.send_request(h2_post(&t.kc, 100), false).ok(),
                 _ => None,

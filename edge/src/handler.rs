@@ -291,10 +291,13 @@ impl Handler {
         // answers for it when time is up.
         let verdict = self
             .backend
-            .review(&admitted, Call {
-                request,
-                deadline: started + self.review_timeout,
-            })
+            .review(
+                &admitted,
+                Call {
+                    request,
+                    deadline: started + self.review_timeout,
+                },
+            )
             .await;
         match verdict {
             Ok(v) if v.error.is_empty() => ok_answer(&parsed.api_version, &parsed, &v),
@@ -385,13 +388,17 @@ async fn read_body(mut body: Incoming, limit: usize, admitted: &mut Admitted<'_>
                 match first.take() {
                     None if buf.is_empty() => first = Some(data),
                     earlier => {
-                        if buf.capacity() == 0 {
-                            // Sized once when the length is declared, so it never doubles.
-                            let size = declared.map_or(seen, |n| n as usize).clamp(seen, limit);
+                        // The buffer grows with what arrives, not with what was declared
+                        // (a trickled body holds little), fourfold so a large body is
+                        // reallocated few times (freed buffers linger in the allocator),
+                        // never past the declared length; what it allocates is held first.
+                        if seen > buf.capacity() {
+                            let end = declared.map_or(limit, |n| n as usize).clamp(seen, limit);
+                            let size = (4 * buf.capacity()).clamp(seen, end);
                             if !admitted.hold(base + size) {
                                 return BodyRead::OverBudget;
                             }
-                            buf.reserve(size);
+                            buf.reserve(size - buf.len());
                         }
                         if let Some(e) = earlier {
                             buf.extend_from_slice(&e);
@@ -399,6 +406,7 @@ async fn read_body(mut body: Incoming, limit: usize, admitted: &mut Admitted<'_>
                         buf.extend_from_slice(&data);
                     }
                 }
+                // The allocator may round a reservation up; that is held too.
                 let kept = first.as_ref().map_or(buf.capacity(), Bytes::len);
                 if !admitted.hold(base + kept) {
                     return BodyRead::OverBudget;
