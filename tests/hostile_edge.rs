@@ -41,6 +41,11 @@ struct Target {
 
 impl Target {
     async fn start() -> Target {
+        Self::start_with(&[]).await
+    }
+
+    /// `up` with `flags` added to its command line.
+    async fn start_with(flags: &[&str]) -> Target {
         let dir = temp_dir();
         let alice = token("alice");
         let tokens = write(
@@ -48,8 +53,21 @@ impl Target {
             "tokens.csv",
             &format!("{alice},alice,1,\"dev\"\n"),
         );
-        let up = start_up(dir.path(), &tokens);
-        let kc = Kubeconfig::load(&dir.path().join("state/webhook-kubeconfig.yaml"));
+        let state = dir.path().join("state");
+        let mut args = vec![
+            "up",
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--token-file",
+            tokens.to_str().unwrap(),
+        ];
+        args.extend(flags);
+        let up = Proc::start("kube-authd", &args, dir.path(), "kube-authd ready");
+        let kc = Kubeconfig::load(&state.join("webhook-kubeconfig.yaml"));
         let mut t = Target {
             _dir: dir,
             up,
@@ -450,4 +468,21 @@ async fn endless_chunked_bodies_are_cut_off() {
         );
     }
     t.assert_bounded("endless chunked bodies", peaks, 8);
+}
+
+/// `kube-authd up --max-connections` reaches the edge: connections above it are closed at
+/// once, and a review goes through once the attacker's are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_passes_its_connection_cap_to_the_edge() {
+    let t = Target::start_with(&["--max-connections", "4"]).await;
+    let conns = tls_connections(&t.addr(), 10, tls_config(&t.kc, b"http/1.1")).await;
+    assert_eq!(
+        conns.len(),
+        4,
+        "connections past --max-connections are closed"
+    );
+    assert!(open_fds(t.up.pid()) <= t.rest.1 + 4 + FD_SLACK);
+    drop(conns);
+    t.assert_legit_review("after the connections are closed")
+        .await;
 }
