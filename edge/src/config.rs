@@ -377,18 +377,11 @@ impl Config {
                 "must be greater than 0",
             ));
         }
-        // Below `max_body_bytes` a body of the largest accepted size could never be read;
-        // the ceiling is what one semaphore acquisition can count.
-        if self.max_buffered_body_bytes < self.max_body_bytes
-            || self.max_buffered_body_bytes > u32::MAX as usize
-        {
+        // Below `max_body_bytes` a body of the largest accepted size could never be read.
+        if self.max_buffered_body_bytes < self.max_body_bytes {
             return Err(FieldError::new(
                 "max_buffered_body_bytes",
-                format!(
-                    "must be between max_body_bytes ({}) and {}",
-                    self.max_body_bytes,
-                    u32::MAX
-                ),
+                format!("must be at least max_body_bytes ({})", self.max_body_bytes),
             ));
         }
         if self.max_connections == 0 {

@@ -3,43 +3,72 @@
 //! `max_buffered_body_bytes` of request headers and body; a review over either limit is
 //! answered at once with `Overloaded` (the handler's retryable 500 without Retry-After:
 //! kube-apiserver multiplies retries of 429 and of anything with Retry-After; see
-//! docs/configuration.md, "Overload"). Never a queue: permits are taken with `try_acquire`,
-//! not awaited.
+//! docs/configuration.md, "Overload"). Never a queue: room is taken or refused at
+//! once, never awaited.
 //!
 //! Admission comes before the body because reading it is where a client spends the edge's
 //! memory: with the limit applied after the read, every HTTP/2 stream of every connection
 //! buffered its body first (issue 13: +216 MB from one connection).
 
-use tokio::sync::{Semaphore, SemaphorePermit};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::backend::BackendError;
 
-/// The edge's two process-wide limits, shared by every connection.
+/// The edge's two process-wide limits, shared by every connection. Plain counters, not
+/// semaphores: nothing ever waits for room, and giving back is one atomic subtraction (a
+/// tokio semaphore takes its waiters' lock on every release).
 pub struct Admission {
-    /// One permit per review in progress.
-    reviews: Semaphore,
-    /// One permit per byte of request data a review holds (headers, then its body as it
+    /// Reviews in progress.
+    reviews: Limit,
+    /// Bytes of request data the reviews in progress hold (headers, then each body as it
     /// is read).
-    bytes: Semaphore,
+    bytes: Limit,
+}
+
+/// A count that may not pass its maximum.
+struct Limit {
+    max: usize,
+    used: AtomicUsize,
+}
+
+impl Limit {
+    fn new(max: usize) -> Self {
+        Self {
+            max,
+            used: AtomicUsize::new(0),
+        }
+    }
+
+    /// Takes `n` if that stays within the maximum.
+    fn take(&self, n: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(n).filter(|total| *total <= self.max)
+            })
+            .is_ok()
+    }
+
+    fn give(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::AcqRel);
+    }
 }
 
 impl Admission {
     pub fn new(max_in_flight: usize, max_bytes: usize) -> Self {
         Self {
-            reviews: Semaphore::new(max_in_flight),
-            bytes: Semaphore::new(max_bytes),
+            reviews: Limit::new(max_in_flight),
+            bytes: Limit::new(max_bytes),
         }
     }
 
     /// Admits one review that already holds `bytes` (its headers), or refuses it at once.
     pub fn admit(&self, bytes: usize) -> Result<Admitted<'_>, BackendError> {
-        let review = self.reviews.try_acquire().map_err(|_| {
-            BackendError::Overloaded(
+        if !self.reviews.take(1) {
+            return Err(BackendError::Overloaded(
                 "the edge has max_in_flight_reviews reviews in progress".into(),
-            )
-        })?;
+            ));
+        }
         let mut admitted = Admitted {
-            _review: review,
             admission: self,
             held: 0,
         };
@@ -57,9 +86,9 @@ pub fn over_budget() -> BackendError {
     )
 }
 
-/// One admitted review: its in-flight permit and the bytes it holds, given back on drop.
+/// One admitted review: its place among the reviews in progress and the bytes it holds,
+/// given back on drop.
 pub struct Admitted<'a> {
-    _review: SemaphorePermit<'a>,
     admission: &'a Admission,
     held: usize,
 }
@@ -73,27 +102,22 @@ impl Admitted<'_> {
     /// Makes sure this review holds at least `total` bytes of the budget; `false` (and
     /// nothing more held) when the budget has no room for the difference.
     pub fn hold(&mut self, total: usize) -> bool {
-        let Some(more) = total.checked_sub(self.held).filter(|m| *m > 0) else {
+        let more = total.saturating_sub(self.held);
+        if more == 0 {
             return true;
-        };
-        let Ok(more) = u32::try_from(more) else {
-            return false;
-        };
-        match self.admission.bytes.try_acquire_many(more) {
-            Ok(permit) => {
-                // Given back as one sum on drop, however many steps it was taken in.
-                permit.forget();
-                self.held = total;
-                true
-            }
-            Err(_) => false,
         }
+        if !self.admission.bytes.take(more) {
+            return false;
+        }
+        self.held = total;
+        true
     }
 }
 
 impl Drop for Admitted<'_> {
     fn drop(&mut self) {
-        self.admission.bytes.add_permits(self.held);
+        self.admission.bytes.give(self.held);
+        self.admission.reviews.give(1);
     }
 }
 
