@@ -57,10 +57,8 @@ enum Command {
         /// Plain-HTTP /healthz, /readyz and /metrics.
         #[arg(long)]
         admin_listen: Option<SocketAddr>,
-        /// Most reviews in progress at once; beyond it a review is answered at once with the
-        /// retryable 500 (the edge's `max_in_flight_reviews`, default 1024).
-        #[arg(long)]
-        max_in_flight_reviews: Option<usize>,
+        #[command(flatten)]
+        limits: up::EdgeLimits,
     },
     /// Print a kubeconfig for kube-apiserver's --authentication-token-webhook-config-file.
     WebhookConfig {
@@ -228,7 +226,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             config,
             grpc_listen,
             admin_listen,
-            max_in_flight_reviews,
+            limits,
         } => {
             up::run(up::UpArgs {
                 state_dir,
@@ -238,7 +236,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 authd_config: config,
                 grpc_listen,
                 admin_listen,
-                max_in_flight_reviews,
+                limits,
             })
             .await
         }

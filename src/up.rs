@@ -1,9 +1,9 @@
 //! `kube-authd up`: edge and authd in one process, for one machine and the quick start.
 //!
 //! The edge calls authd's tower service in-process (no loopback socket on the hot path),
-//! behind the same layers as split mode (`authd_edge::Backend::layered`: load shed at
-//! `--max-in-flight-reviews`, deadline, fail fast); authd's gRPC port is still served for
-//! internal clients.
+//! behind the same admission and layers as split mode (`authd_edge::Backend::layered`: load
+//! shed at `--max-in-flight-reviews` and the body budget, deadline, fail fast); authd's gRPC
+//! port is still served for internal clients.
 //!
 //! Callers are authenticated: `up` issues kube-apiserver's client certificate (CN
 //! `kube-apiserver:default`, from the `cluster-default-ca` it keeps in the state dir), puts
@@ -30,8 +30,56 @@ pub struct UpArgs {
     pub authd_config: Option<PathBuf>,
     pub grpc_listen: SocketAddr,
     pub admin_listen: Option<SocketAddr>,
-    /// The edge's `max_in_flight_reviews`; its default when `None`.
+    pub limits: EdgeLimits,
+}
+
+/// The edge's capacity limits (edge.toml fields of the same names); each is the edge's
+/// default when not given.
+#[derive(clap::Args)]
+pub struct EdgeLimits {
+    /// Most reviews in progress at once; beyond it a review is answered at once with the
+    /// retryable 500 (the edge's `max_in_flight_reviews`, default 1024).
+    #[arg(long)]
     pub max_in_flight_reviews: Option<usize>,
+    /// Most bytes of request headers and bodies held by reviews in progress (the edge's
+    /// `max_buffered_body_bytes`, default 64 MiB).
+    #[arg(long)]
+    pub max_buffered_body_bytes: Option<usize>,
+    /// Most open client connections (the edge's `max_connections`, default 256).
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Most concurrent HTTP/2 streams per connection (the edge's `max_concurrent_streams`,
+    /// default 128).
+    #[arg(long)]
+    pub max_concurrent_streams: Option<u32>,
+}
+
+impl EdgeLimits {
+    /// The limits given, as edge.toml lines.
+    fn toml(&self) -> String {
+        let line = |field: &str, v: Option<String>| {
+            v.map(|v| format!("{field} = {v}\n")).unwrap_or_default()
+        };
+        [
+            line(
+                "max_in_flight_reviews",
+                self.max_in_flight_reviews.map(|n| n.to_string()),
+            ),
+            line(
+                "max_buffered_body_bytes",
+                self.max_buffered_body_bytes.map(|n| n.to_string()),
+            ),
+            line(
+                "max_connections",
+                self.max_connections.map(|n| n.to_string()),
+            ),
+            line(
+                "max_concurrent_streams",
+                self.max_concurrent_streams.map(|n| n.to_string()),
+            ),
+        ]
+        .concat()
+    }
 }
 
 /// The host put in the certificate and the kubeconfig: the listen IP unless it is a
@@ -152,9 +200,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             args.admin_listen
                 .map(|a| format!("admin_listen = \"{a}\"\n"))
                 .unwrap_or_default(),
-            args.max_in_flight_reviews
-                .map(|n| format!("max_in_flight_reviews = {n}\n"))
-                .unwrap_or_default(),
+            args.limits.toml(),
             dir.join("edge.crt").display().to_string(),
             dir.join("edge.key").display().to_string(),
             dir.join(format!("cluster-{DEFAULT_CLUSTER}-ca.crt"))

@@ -1,12 +1,14 @@
 //! The one interface through which the edge reaches authd, and the one place its
 //! cross-cutting behaviour is composed ([`Backend::layered`]).
 //!
-//! A review goes, in order, through: **load shed** at `max_in_flight_reviews`
-//! (`layer/shed.rs`), its **deadline** (`layer/deadline.rs`), **fail fast** when no authd is
-//! reachable (`layer/fail_fast.rs`), and then the inner backend: in split mode the balanced
+//! A review is first **admitted** ([`Backend::admit`], `layer/admission.rs`): load shed at
+//! `max_in_flight_reviews` and the `max_buffered_body_bytes` budget, before its body is
+//! read; the admission is the proof [`Backend::review`] asks for. It then goes, in order,
+//! through its **deadline** (`layer/deadline.rs`), **fail fast** when no authd is
+//! reachable (`layer/fail_fast.rs`), and the inner backend: in split mode the balanced
 //! authd replicas (`balance.rs`: p2c and retry once), in the all-in-one binary authd's own
-//! service, called in-process ([`Inner::in_process`]). Both get the same layers, so both
-//! answer overload with the same fast retryable 500.
+//! service, called in-process ([`Inner::in_process`]). Both get the same admission and
+//! layers, so both answer overload with the same fast retryable 500.
 //!
 //! The layers are small tower services with hand-written futures (no buffer task, no
 //! boxing per layer: the benchmark measured those at a quarter of the edge's CPU per
@@ -24,7 +26,7 @@ use tokio::time::Instant;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
 use crate::config::Config;
-use crate::layer::{Deadline, DeadlineLayer, FailFast, FailFastLayer, Shed, ShedLayer};
+use crate::layer::{Admission, Admitted, Deadline, DeadlineLayer, FailFast, FailFastLayer};
 
 /// Why authd gave no verdict. Every variant becomes the retryable HTTP 500.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -111,6 +113,8 @@ pub struct Limits {
     pub review_timeout: Duration,
     /// Reviews in progress at once (`max_in_flight_reviews`).
     pub max_in_flight: usize,
+    /// Request bytes held by the reviews in progress (`max_buffered_body_bytes`).
+    pub max_buffered_bytes: usize,
 }
 
 impl From<&Config> for Limits {
@@ -118,6 +122,7 @@ impl From<&Config> for Limits {
         Self {
             review_timeout: c.review_timeout,
             max_in_flight: c.max_in_flight_reviews,
+            max_buffered_bytes: c.max_buffered_body_bytes,
         }
     }
 }
@@ -125,23 +130,40 @@ impl From<&Config> for Limits {
 /// The backend the handler calls: the inner backend wrapped in the edge's layers.
 #[derive(Clone)]
 pub struct Backend {
-    stack: Shed<Deadline<FailFast<Inner>>>,
+    admission: Arc<Admission>,
+    stack: Deadline<FailFast<Inner>>,
 }
 
 impl Backend {
-    /// Wraps `inner` in load shed, deadline and fail fast, in that order (outermost first).
+    /// Admission in front of `inner` wrapped in deadline and fail fast, in that order
+    /// (outermost first).
     pub fn layered(inner: Inner, limits: Limits, reachability: Reachability) -> Self {
         let stack = ServiceBuilder::new()
-            .layer(ShedLayer::new(limits.max_in_flight))
             .layer(DeadlineLayer::new(limits.review_timeout))
             .layer(FailFastLayer::new(reachability))
             .service(inner);
-        Self { stack }
+        Self {
+            admission: Arc::new(Admission::new(
+                limits.max_in_flight,
+                limits.max_buffered_bytes,
+            )),
+            stack,
+        }
     }
 
-    /// Starts one review. Every layer is always ready (capacity is decided per call), so
-    /// there is nothing to wait for before calling.
-    pub fn review(&self, call: Call) -> impl Future<Output = Verdict> + Send + 'static {
+    /// Admits one review holding `bytes` of request data so far, or refuses it at once
+    /// (`Overloaded`). Taken before the body is read; held until the review is answered.
+    pub fn admit(&self, bytes: usize) -> Result<Admitted<'_>, BackendError> {
+        self.admission.admit(bytes)
+    }
+
+    /// Starts one admitted review. Every layer is always ready (capacity was decided at
+    /// admission), so there is nothing to wait for before calling.
+    pub fn review(
+        &self,
+        _admitted: &Admitted<'_>,
+        call: Call,
+    ) -> impl Future<Output = Verdict> + Send + 'static {
         self.stack.clone().call(call)
     }
 }
@@ -177,7 +199,7 @@ mod tests {
     }
 
     /// The in-process backend sheds load like the balancer: above the limit a review is
-    /// answered at once, and the inner service never sees it.
+    /// refused at admission, and the inner service never sees it.
     #[tokio::test]
     async fn in_process_backend_sheds_above_the_limit() {
         let (release, hold) = tokio::sync::watch::channel(false);
@@ -196,24 +218,29 @@ mod tests {
             Limits {
                 review_timeout: Duration::from_secs(5),
                 max_in_flight: 2,
+                max_buffered_bytes: 1024,
             },
             Reachability::always(),
         );
-        let held: Vec<_> = (0..2)
-            .map(|_| tokio::spawn(backend.review(call())))
+        let admitted: Vec<_> = (0..2).map(|_| backend.admit(0).unwrap()).collect();
+        let held: Vec<_> = admitted
+            .iter()
+            .map(|a| tokio::spawn(backend.review(a, call())))
             .collect();
         tokio::task::yield_now().await;
         while calls.load(Ordering::SeqCst) < 2 {
             tokio::task::yield_now().await;
         }
-        let shed = backend.review(call()).await;
+        let shed = backend.admit(0).map(|_| ());
         assert!(matches!(shed, Err(BackendError::Overloaded(_))), "{shed:?}");
         assert_eq!(calls.load(Ordering::SeqCst), 2);
         let _ = release.send(true);
         for h in held {
             assert!(h.await.unwrap().is_ok());
         }
-        assert!(backend.review(call()).await.is_ok(), "permits come back");
+        drop(admitted);
+        let a = backend.admit(0).expect("permits come back");
+        assert!(backend.review(&a, call()).await.is_ok());
     }
 
     /// Unreachable authd is the retryable error at once, before the inner backend.
@@ -225,10 +252,12 @@ mod tests {
             Limits {
                 review_timeout: Duration::from_secs(5),
                 max_in_flight: 1,
+                max_buffered_bytes: 1024,
             },
             Reachability::never(),
         );
-        let e = backend.review(call()).await;
+        let a = backend.admit(0).unwrap();
+        let e = backend.review(&a, call()).await;
         assert!(matches!(e, Err(BackendError::Unavailable(_))), "{e:?}");
     }
 }

@@ -40,6 +40,17 @@ pub struct Config {
     /// retryable 500 ("overloaded") instead of queueing (see docs/configuration.md).
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight_reviews: usize,
+    /// Most request bytes (headers and bodies) held by reviews in progress, process-wide;
+    /// a review that would exceed it is answered at once with the same retryable 500.
+    #[serde(default = "default_max_buffered_body_bytes")]
+    pub max_buffered_body_bytes: usize,
+    /// Most open client connections (TLS handshakes included); one more is closed at
+    /// once, before its handshake.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Most concurrent HTTP/2 streams per connection (SETTINGS_MAX_CONCURRENT_STREAMS).
+    #[serde(default = "default_max_concurrent_streams")]
+    pub max_concurrent_streams: u32,
     /// How long in-flight reviews may take to finish after SIGTERM.
     #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -297,6 +308,15 @@ fn default_idle_timeout() -> Duration {
 fn default_max_in_flight() -> usize {
     1024
 }
+fn default_max_buffered_body_bytes() -> usize {
+    64 * 1024 * 1024
+}
+fn default_max_connections() -> usize {
+    256
+}
+fn default_max_concurrent_streams() -> u32 {
+    128
+}
 fn default_dns_refresh() -> Duration {
     Duration::from_secs(5)
 }
@@ -371,6 +391,22 @@ impl Config {
         if self.max_in_flight_reviews == 0 {
             return Err(FieldError::new(
                 "max_in_flight_reviews",
+                "must be greater than 0",
+            ));
+        }
+        // Below `max_body_bytes` a body of the largest accepted size could never be read.
+        if self.max_buffered_body_bytes < self.max_body_bytes {
+            return Err(FieldError::new(
+                "max_buffered_body_bytes",
+                format!("must be at least max_body_bytes ({})", self.max_body_bytes),
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err(FieldError::new("max_connections", "must be greater than 0"));
+        }
+        if self.max_concurrent_streams == 0 {
+            return Err(FieldError::new(
+                "max_concurrent_streams",
                 "must be greater than 0",
             ));
         }
@@ -459,6 +495,12 @@ mod tests {
             ),
             ("max_in_flight_reviews = 0\n", "max_in_flight_reviews"),
             ("idle_timeout = \"0s\"\n", "idle_timeout"),
+            (
+                "max_buffered_body_bytes = 1000\n",
+                "max_buffered_body_bytes",
+            ),
+            ("max_connections = 0\n", "max_connections"),
+            ("max_concurrent_streams = 0\n", "max_concurrent_streams"),
             ("[clusters.dev]\nclient_cert = \"x\"\n", "client_cert"),
         ] {
             let e = parse(toml).unwrap_err();

@@ -1,7 +1,13 @@
 //! The connection side of the HTTPS endpoint: accept, the TLS handshake, HTTP/2 or
 //! HTTP/1.1 chosen by ALPN, timeouts against slow or silent clients, and the graceful
 //! drain. Every connection holds a clone of a drain sender, so shutdown can wait for the
-//! last one to finish (as in mini-redis). What a request means is `handler.rs`'s business.
+//! last one to finish (as in mini-redis), and a permit of the connection cap. What a
+//! request means is `handler.rs`'s business.
+//!
+//! What one connection can make the edge hold is bounded here: at most `max_connections`
+//! of them, each with at most `max_concurrent_streams` HTTP/2 streams, small flow-control
+//! windows and header limits (see the constants); request bodies are bounded by the
+//! handler's admission. docs/configuration.md ("Memory") adds it up.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -15,7 +21,7 @@ use http::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
@@ -59,7 +65,26 @@ pub struct ConnSettings {
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub shutdown_grace: Duration,
+    pub max_connections: usize,
+    pub max_concurrent_streams: u32,
 }
+
+/// The HTTP/2 flow-control windows the edge grants: how much request data a client may
+/// send before the edge has read it, per stream and per connection. A TokenReview is a
+/// few kilobytes; larger bodies (up to `max_body_bytes`) still arrive, in more round trips.
+/// Without them hyper's 1 MiB defaults let every connection park a megabyte.
+const H2_STREAM_WINDOW: u32 = 64 * 1024;
+const H2_CONNECTION_WINDOW: u32 = 256 * 1024;
+/// The largest header block one request may send (HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE),
+/// and the HTTP/1.1 read buffer that holds a request head: kube-apiserver's are well
+/// under a kilobyte.
+const MAX_HEADER_BYTES: u32 = 16 * 1024;
+const H1_MAX_BUF: usize = 64 * 1024;
+/// Streams a client may open and reset before the edge has answered them (rapid reset,
+/// CVE-2023-44487), and streams the edge may reset for a client's protocol errors, before
+/// the connection is closed with GOAWAY.
+const H2_MAX_PENDING_RESETS: usize = 20;
+const H2_MAX_ERROR_RESETS: usize = 128;
 
 impl From<&Config> for ConnSettings {
     fn from(c: &Config) -> Self {
@@ -68,6 +93,8 @@ impl From<&Config> for ConnSettings {
             header_read_timeout: c.header_read_timeout,
             idle_timeout: c.idle_timeout,
             shutdown_grace: c.shutdown_grace,
+            max_connections: c.max_connections,
+            max_concurrent_streams: c.max_concurrent_streams,
         }
     }
 }
@@ -84,10 +111,19 @@ pub async fn serve(
 ) {
     let (stop_tx, stop_rx) = watch::channel(false);
     let (drain_tx, mut drain_rx) = mpsc::channel::<()>(1);
+    // One permit per open connection, from accept to close.
+    let open = Arc::new(Semaphore::new(settings.max_connections));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             (tcp, peer) = authd_runtime::net::accept(&listener, "edge") => {
+                // Over the cap the connection is closed at once rather than left in the
+                // listen backlog: the client learns now, and nothing of it is held.
+                let Ok(permit) = open.clone().try_acquire_owned() else {
+                    tracing::debug!(%peer, max_connections = settings.max_connections,
+                        "connection refused: max_connections open");
+                    continue;
+                };
                 let _ = tcp.set_nodelay(true);
                 tokio::spawn(connection(
                     tcp,
@@ -96,7 +132,7 @@ pub async fn serve(
                     handler.clone(),
                     settings.clone(),
                     stop_rx.clone(),
-                    drain_tx.clone(),
+                    (drain_tx.clone(), permit),
                 ));
             }
             _ = &mut shutdown => break,
@@ -123,7 +159,7 @@ async fn connection(
     handler: Arc<Handler>,
     settings: ConnSettings,
     mut stop: watch::Receiver<bool>,
-    _drain: mpsc::Sender<()>,
+    _held: (mpsc::Sender<()>, OwnedSemaphorePermit),
 ) {
     let acceptor = TlsAcceptor::from(server_tls.config.clone());
     let tls = match tokio::time::timeout(settings.handshake_timeout, acceptor.accept(tcp)).await {
@@ -166,13 +202,19 @@ async fn connection(
             .timer(TokioTimer::new())
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(10))
-            .max_concurrent_streams(512)
+            .max_concurrent_streams(settings.max_concurrent_streams)
+            .initial_stream_window_size(H2_STREAM_WINDOW)
+            .initial_connection_window_size(H2_CONNECTION_WINDOW)
+            .max_header_list_size(MAX_HEADER_BYTES)
+            .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+            .max_local_error_reset_streams(H2_MAX_ERROR_RESETS)
             .serve_connection(io, svc);
         drive(conn, peer, &settings, &seen_request, &activity, &mut stop).await;
     } else {
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(settings.header_read_timeout)
+            .max_buf_size(H1_MAX_BUF)
             .keep_alive(true)
             .serve_connection(io, svc);
         drive(conn, peer, &settings, &seen_request, &activity, &mut stop).await;

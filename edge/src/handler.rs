@@ -1,6 +1,7 @@
 //! The review side of the HTTPS endpoint: routing a request to its TokenReview endpoint,
-//! the client-certificate binding of that route, reading the body within its limits,
-//! parsing, calling the backend and rendering the answer (and counting it).
+//! the client-certificate binding of that route, admission (before any of the body is
+//! read), reading the body within its limits and the memory budget, parsing, calling the
+//! backend and rendering the answer (and counting it).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +16,7 @@ use prometheus_client::metrics::counter::Counter;
 use crate::backend::{Backend, Call};
 use crate::config::Config;
 use crate::conn::Peer;
+use crate::layer::admission::{over_budget, Admitted};
 use crate::metrics::{Metrics, Name, ReviewLabels};
 use crate::review::{self, ApiVersion, ReviewError};
 use crate::route::Route;
@@ -219,6 +221,12 @@ impl Handler {
                 &format!("{} is not allowed; TokenReviews are POSTed", req.method()),
             );
         }
+        // Admission before the body: a review the edge has no room for costs no more
+        // than its headers, already read by hyper.
+        let mut admitted = match self.backend.admit(request_bytes(&req)) {
+            Ok(a) => a,
+            Err(e) => return undecided("unknown", request_id, &e.to_string()),
+        };
         let too_large = || {
             Answer::failure(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -227,7 +235,7 @@ impl Handler {
                 &format!("request body is larger than {} bytes", self.max_body_bytes),
             )
         };
-        let read = read_body(req.into_body(), self.max_body_bytes);
+        let read = read_body(req.into_body(), self.max_body_bytes, &mut admitted);
         let body = match tokio::time::timeout_at(started + self.body_read_timeout, read).await {
             Err(_) => {
                 return Answer::failure(
@@ -241,6 +249,9 @@ impl Handler {
                 )
             }
             Ok(BodyRead::TooLarge) => return too_large(),
+            Ok(BodyRead::OverBudget) => {
+                return undecided("unknown", request_id, &over_budget().to_string())
+            }
             Ok(BodyRead::Failed(e)) => {
                 return Answer::failure(
                     StatusCode::BAD_REQUEST,
@@ -280,10 +291,13 @@ impl Handler {
         // answers for it when time is up.
         let verdict = self
             .backend
-            .review(Call {
-                request,
-                deadline: started + self.review_timeout,
-            })
+            .review(
+                &admitted,
+                Call {
+                    request,
+                    deadline: started + self.review_timeout,
+                },
+            )
             .await;
         match verdict {
             Ok(v) if v.error.is_empty() => ok_answer(&parsed.api_version, &parsed, &v),
@@ -332,14 +346,29 @@ const DRAIN_CAP: usize = 8 * 1024 * 1024;
 enum BodyRead {
     Complete(Bytes),
     TooLarge,
+    /// The memory budget had no room for the next part of the body.
+    OverBudget,
     Failed(hyper::Error),
 }
 
-async fn read_body(mut body: Incoming, limit: usize) -> BodyRead {
+/// What a request holds before its body: the headers hyper has decoded, counted as HPACK
+/// does (name, value and 32 bytes of bookkeeping each), and the path.
+fn request_bytes(req: &Request<Incoming>) -> usize {
+    req.headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 32)
+        .sum::<usize>()
+        + req.uri().path().len()
+}
+
+/// Reads the body up to `limit`, holding every byte it keeps (with what its buffer
+/// allocated) in `admitted`'s share of the budget.
+async fn read_body(mut body: Incoming, limit: usize, admitted: &mut Admitted<'_>) -> BodyRead {
     let declared = hyper::body::Body::size_hint(&body).exact();
     if declared.is_some_and(|n| n > DRAIN_CAP as u64) {
         return BodyRead::TooLarge;
     }
+    let base = admitted.held();
     // A review body usually arrives as one frame: keep it as is and copy only when a
     // second frame shows up.
     let mut first: Option<Bytes> = None;
@@ -359,11 +388,28 @@ async fn read_body(mut body: Incoming, limit: usize) -> BodyRead {
                 match first.take() {
                     None if buf.is_empty() => first = Some(data),
                     earlier => {
+                        // The buffer grows with what arrives, not with what was declared
+                        // (a trickled body holds little), fourfold so a large body is
+                        // reallocated few times (freed buffers linger in the allocator),
+                        // never past the declared length; what it allocates is held first.
+                        if seen > buf.capacity() {
+                            let end = declared.map_or(limit, |n| n as usize).clamp(seen, limit);
+                            let size = (4 * buf.capacity()).clamp(seen, end);
+                            if !admitted.hold(base + size) {
+                                return BodyRead::OverBudget;
+                            }
+                            buf.reserve(size - buf.len());
+                        }
                         if let Some(e) = earlier {
                             buf.extend_from_slice(&e);
                         }
                         buf.extend_from_slice(&data);
                     }
+                }
+                // The allocator may round a reservation up; that is held too.
+                let kept = first.as_ref().map_or(buf.capacity(), Bytes::len);
+                if !admitted.hold(base + kept) {
+                    return BodyRead::OverBudget;
                 }
             }
         }

@@ -8,9 +8,19 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Path of a workspace binary next to the test executable's deps folder.
+/// `KUBE_AUTHD_TEST_BIN_DIR` overrides the folder, to run a suite against other builds
+/// (e.g. main's binaries, to show an attacker test failed before a change).
 pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let dir = match std::env::var_os("KUBE_AUTHD_TEST_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let exe = std::env::current_exe().expect("current exe");
+            exe.parent()
+                .and_then(Path::parent)
+                .expect("target dir")
+                .to_owned()
+        }
+    };
     let p = dir.join(name);
     assert!(
         p.exists(),
