@@ -10,14 +10,13 @@
 //! A walk has a deadline of its own, the sum of the owning sources' timeouts and a margin:
 //! the verdict cache runs it in a task no caller can cancel, so it must end by itself.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::identity::{Identity, Outcome, Verdict};
 use crate::metrics::{Metrics, SourceLabels};
-use crate::policy::ClusterPolicy;
+use crate::policy::{self, Clusters};
 use crate::source::{self, SourceConfig, Verifier};
 
 /// Added to the sources' timeouts: scheduling and the mapping, never a network wait.
@@ -39,7 +38,8 @@ fn source_deadline(source: &SourceConfig) -> Duration {
 /// The parts of the configuration that a reload swaps as one.
 pub struct Pipeline {
     pub sources: Vec<Arc<dyn Verifier>>,
-    pub clusters: BTreeMap<String, ClusterPolicy>,
+    /// The clusters served: any other name is refused.
+    pub clusters: Clusters,
     /// When a walk through the sources gives up: "could not decide".
     pub deadline: Duration,
 }
@@ -50,7 +50,7 @@ impl Pipeline {
     pub fn from_config(config: &Config) -> anyhow::Result<Self> {
         Ok(Self {
             sources: source::build_all(&config.sources)?,
-            clusters: config.clusters.clone(),
+            clusters: Clusters::new(&config.clusters),
             deadline: config.sources.iter().map(source_deadline).sum::<Duration>()
                 + DEADLINE_MARGIN,
         })
@@ -127,9 +127,12 @@ impl Pipeline {
     }
 
     /// Applies the cluster's policy to an authenticated identity (after the cache); the
-    /// error says why the cluster refuses it.
+    /// error says why the cluster refuses it (an unknown cluster is refused).
     pub fn admit(&self, cluster: &str, identity: Identity) -> Result<Identity, String> {
-        crate::policy::admit(&self.clusters, cluster, identity)
+        match self.clusters.get(cluster) {
+            Some(c) => c.admit(cluster, identity),
+            None => Err(policy::unknown(cluster)),
+        }
     }
 }
 
