@@ -277,11 +277,17 @@ pub fn certs_init(dir: &Path, clusters: &[&str]) {
 }
 
 /// Writes an authd config whose sources section is `sources_toml`, and starts authd.
+/// authd serves only the clusters it declares: unless `extra_toml` declares it (or a
+/// `[clusters."*"]` default), the edge's default cluster `default` is declared, as an
+/// operator's configuration for an edge with its default route does.
 pub fn start_authd(dir: &Path, name: &str, listen: &str, extra_toml: &str) -> Proc {
     let cfg = write(
         dir,
         &format!("{name}.toml"),
-        &format!("listen = \"{listen}\"\nadmin_listen = \"127.0.0.1:0\"\nshutdown_grace = \"20s\"\n{extra_toml}"),
+        &format!(
+            "listen = \"{listen}\"\nadmin_listen = \"127.0.0.1:0\"\nshutdown_grace = \"20s\"\n{extra_toml}\n{}",
+            default_cluster_unless_declared(extra_toml)
+        ),
     );
     Proc::start_named(
         name,
@@ -290,6 +296,15 @@ pub fn start_authd(dir: &Path, name: &str, listen: &str, extra_toml: &str) -> Pr
         dir,
         "authd ready",
     )
+}
+
+/// `[clusters.default]`, unless `toml` declares it or a `[clusters."*"]` default.
+pub fn default_cluster_unless_declared(toml: &str) -> &'static str {
+    if toml.contains("[clusters.default]") || toml.contains("[clusters.\"*\"]") {
+        ""
+    } else {
+        "[clusters.default]\n"
+    }
 }
 
 /// Starts an edge pointing at `grpc`, with `extra_toml` appended (clusters, timeouts).
