@@ -276,18 +276,12 @@ pub fn certs_init(dir: &Path, clusters: &[&str]) {
     assert!(out.status.success(), "certs init: {out:?}");
 }
 
-/// Writes an authd config whose sources section is `sources_toml`, and starts authd.
-/// authd serves only the clusters it declares: unless `extra_toml` declares it (or a
-/// `[clusters."*"]` default), the edge's default cluster `default` is declared, as an
-/// operator's configuration for an edge with its default route does.
-pub fn start_authd(dir: &Path, name: &str, listen: &str, extra_toml: &str) -> Proc {
+/// Writes an authd config exactly as given (no cluster added), and starts authd.
+pub fn start_authd_as_written(dir: &Path, name: &str, listen: &str, toml: &str) -> Proc {
     let cfg = write(
         dir,
         &format!("{name}.toml"),
-        &format!(
-            "listen = \"{listen}\"\nadmin_listen = \"127.0.0.1:0\"\nshutdown_grace = \"20s\"\n{extra_toml}\n{}",
-            default_cluster_unless_declared(extra_toml)
-        ),
+        &format!("listen = \"{listen}\"\nadmin_listen = \"127.0.0.1:0\"\nshutdown_grace = \"20s\"\n{toml}"),
     );
     Proc::start_named(
         name,
@@ -296,6 +290,30 @@ pub fn start_authd(dir: &Path, name: &str, listen: &str, extra_toml: &str) -> Pr
         dir,
         "authd ready",
     )
+}
+
+/// A process's resident set size in KiB (`VmRSS` of /proc/PID/status).
+pub fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+/// A process's open file descriptors (entries of /proc/PID/fd).
+pub fn open_fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+}
+
+/// Writes an authd config whose sources section is `sources_toml`, and starts authd.
+/// authd serves only the clusters it declares: unless `extra_toml` declares it (or a
+/// `[clusters."*"]` default), the edge's default cluster `default` is declared, as an
+/// operator's configuration for an edge with its default route does.
+pub fn start_authd(dir: &Path, name: &str, listen: &str, extra_toml: &str) -> Proc {
+    let toml = format!("{extra_toml}\n{}", default_cluster_unless_declared(extra_toml));
+    start_authd_as_written(dir, name, listen, &toml)
 }
 
 /// `[clusters.default]`, unless `toml` declares it or a `[clusters."*"]` default.
