@@ -95,7 +95,10 @@ fn embedded_configurations_are_valid() {
     served.push(&e.default_cluster);
     served.sort_unstable();
     assert_eq!(c.clients["edge"].clusters, served, "clients.edge.clusters");
-    assert!(served.iter().all(|s| c.clusters.contains_key(*s)), "[clusters]");
+    assert!(
+        served.iter().all(|s| c.clusters.contains_key(*s)),
+        "[clusters]"
+    );
 }
 
 #[test]

@@ -24,7 +24,11 @@ async fn connect(authd: &Proc) -> Client {
         .expect("connect to authd")
 }
 
-async fn ask(c: &Client, token: &str, cluster: &str) -> Result<AuthenticateResponse, tonic::Status> {
+async fn ask(
+    c: &Client,
+    token: &str,
+    cluster: &str,
+) -> Result<AuthenticateResponse, tonic::Status> {
     c.clone()
         .authenticate(AuthenticateRequest {
             token: token.to_owned(),
@@ -54,7 +58,14 @@ async fn cancelled(authd: &Proc, token: &str, after: Duration) -> bool {
         .await
         .expect("the server gave up at the call's deadline");
     match answer {
-        Err(s) if matches!(s.code(), tonic::Code::Cancelled | tonic::Code::DeadlineExceeded) => true,
+        Err(s)
+            if matches!(
+                s.code(),
+                tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
+            ) =>
+        {
+            true
+        }
         other => {
             eprintln!("answered before the caller gave up: {other:?}");
             false
@@ -110,7 +121,14 @@ async fn cancelled_reviews_against_a_slow_source_leave_nothing_behind() {
         let calls = (0..100).map(|i| {
             let n = batch * 100 + i;
             let authd = &authd;
-            async move { cancelled(authd, &format!("mallory{n}:pw{n}"), Duration::from_millis(200)).await }
+            async move {
+                cancelled(
+                    authd,
+                    &format!("mallory{n}:pw{n}"),
+                    Duration::from_millis(200),
+                )
+                .await
+            }
         });
         let results = futures::future::join_all(calls).await;
         assert!(results.into_iter().all(|c| c), "every review was cancelled");
@@ -119,16 +137,24 @@ async fn cancelled_reviews_against_a_slow_source_leave_nothing_behind() {
 
     // Within the source timeout (plus a margin) of the last cancellation, authd holds no
     // more descriptors than before...
-    eventually(SOURCE_TIMEOUT + Duration::from_secs(4), "authd's fds back near baseline", || {
-        let fds = open_fds(pid);
-        async move { fds <= fds_before + 16 }
-    })
+    eventually(
+        SOURCE_TIMEOUT + Duration::from_secs(4),
+        "authd's fds back near baseline",
+        || {
+            let fds = open_fds(pid);
+            async move { fds <= fds_before + 16 }
+        },
+    )
     .await;
     // ...and the source sees its connections closed once it has slept its 3 s.
-    eventually(Duration::from_secs(8), "source connections back near baseline", || {
-        let open = idp.http.open_connections();
-        async move { open <= conns_before + 4 }
-    })
+    eventually(
+        Duration::from_secs(8),
+        "source connections back near baseline",
+        || {
+            let open = idp.http.open_connections();
+            async move { open <= conns_before + 4 }
+        },
+    )
     .await;
     let rss_after = rss_kib(pid);
     eprintln!(
@@ -191,13 +217,18 @@ async fn a_cancelled_unknown_kid_lookup_does_not_block_new_keys() {
     jwks.publish(&k2);
     jwks.http.set_mode(Mode::Normal);
     let bob = k2.sign(&claims(ISS, "k8s", "bob", 300));
-    eventually(Duration::from_secs(8), "a token signed with the new key", || {
-        let (c, bob) = (c.clone(), bob.clone());
-        async move {
-            let r = tokio::time::timeout(Duration::from_secs(2), ask(&c, &bob, "default")).await;
-            matches!(r, Ok(Ok(ref r)) if user(r) == Some("bob"))
-        }
-    })
+    eventually(
+        Duration::from_secs(8),
+        "a token signed with the new key",
+        || {
+            let (c, bob) = (c.clone(), bob.clone());
+            async move {
+                let r =
+                    tokio::time::timeout(Duration::from_secs(2), ask(&c, &bob, "default")).await;
+                matches!(r, Ok(Ok(ref r)) if user(r) == Some("bob"))
+            }
+        },
+    )
     .await;
 }
 
@@ -207,7 +238,8 @@ fn token_file(d: &Path) -> (String, String) {
     (alice, bob)
 }
 
-const TOKENS: &str = "[[sources]]\nname = \"static\"\ntype = \"token_file\"\npath = \"tokens.csv\"\n";
+const TOKENS: &str =
+    "[[sources]]\nname = \"static\"\ntype = \"token_file\"\npath = \"tokens.csv\"\n";
 
 /// Issue 13 point 5: with `prod` restricted to alice, bob was refused for `prod` but
 /// authenticated for "", `prod2`, `PROD` and `default` (clusters nobody configured).
@@ -264,7 +296,9 @@ async fn a_client_may_only_ask_for_the_clusters_it_was_granted() {
         ),
     );
     let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(std::fs::read(d.join("ca.crt")).unwrap()))
+        .ca_certificate(Certificate::from_pem(
+            std::fs::read(d.join("ca.crt")).unwrap(),
+        ))
         .domain_name("localhost")
         .identity(Identity::from_pem(
             std::fs::read(d.join("edge-client.crt")).unwrap(),
@@ -278,10 +312,17 @@ async fn a_client_may_only_ask_for_the_clusters_it_was_granted() {
         .await
         .expect("mTLS connect");
     let c = AuthenticatorClient::new(channel);
-    assert_eq!(user(&ask(&c, &alice, "default").await.unwrap()), Some("alice"));
+    assert_eq!(
+        user(&ask(&c, &alice, "default").await.unwrap()),
+        Some("alice")
+    );
     for cluster in ["prod", "PROD", ""] {
         let e = ask(&c, &alice, cluster).await.unwrap_err();
-        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{cluster:?}: {e:?}");
+        assert_eq!(
+            e.code(),
+            tonic::Code::PermissionDenied,
+            "{cluster:?}: {e:?}"
+        );
         assert!(e.message().contains("clients.edge.clusters"), "{e:?}");
     }
     // Refused before the verdict path: only the one review reached a source.
@@ -297,17 +338,25 @@ async fn distinct_cluster_names_keep_metrics_and_memory_bounded() {
     let dir = temp_dir();
     let d = dir.path();
     let (alice, _) = token_file(d);
-    let authd = start_authd_as_written(d, "authd", "127.0.0.1:0", &format!("{TOKENS}[clusters.\"*\"]\n"));
+    let authd = start_authd_as_written(
+        d,
+        "authd",
+        "127.0.0.1:0",
+        &format!("{TOKENS}[clusters.\"*\"]\n"),
+    );
     let pid = authd.pid();
     let c = connect(&authd).await;
     let names = |from: usize, to: usize| {
         let (c, alice) = (c.clone(), alice.clone());
         async move {
             for chunk in (from..to).collect::<Vec<_>>().chunks(50) {
-                let calls = chunk.iter().map(|i| {
-                    let (c, alice) = (c.clone(), alice.clone());
-                    async move { ask(&c, &alice, &format!("cluster-{i:05}-{}", "x".repeat(40))).await }
-                });
+                let calls =
+                    chunk.iter().map(|i| {
+                        let (c, alice) = (c.clone(), alice.clone());
+                        async move {
+                            ask(&c, &alice, &format!("cluster-{i:05}-{}", "x".repeat(40))).await
+                        }
+                    });
                 for r in futures::future::join_all(calls).await {
                     assert_eq!(user(&r.unwrap()), Some("alice"));
                 }
@@ -324,8 +373,15 @@ async fn distinct_cluster_names_keep_metrics_and_memory_bounded() {
         "10,000 cluster names: /metrics {size_before} -> {} bytes, rss {rss_before} -> {rss_after} KiB",
         text.len()
     );
-    assert!(text.len() < size_before + 2048, "/metrics grew to {} bytes", text.len());
-    assert!(!text.contains("cluster-0"), "a caller's cluster name became a label");
+    assert!(
+        text.len() < size_before + 2048,
+        "/metrics grew to {} bytes",
+        text.len()
+    );
+    assert!(
+        !text.contains("cluster-0"),
+        "a caller's cluster name became a label"
+    );
     let served = metric_sum(
         &text,
         "authd_verdicts_total",

@@ -258,7 +258,10 @@ mod tests {
             clusters: clusters.iter().map(|c| c.to_string()).collect(),
         };
         let p = AccessPolicy::from_config(&BTreeMap::from([
-            ("edge".to_owned(), access(&["Authenticate"], &["dev", "prod"])),
+            (
+                "edge".to_owned(),
+                access(&["Authenticate"], &["dev", "prod"]),
+            ),
             ("ops".to_owned(), access(&["Authenticate"], &["*"])),
             ("probe".to_owned(), access(&["ServerReflectionInfo"], &[])),
         ]));

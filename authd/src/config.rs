@@ -454,7 +454,10 @@ impl Config {
     /// Cluster names are the metric labels and the keys kube-apiserver's edge sends.
     fn validate_clusters(&self) -> Result<(), FieldError> {
         if self.clusters.keys().any(|k| k.trim().is_empty()) {
-            return Err(FieldError::new("clusters", "a cluster name must not be empty"));
+            return Err(FieldError::new(
+                "clusters",
+                "a cluster name must not be empty",
+            ));
         }
         if self.clusters.is_empty() {
             tracing::warn!(
@@ -792,13 +795,23 @@ mod access_tests {
         let e = parse("[clients.edge]\nmethods = ['Authenticate']\n")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("clients.edge.clusters") && e.contains("required"), "{e}");
-        let e = parse("[clients.edge]\nmethods = ['Authenticate']\nclusters = ['prd']\n[clusters.prod]\n")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("clients.edge.clusters") && e.contains("\"prd\""), "{e}");
-        let c = parse("[clients.edge]\nmethods = ['Authenticate']\nclusters = ['prod']\n[clusters.prod]\n")
-            .unwrap();
+        assert!(
+            e.contains("clients.edge.clusters") && e.contains("required"),
+            "{e}"
+        );
+        let e = parse(
+            "[clients.edge]\nmethods = ['Authenticate']\nclusters = ['prd']\n[clusters.prod]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("clients.edge.clusters") && e.contains("\"prd\""),
+            "{e}"
+        );
+        let c = parse(
+            "[clients.edge]\nmethods = ['Authenticate']\nclusters = ['prod']\n[clusters.prod]\n",
+        )
+        .unwrap();
         assert_eq!(c.clients["edge"].clusters, ["prod"]);
         // Only a client that may call Authenticate needs clusters.
         assert!(parse("[clients.ops]\nmethods = ['RevokeUser']\n").is_ok());

@@ -33,7 +33,11 @@ impl Authenticator for AuthenticatorGrpc {
             None => Err("no cluster grant for this call".to_owned()),
         };
         if let Err(why) = granted {
-            tracing::warn!(client = &*client.0, reason = why, "Authenticate refused: PERMISSION_DENIED");
+            tracing::warn!(
+                client = &*client.0,
+                reason = why,
+                "Authenticate refused: PERMISSION_DENIED"
+            );
             return Err(Status::permission_denied(why));
         }
         self.authd

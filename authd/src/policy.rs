@@ -48,7 +48,9 @@ fn record(mut identity: Identity, cluster: &str) -> Identity {
 
 /// Why an unknown cluster is refused.
 pub fn unknown(cluster: &str) -> String {
-    format!("cluster {cluster:?} is not configured (no [clusters.NAME] for it, no [clusters.\"*\"])")
+    format!(
+        "cluster {cluster:?} is not configured (no [clusters.NAME] for it, no [clusters.\"*\"])"
+    )
 }
 
 /// One cluster as a review sees it: its policy and its metric label.
@@ -95,7 +97,8 @@ impl Clusters {
 
     /// The metric label of `name`: its own if configured, otherwise [`OTHER`].
     pub fn label(&self, name: &str) -> Name {
-        self.get(name).map_or_else(|| self.other.clone(), |c| c.label.clone())
+        self.get(name)
+            .map_or_else(|| self.other.clone(), |c| c.label.clone())
     }
 
     /// Whether no cluster at all is served (every review would be refused).
@@ -211,10 +214,13 @@ mod tests {
     #[test]
     fn an_explicit_default_serves_other_names_under_one_label() {
         let config = BTreeMap::from([
-            ("prod".to_owned(), ClusterPolicy {
-                allow_users: vec!["alice".into()],
-                ..Default::default()
-            }),
+            (
+                "prod".to_owned(),
+                ClusterPolicy {
+                    allow_users: vec!["alice".into()],
+                    ..Default::default()
+                },
+            ),
             (ANY_CLUSTER.to_owned(), ClusterPolicy::default()),
         ]);
         let clusters = Clusters::new(&config);

@@ -304,7 +304,9 @@ pub fn rss_kib(pid: i32) -> u64 {
 
 /// A process's open file descriptors (entries of /proc/PID/fd).
 pub fn open_fds(pid: i32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
 }
 
 /// Writes an authd config whose sources section is `sources_toml`, and starts authd.
@@ -312,7 +314,10 @@ pub fn open_fds(pid: i32) -> usize {
 /// `[clusters."*"]` default), the edge's default cluster `default` is declared, as an
 /// operator's configuration for an edge with its default route does.
 pub fn start_authd(dir: &Path, name: &str, listen: &str, extra_toml: &str) -> Proc {
-    let toml = format!("{extra_toml}\n{}", default_cluster_unless_declared(extra_toml));
+    let toml = format!(
+        "{extra_toml}\n{}",
+        default_cluster_unless_declared(extra_toml)
+    );
     start_authd_as_written(dir, name, listen, &toml)
 }
 

@@ -490,8 +490,7 @@ impl Jwks {
     }
 
     async fn refresh_now(&self) -> Result<(), String> {
-        let Ok(_one_at_a_time) = tokio::time::timeout(self.timeout, self.fetch.lock()).await
-        else {
+        let Ok(_one_at_a_time) = tokio::time::timeout(self.timeout, self.fetch.lock()).await else {
             return Err(format!(
                 "JWKS {}: another refresh did not finish within {:?}",
                 self.url, self.timeout

@@ -256,7 +256,11 @@ impl LdapVerifier {
         shared.conn = None;
         let ldap = tokio::time::timeout(limit, self.bound_service())
             .await
-            .map_err(|_| Fault(format!("service connect and bind: timed out after {limit:?}")))??;
+            .map_err(|_| {
+                Fault(format!(
+                    "service connect and bind: timed out after {limit:?}"
+                ))
+            })??;
         shared.generation += 1;
         let generation = shared.generation;
         shared.conn = Some((generation, ldap.clone()));

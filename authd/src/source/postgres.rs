@@ -330,10 +330,13 @@ impl PostgresVerifier {
         if !self.migrate || self.migrated.initialized() {
             return Ok(());
         }
-        tokio::time::timeout(self.timeout, self.migrated.get_or_try_init(|| migrate(&self.pool)))
-            .await
-            .map_err(|_| PostgresError::MigrationsPending(self.timeout))?
-            .map(|_| ())
+        tokio::time::timeout(
+            self.timeout,
+            self.migrated.get_or_try_init(|| migrate(&self.pool)),
+        )
+        .await
+        .map_err(|_| PostgresError::MigrationsPending(self.timeout))?
+        .map(|_| ())
     }
 
     async fn lookup(&self, id: &str, secret: &str) -> Result<Outcome, PostgresError> {
