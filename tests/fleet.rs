@@ -791,6 +791,7 @@ async fn authd_refuses_calls_over_its_limit_at_once() {
                     .unwrap();
                 a.authenticate(AuthenticateRequest {
                     token: format!("dave:held-{i}"),
+                    cluster: "default".into(),
                     ..Default::default()
                 })
                 .await
@@ -805,6 +806,7 @@ async fn authd_refuses_calls_over_its_limit_at_once() {
     let refused = direct
         .authenticate(AuthenticateRequest {
             token: "dave:third".into(),
+            cluster: "default".into(),
             ..Default::default()
         })
         .await
