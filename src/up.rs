@@ -126,6 +126,8 @@ fn authd_config(
                     Box::new(source),
                 )]);
             config.listen = grpc_listen;
+            // The one cluster the built-in edge serves (its default route).
+            config.clusters.insert("default".into(), Default::default());
             config
                 .finish(Path::new("."))
                 .map_err(|e| anyhow::anyhow!("built-in authd configuration: {e}"))

@@ -90,6 +90,15 @@ fn embedded_configurations_are_valid() {
         matches!(&a.replicas, authd_edge::config::Replicas::Dns { host, .. } if host.starts_with("authd-headless."))
     );
     assert!(e.clusters.values().all(|c| c.client_ca.is_some()));
+    // The edge may ask authd for exactly the clusters it serves, and authd serves them.
+    let mut served: Vec<&str> = e.clusters.keys().map(String::as_str).collect();
+    served.push(&e.default_cluster);
+    served.sort_unstable();
+    assert_eq!(c.clients["edge"].clusters, served, "clients.edge.clusters");
+    assert!(
+        served.iter().all(|s| c.clusters.contains_key(*s)),
+        "[clusters]"
+    );
 }
 
 #[test]

@@ -13,6 +13,10 @@ use common::*;
 const SOURCES: &str =
     "[[sources]]\nname = \"static\"\ntype = \"token_file\"\npath = \"tokens.csv\"\n";
 
+/// authd serves only the clusters it declares: these for the edges that route dev and prod
+/// (the harness adds the default cluster).
+const DEV_PROD: &str = "[clusters.dev]\n[clusters.prod]\n";
+
 fn tokens(dir: &Path) -> String {
     let alice = token("alice");
     write(
@@ -221,7 +225,7 @@ async fn kube_apiserver_certificates_are_bound_to_their_cluster() {
     certs_init_with(d, &["--cluster", "dev", "--cluster", "prod"]);
     let alice = tokens(d);
     let edge_toml = "[clusters.dev]\nclient_ca = \"cluster-dev-ca.crt\"\n[clusters.prod]\nclient_ca = \"cluster-prod-ca.crt\"\n";
-    let s = Split::start(d, SOURCES, edge_toml);
+    let s = Split::start(d, &format!("{SOURCES}{DEV_PROD}"), edge_toml);
     let base = s.edge.ready_field("https");
     let (dev, prod) = (
         format!("{base}/clusters/dev/authenticate"),
@@ -300,9 +304,9 @@ async fn kube_apiserver_certificates_are_bound_to_their_cluster() {
 
 const MTLS_AUTHD: &str =
     "[tls]\ncert = \"authd.crt\"\nkey = \"authd.key\"\nclient_ca = \"ca.crt\"\n\
-    [clients.edge]\nmethods = [\"Authenticate\"]\n\
-    [clients.ops]\nmethods = [\"Authenticate\", \"RevokeToken\", \"RevokeUser\"]\n\
-    [clients.probe]\nmethods = [\"ServerReflectionInfo\"]\n";
+    [clients.edge]\nmethods = [\"Authenticate\"]\nclusters = [\"default\"]\n\
+    [clients.ops]\nmethods = [\"Authenticate\", \"RevokeToken\", \"RevokeUser\"]\nclusters = [\"*\"]\n\
+    [clients.probe]\nmethods = [\"ServerReflectionInfo\"]\n[clusters.default]\n";
 
 fn mtls_edge_authd(replicas: &[Replica]) -> String {
     format!(
@@ -727,7 +731,7 @@ async fn with_a_shared_client_ca_the_certificate_name_binds_the_cluster() {
     // Both clusters trust the deployment CA; the CN "kube-apiserver:NAME" still binds.
     let s = Split::start(
         d,
-        SOURCES,
+        &format!("{SOURCES}{DEV_PROD}"),
         "[clusters.dev]\nclient_ca = \"ca.crt\"\n[clusters.prod]\nclient_ca = \"ca.crt\"\n",
     );
     issue_client_cert(d, "ca", "kube-apiserver:dev", "shared-dev", false);
@@ -795,6 +799,7 @@ async fn authd_refuses_calls_over_its_limit_at_once() {
                     .unwrap();
                 a.authenticate(AuthenticateRequest {
                     token: format!("dave:held-{i}"),
+                    cluster: "default".into(),
                     ..Default::default()
                 })
                 .await
@@ -809,6 +814,7 @@ async fn authd_refuses_calls_over_its_limit_at_once() {
     let refused = direct
         .authenticate(AuthenticateRequest {
             token: "dave:third".into(),
+            cluster: "default".into(),
             ..Default::default()
         })
         .await
@@ -842,7 +848,7 @@ async fn the_default_endpoint_can_require_a_client_certificate() {
     let d = dir.path();
     certs_init_with(d, &["--cluster", "default", "--cluster", "dev"]);
     let alice = tokens(d);
-    let authd = start_authd(d, "authd", "127.0.0.1:0", SOURCES);
+    let authd = start_authd(d, "authd", "127.0.0.1:0", &format!("{SOURCES}{DEV_PROD}"));
     let cfg = write(
         d,
         "edge-default-mtls.toml",

@@ -117,6 +117,7 @@ async fn grpc_review(p: &Proc, token: &str) -> AuthenticateResponse {
     c.authenticate(AuthenticateRequest {
         token: token.to_owned(),
         request_id: "redis-test".into(),
+        cluster: "default".into(),
         ..Default::default()
     })
     .await

@@ -499,7 +499,8 @@ mapping = {{ username = "partner:{{user}}", group_prefix = "partner:" }}
 }
 
 const HEADER: &str =
-    "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nshutdown_grace = \"20s\"\n";
+    "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nshutdown_grace = \"20s\"\n\
+     [clusters.default]\n";
 
 fn static_config(template: &str) -> String {
     format!(

@@ -30,7 +30,7 @@ async fn up_answers_the_fast_retryable_500_above_its_in_flight_limit() {
         d,
         "authd.toml",
         &format!(
-            "listen = \"127.0.0.1:0\"\n[[sources]]\nname = \"corp\"\ntype = \"basic_auth\"\n\
+            "listen = \"127.0.0.1:0\"\n[clusters.default]\n[[sources]]\nname = \"corp\"\ntype = \"basic_auth\"\n\
              url = \"{}\"\ntimeout = \"20s\"\n",
             ba.template()
         ),

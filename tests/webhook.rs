@@ -376,7 +376,7 @@ async fn no_raw_token_in_any_log_line() {
     register_up(&dir.path().join("state"));
     certs_init(dir.path(), &[]);
     let authd = {
-        let cfg = write(dir.path(), "a.toml", "listen = \"127.0.0.1:0\"\n[[sources]]\nname = \"static\"\ntype = \"token_file\"\npath = \"tokens.csv\"\n");
+        let cfg = write(dir.path(), "a.toml", "listen = \"127.0.0.1:0\"\n[clusters.default]\n[[sources]]\nname = \"static\"\ntype = \"token_file\"\npath = \"tokens.csv\"\n");
         Proc::start_env(
             "authd",
             "authd",

@@ -1,6 +1,8 @@
 //! Who may call what: a tower layer in front of every gRPC service that names the caller
 //! from its verified client certificate, attaches it as [`ClientIdentity`], and enforces
-//! the per-client RPC allow-lists of `[clients.NAME]` (PERMISSION_DENIED otherwise).
+//! the per-client RPC allow-lists of `[clients.NAME]` (PERMISSION_DENIED otherwise). It also
+//! attaches the caller's [`ClusterGrant`], which the Authenticator checks against the
+//! cluster in the request body (the layer does not read bodies).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, Weak};
@@ -11,6 +13,8 @@ use rustls_pki_types::CertificateDer;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 use crate::authz::ClientIdentity;
+use crate::config::ClientAccess;
+use crate::policy::ANY_CLUSTER;
 
 /// The health service is open to every caller that passed the TLS layer: load balancers
 /// and edges probe it before they send anything else.
@@ -20,11 +24,64 @@ const ALWAYS_ALLOWED_SERVICE: &str = "grpc.health.v1.Health";
 #[derive(Clone, Debug, Default)]
 pub struct AccessPolicy {
     clients: BTreeMap<String, BTreeSet<String>>,
+    clusters: HashMap<String, ClusterGrant>,
+}
+
+/// The clusters a caller may ask `Authenticate` for; a request extension the access layer
+/// sets on every call.
+#[derive(Clone, Debug)]
+pub enum ClusterGrant {
+    /// Every cluster authd serves: no `[clients]` allow-lists, or `clusters = ["*"]`.
+    Any,
+    /// Only these (`[clients.NAME] clusters`); unknown callers get none.
+    Only(Arc<BTreeSet<String>>),
+}
+
+impl ClusterGrant {
+    /// `Err` carries the reason for the refusal.
+    pub fn check(&self, client: &str, cluster: &str) -> Result<(), String> {
+        match self {
+            ClusterGrant::Only(clusters) if !clusters.contains(cluster) => Err(format!(
+                "client {client:?} may not ask for cluster {cluster:?} (not in clients.{client}.clusters)"
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl AccessPolicy {
-    pub fn new(clients: BTreeMap<String, BTreeSet<String>>) -> Self {
-        Self { clients }
+    /// The allow-lists of `[clients]`: RPCs and clusters.
+    pub fn from_config(clients: &BTreeMap<String, ClientAccess>) -> Self {
+        let clusters = clients
+            .iter()
+            .map(|(name, c)| {
+                let grant = if c.clusters.iter().any(|x| x == ANY_CLUSTER) {
+                    ClusterGrant::Any
+                } else {
+                    ClusterGrant::Only(Arc::new(c.clusters.iter().cloned().collect()))
+                };
+                (name.clone(), grant)
+            })
+            .collect();
+        let methods = clients
+            .iter()
+            .map(|(name, c)| (name.clone(), c.methods.iter().cloned().collect()))
+            .collect();
+        Self {
+            clients: methods,
+            clusters,
+        }
+    }
+
+    /// The clusters `client` may ask for.
+    fn grant(&self, client: &str) -> ClusterGrant {
+        if self.clients.is_empty() {
+            return ClusterGrant::Any;
+        }
+        self.clusters
+            .get(client)
+            .cloned()
+            .unwrap_or_else(|| ClusterGrant::Only(Arc::default()))
     }
 
     /// `Err` carries the reason for the refusal.
@@ -51,19 +108,24 @@ type Chain = Vec<CertificateDer<'static>>;
 /// recomputed.
 #[derive(Default)]
 struct Names {
-    by_chain: Mutex<HashMap<usize, (Weak<Chain>, ClientIdentity)>>,
+    by_chain: Mutex<HashMap<usize, (Weak<Chain>, Caller)>>,
 }
+
+/// What the layer attaches to each call: who calls, and which clusters it may ask for.
+type Caller = (ClientIdentity, ClusterGrant);
 
 /// Entries kept before the dead ones (closed connections) are swept.
 const NAMES_SWEEP_AT: usize = 4096;
 
 impl Names {
-    fn caller(&self, extensions: &http::Extensions) -> ClientIdentity {
+    fn caller(&self, extensions: &http::Extensions, policy: &AccessPolicy) -> Caller {
         let Some(chain) = extensions
             .get::<TlsConnectInfo<TcpConnectInfo>>()
             .and_then(|info| info.peer_certs())
         else {
-            return ClientIdentity::anonymous();
+            let anonymous = ClientIdentity::anonymous();
+            let grant = policy.grant(&anonymous.0);
+            return (anonymous, grant);
         };
         let key = Arc::as_ptr(&chain) as usize;
         let mut names = self.by_chain.lock().unwrap_or_else(|p| p.into_inner());
@@ -79,11 +141,13 @@ impl Names {
             .first()
             .and_then(authd_runtime::cert::identity)
             .map_or_else(ClientIdentity::anonymous, |n| ClientIdentity::new(&n));
+        let grant = policy.grant(&name.0);
         if names.len() >= NAMES_SWEEP_AT {
             names.retain(|_, (weak, _)| weak.strong_count() > 0);
         }
-        names.insert(key, (Arc::downgrade(&chain), name.clone()));
-        name
+        let caller = (name, grant);
+        names.insert(key, (Arc::downgrade(&chain), caller.clone()));
+        caller
     }
 }
 
@@ -134,7 +198,7 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        let client = self.names.caller(req.extensions());
+        let (client, grant) = self.names.caller(req.extensions(), &self.policy);
         // gRPC paths are /package.Service/Method.
         let mut parts = req.uri().path().trim_start_matches('/').splitn(2, '/');
         let service = parts.next().unwrap_or("");
@@ -151,6 +215,7 @@ where
         }
         tracing::debug!(client = &*client.0, rpc = req.uri().path(), "gRPC call");
         req.extensions_mut().insert(client);
+        req.extensions_mut().insert(grant);
         Either::Right(self.inner.call(req))
     }
 }
@@ -165,9 +230,12 @@ mod tests {
         assert!(open
             .check("anyone", "kubeauthd.v1.Admin", "RevokeUser")
             .is_ok());
-        let p = AccessPolicy::new(BTreeMap::from([(
+        let p = AccessPolicy::from_config(&BTreeMap::from([(
             "edge".to_owned(),
-            BTreeSet::from(["Authenticate".to_owned()]),
+            ClientAccess {
+                methods: vec!["Authenticate".to_owned()],
+                clusters: vec!["*".to_owned()],
+            },
         )]));
         assert!(p
             .check("edge", "kubeauthd.v1.Authenticator", "Authenticate")
@@ -181,5 +249,30 @@ mod tests {
             .unwrap_err();
         assert!(e.contains("unknown client"), "{e}");
         assert!(p.check("mallory", "grpc.health.v1.Health", "Check").is_ok());
+    }
+
+    #[test]
+    fn cluster_grants() {
+        let access = |methods: &[&str], clusters: &[&str]| ClientAccess {
+            methods: methods.iter().map(|m| m.to_string()).collect(),
+            clusters: clusters.iter().map(|c| c.to_string()).collect(),
+        };
+        let p = AccessPolicy::from_config(&BTreeMap::from([
+            (
+                "edge".to_owned(),
+                access(&["Authenticate"], &["dev", "prod"]),
+            ),
+            ("ops".to_owned(), access(&["Authenticate"], &["*"])),
+            ("probe".to_owned(), access(&["ServerReflectionInfo"], &[])),
+        ]));
+        assert!(p.grant("edge").check("edge", "prod").is_ok());
+        let e = p.grant("edge").check("edge", "PROD").unwrap_err();
+        assert!(e.contains("clients.edge.clusters"), "{e}");
+        assert!(p.grant("ops").check("ops", "anything").is_ok());
+        assert!(p.grant("probe").check("probe", "dev").is_err());
+        assert!(p.grant("mallory").check("mallory", "dev").is_err());
+        // Without allow-lists every caller may ask for every cluster authd serves.
+        let open = AccessPolicy::default();
+        assert!(open.grant("anyone").check("anyone", "dev").is_ok());
     }
 }

@@ -15,7 +15,7 @@ use toml::Spanned;
 use crate::check::Example;
 pub use crate::field::FieldError;
 use crate::field::Removed;
-use crate::policy::ClusterPolicy;
+use crate::policy::{ClusterPolicy, ANY_CLUSTER};
 use crate::source::common::resolve;
 pub use crate::source::SourceConfig;
 
@@ -57,7 +57,8 @@ pub struct Config {
     pub cache: CacheConfig,
     /// Identity sources, asked in order; each only for tokens it owns.
     pub sources: Vec<SourceConfig>,
-    /// Per-cluster policy. A cluster not listed here has no restrictions.
+    /// Per-cluster policy, and the set of clusters served: a cluster not listed is refused,
+    /// unless `"*"` is listed (the policy for every other name).
     #[serde(default)]
     pub clusters: BTreeMap<String, ClusterPolicy>,
     /// Example identities `kube-authd config check` runs through mapping and policy;
@@ -133,6 +134,10 @@ pub const KNOWN_METHODS: &[&str] = &[
 pub struct ClientAccess {
     /// The RPCs (method names, e.g. "Authenticate") this client may call.
     pub methods: Vec<String>,
+    /// The clusters this client may ask `Authenticate` for (`"*"`: every one authd serves);
+    /// required with `Authenticate`. Another cluster is PERMISSION_DENIED.
+    #[serde(default)]
+    pub clusters: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -421,6 +426,48 @@ impl Config {
                     ));
                 }
             }
+            self.validate_client_clusters(name, c)?;
+        }
+        self.validate_clusters()
+    }
+
+    /// A client that may call `Authenticate` names its clusters, each one served here.
+    fn validate_client_clusters(&self, name: &str, c: &ClientAccess) -> Result<(), FieldError> {
+        let field = || format!("clients.{name}.clusters");
+        if c.methods.iter().any(|m| m == "Authenticate") && c.clusters.is_empty() {
+            return Err(FieldError::new(
+                field(),
+                "required with Authenticate: the clusters this client may ask for \
+                 (\"*\" for every cluster authd serves)",
+            ));
+        }
+        let served = |cluster: &str| {
+            cluster == ANY_CLUSTER
+                || self.clusters.contains_key(cluster)
+                || self.clusters.contains_key(ANY_CLUSTER)
+        };
+        match c.clusters.iter().find(|cluster| !served(cluster)) {
+            Some(unknown) => Err(FieldError::new(
+                field(),
+                format!("{unknown:?} is not a configured cluster (no [clusters.{unknown}])"),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Cluster names are the metric labels and the keys kube-apiserver's edge sends.
+    fn validate_clusters(&self) -> Result<(), FieldError> {
+        if self.clusters.keys().any(|k| k.trim().is_empty()) {
+            return Err(FieldError::new(
+                "clusters",
+                "a cluster name must not be empty",
+            ));
+        }
+        if self.clusters.is_empty() {
+            tracing::warn!(
+                "no [clusters] configured: every review is refused (declare the edge's \
+                 default cluster, [clusters.default], or [clusters.\"*\"] for any name)"
+            );
         }
         Ok(())
     }
@@ -721,7 +768,7 @@ mod access_tests {
     #[test]
     fn tls_and_clients() {
         let c = Config::parse(
-            &format!("[tls]\ncert='a.crt'\nkey='a.key'\nclient_ca='ca.crt'\n[clients.edge]\nmethods=['Authenticate']\n{SOURCE}"),
+            &format!("[tls]\ncert='a.crt'\nkey='a.key'\nclient_ca='ca.crt'\n[clients.edge]\nmethods=['Authenticate']\nclusters=['*']\n{SOURCE}"),
             Path::new("/etc/authd"),
         )
         .unwrap();
@@ -754,10 +801,41 @@ mod access_tests {
     fn clients_allowed_to_revoke_are_admins() {
         let clients = "[tls]\ncert='c'\nkey='k'\nclient_ca='ca'\n\
              [clients.break-glass]\nmethods = ['RevokeToken', 'RevokeUser']\n\
-             [clients.edge]\nmethods = ['Authenticate']\n\
-             [clients.ops]\nmethods = ['Authenticate', 'RevokeUser']\n";
+             [clients.edge]\nmethods = ['Authenticate']\nclusters = ['*']\n\
+             [clients.ops]\nmethods = ['Authenticate', 'RevokeUser']\nclusters = ['*']\n";
         let c = Config::parse(&format!("{clients}{SOURCE}"), Path::new(".")).unwrap();
         assert_eq!(c.admin.allowed_clients, vec!["break-glass", "ops"]);
+    }
+
+    #[test]
+    fn a_client_names_the_clusters_it_may_ask_for() {
+        let tls = "[tls]\ncert='c'\nkey='k'\nclient_ca='ca'\n";
+        let parse = |rest: &str| Config::parse(&format!("{tls}{rest}{SOURCE}"), Path::new("."));
+        let e = parse("[clients.edge]\nmethods = ['Authenticate']\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("clients.edge.clusters") && e.contains("required"),
+            "{e}"
+        );
+        let e = parse(
+            "[clients.edge]\nmethods = ['Authenticate']\nclusters = ['prd']\n[clusters.prod]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("clients.edge.clusters") && e.contains("\"prd\""),
+            "{e}"
+        );
+        let c = parse(
+            "[clients.edge]\nmethods = ['Authenticate']\nclusters = ['prod']\n[clusters.prod]\n",
+        )
+        .unwrap();
+        assert_eq!(c.clients["edge"].clusters, ["prod"]);
+        // Only a client that may call Authenticate needs clusters.
+        assert!(parse("[clients.ops]\nmethods = ['RevokeUser']\n").is_ok());
+        let e = parse("[clusters.'']\n").unwrap_err().to_string();
+        assert!(e.contains("clusters") && e.contains("empty"), "{e}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! authd's Prometheus metrics. Labels carry source, cluster and result names only: never a
-//! token, a password or a fingerprint.
+//! token, a password or a fingerprint. Every label value comes from a closed set (the
+//! configuration's names, fixed words): a caller cannot add a series.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -13,8 +14,9 @@ use authd_runtime::metrics::{latency_buckets, LatencyHistogram};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VerdictLabels {
-    pub cluster: String,
-    /// authenticated | rejected | denied_by_policy | undecided
+    /// A configured cluster name, or "other" (`policy::OTHER`): never a name as sent.
+    pub cluster: Name,
+    /// authenticated | rejected | denied_by_policy | unknown_cluster | undecided
     pub result: &'static str,
     /// hit_local | hit_shared | miss | stale | none (rejected before any lookup)
     pub cache: &'static str,

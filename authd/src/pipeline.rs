@@ -6,21 +6,42 @@
 //! (`mapping::Mapped`, wrapped in `source::build_all`), so the verdict names the mapped
 //! user. Cluster policy is not part of the cached verdict: the service applies it after the
 //! cache (`admit`), so one cached verdict serves every cluster under its own policy.
+//!
+//! A walk has a deadline of its own, the sum of the owning sources' timeouts and a margin:
+//! the verdict cache runs it in a task no caller can cancel, so it must end by itself.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::identity::{Identity, Outcome, Verdict};
 use crate::metrics::{Metrics, SourceLabels};
-use crate::policy::ClusterPolicy;
-use crate::source::{self, Verifier};
+use crate::policy::{self, Clusters};
+use crate::source::{self, SourceConfig, Verifier};
+
+/// Added to the sources' timeouts: scheduling and the mapping, never a network wait.
+const DEADLINE_MARGIN: Duration = Duration::from_secs(1);
+
+/// The longest one source may take, from its configured timeouts: its own limit
+/// (LDAP's search, bind and group searches share three timeouts), and for JWT and
+/// PostgreSQL one more for the key-set fetch or the migration another lookup started.
+fn source_deadline(source: &SourceConfig) -> Duration {
+    match source {
+        SourceConfig::TokenFile(_) => Duration::ZERO,
+        SourceConfig::BasicAuth(c) => c.timeout,
+        SourceConfig::Jwt(c) => c.jwks_timeout * 2,
+        SourceConfig::Ldap(c) => c.timeout * 3,
+        SourceConfig::Postgres(c) => c.timeout * 2,
+    }
+}
 
 /// The parts of the configuration that a reload swaps as one.
 pub struct Pipeline {
     pub sources: Vec<Arc<dyn Verifier>>,
-    pub clusters: BTreeMap<String, ClusterPolicy>,
+    /// The clusters served: any other name is refused.
+    pub clusters: Clusters,
+    /// When a walk through the sources gives up: "could not decide".
+    pub deadline: Duration,
 }
 
 impl Pipeline {
@@ -29,15 +50,34 @@ impl Pipeline {
     pub fn from_config(config: &Config) -> anyhow::Result<Self> {
         Ok(Self {
             sources: source::build_all(&config.sources)?,
-            clusters: config.clusters.clone(),
+            clusters: Clusters::new(&config.clusters),
+            deadline: config.sources.iter().map(source_deadline).sum::<Duration>()
+                + DEADLINE_MARGIN,
         })
     }
 
     /// Asks, in order, only the sources that own the token; the first definitive answer
     /// wins. "Could not decide" stops the walk: a later source's "no" must not stand in
     /// for an earlier source's unknown answer. No owning source at all is a definitive "no"
-    /// with an empty source name. The error is a message safe to log and to return.
+    /// with an empty source name. The error is a message safe to log and to return. Gives up
+    /// ("could not decide") at the pipeline's deadline.
     pub async fn decide(
+        &self,
+        token: &str,
+        audiences: &[String],
+        metrics: &Metrics,
+    ) -> Result<Verdict, Arc<str>> {
+        match tokio::time::timeout(self.deadline, self.walk(token, audiences, metrics)).await {
+            Ok(decided) => decided,
+            Err(_) => Err(format!(
+                "the identity sources did not answer within {:?}",
+                self.deadline
+            )
+            .into()),
+        }
+    }
+
+    async fn walk(
         &self,
         token: &str,
         audiences: &[String],
@@ -87,9 +127,12 @@ impl Pipeline {
     }
 
     /// Applies the cluster's policy to an authenticated identity (after the cache); the
-    /// error says why the cluster refuses it.
+    /// error says why the cluster refuses it (an unknown cluster is refused).
     pub fn admit(&self, cluster: &str, identity: Identity) -> Result<Identity, String> {
-        crate::policy::admit(&self.clusters, cluster, identity)
+        match self.clusters.get(cluster) {
+            Some(c) => c.admit(cluster, identity),
+            None => Err(policy::unknown(cluster)),
+        }
     }
 }
 

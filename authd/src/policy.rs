@@ -1,29 +1,117 @@
-//! Per-cluster policy: who may authenticate at each cluster's endpoint, and groups added
-//! there. Applied after the cache, so one cached verdict serves every cluster.
+//! Per-cluster policy: which clusters exist, who may authenticate at each one's endpoint,
+//! and groups added there. Applied after the cache, so one cached verdict serves every
+//! cluster.
+//!
+//! The set of clusters is closed: a name that is not a `[clusters.NAME]` table is refused
+//! (`authenticated: false`), unless the operator configured `[clusters."*"]`, the policy for
+//! every other name. Metrics name a cluster only by a configured name; every other name is
+//! counted as [`OTHER`], so callers cannot grow the label set.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::Deserialize;
 
 use crate::identity::Identity;
 use crate::mapping::EXTRA_CLUSTER;
+use crate::metrics::Name;
 
-/// Applies `cluster`'s policy (none when not listed) and records the cluster in `extra`.
+/// The `[clusters]` key of the policy for every cluster not listed by name.
+pub const ANY_CLUSTER: &str = "*";
+
+/// The metric label of every cluster that is not configured by name.
+pub const OTHER: &str = "other";
+
+/// Applies `cluster`'s policy and records the cluster in `extra`; a cluster that is not
+/// configured (and no `[clusters."*"]`) is refused.
 pub fn admit(
     clusters: &BTreeMap<String, ClusterPolicy>,
     cluster: &str,
     identity: Identity,
 ) -> Result<Identity, String> {
-    let mut identity = match clusters.get(cluster) {
-        Some(policy) => policy.apply(identity)?,
-        None => identity,
-    };
+    let policy = clusters
+        .get(cluster)
+        .filter(|_| cluster != ANY_CLUSTER)
+        .or_else(|| clusters.get(ANY_CLUSTER))
+        .ok_or_else(|| unknown(cluster))?;
+    Ok(record(policy.apply(identity)?, cluster))
+}
+
+/// Records the cluster asked in `extra`.
+fn record(mut identity: Identity, cluster: &str) -> Identity {
     if !cluster.is_empty() {
         identity
             .extra
             .insert(EXTRA_CLUSTER.to_owned(), vec![cluster.to_owned()]);
     }
-    Ok(identity)
+    identity
+}
+
+/// Why an unknown cluster is refused.
+pub fn unknown(cluster: &str) -> String {
+    format!(
+        "cluster {cluster:?} is not configured (no [clusters.NAME] for it, no [clusters.\"*\"])"
+    )
+}
+
+/// One cluster as a review sees it: its policy and its metric label.
+#[derive(Debug)]
+pub struct Cluster {
+    pub policy: ClusterPolicy,
+    /// The configured name, or [`OTHER`] for the `"*"` policy.
+    pub label: Name,
+}
+
+/// The configured clusters, resolved once per configuration.
+#[derive(Debug)]
+pub struct Clusters {
+    named: HashMap<String, Cluster>,
+    any: Option<Cluster>,
+    /// The label of a refused (unknown) cluster.
+    other: Name,
+}
+
+impl Clusters {
+    pub fn new(config: &BTreeMap<String, ClusterPolicy>) -> Self {
+        let mut named = HashMap::new();
+        let mut any = None;
+        let other = Name::from(OTHER);
+        for (name, policy) in config {
+            if name == ANY_CLUSTER {
+                any = Some(Cluster {
+                    policy: policy.clone(),
+                    label: other.clone(),
+                });
+            } else {
+                let label = Name::from(name.as_str());
+                let policy = policy.clone();
+                named.insert(name.clone(), Cluster { policy, label });
+            }
+        }
+        Self { named, any, other }
+    }
+
+    /// The cluster `name` is served as; `None` when it is refused.
+    pub fn get(&self, name: &str) -> Option<&Cluster> {
+        self.named.get(name).or(self.any.as_ref())
+    }
+
+    /// The metric label of `name`: its own if configured, otherwise [`OTHER`].
+    pub fn label(&self, name: &str) -> Name {
+        self.get(name)
+            .map_or_else(|| self.other.clone(), |c| c.label.clone())
+    }
+
+    /// Whether no cluster at all is served (every review would be refused).
+    pub fn is_empty(&self) -> bool {
+        self.named.is_empty() && self.any.is_none()
+    }
+}
+
+impl Cluster {
+    /// Applies this cluster's policy and records the cluster (`name`, as asked) in `extra`.
+    pub fn admit(&self, name: &str, identity: Identity) -> Result<Identity, String> {
+        Ok(record(self.policy.apply(identity)?, name))
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -99,5 +187,53 @@ mod tests {
         };
         let why = by_user.apply(alice()).unwrap_err();
         assert!(why.contains("alice"), "{why}");
+    }
+
+    #[test]
+    fn the_set_of_clusters_is_closed() {
+        let prod = ClusterPolicy {
+            allow_users: vec!["alice".into()],
+            ..Default::default()
+        };
+        let config = BTreeMap::from([("prod".to_owned(), prod)]);
+        let bob = Identity {
+            username: "bob".into(),
+            ..Identity::default()
+        };
+        for name in ["prod", "", "prod2", "PROD", "default", "*"] {
+            assert!(admit(&config, name, bob.clone()).is_err(), "{name:?}");
+        }
+        let clusters = Clusters::new(&config);
+        assert!(clusters.get("PROD").is_none());
+        assert_eq!(&*clusters.label("PROD").0, OTHER);
+        assert_eq!(&*clusters.label("prod").0, "prod");
+        let extra = admit(&config, "prod", alice()).unwrap().extra;
+        assert_eq!(extra[EXTRA_CLUSTER], ["prod"]);
+    }
+
+    #[test]
+    fn an_explicit_default_serves_other_names_under_one_label() {
+        let config = BTreeMap::from([
+            (
+                "prod".to_owned(),
+                ClusterPolicy {
+                    allow_users: vec!["alice".into()],
+                    ..Default::default()
+                },
+            ),
+            (ANY_CLUSTER.to_owned(), ClusterPolicy::default()),
+        ]);
+        let clusters = Clusters::new(&config);
+        let dev = clusters.get("dev").unwrap();
+        assert_eq!(&*dev.label.0, OTHER);
+        let seen = dev.admit("dev", alice()).unwrap();
+        assert_eq!(seen.extra[EXTRA_CLUSTER], ["dev"]);
+        assert!(admit(&config, "dev", alice()).is_ok());
+        // A listed cluster keeps its own policy.
+        let bob = Identity {
+            username: "bob".into(),
+            ..Identity::default()
+        };
+        assert!(admit(&config, "prod", bob).is_err());
     }
 }

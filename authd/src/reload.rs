@@ -18,7 +18,6 @@ use crate::config::Config;
 use crate::metrics::ReloadLabels;
 use crate::pipeline::Pipeline;
 use crate::service::Authd;
-use crate::source;
 
 /// How often files are polled.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -186,11 +185,7 @@ impl Watch {
 
 fn try_reload(authd: &Authd, load: &Loader) -> anyhow::Result<Config> {
     let config = load()?;
-    let sources = source::build_all(&config.sources)?;
-    authd.reload(Pipeline {
-        sources,
-        clusters: config.clusters.clone(),
-    });
+    authd.reload(Pipeline::from_config(&config)?);
     Ok(config)
 }
 

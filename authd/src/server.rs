@@ -121,13 +121,7 @@ impl Listeners {
         if let Some(t) = &config.tls {
             self.tls = Some((tls::reloading(t)?, t.handshake_timeout));
         }
-        self.access = AccessPolicy::new(
-            config
-                .clients
-                .iter()
-                .map(|(name, c)| (name.clone(), c.methods.iter().cloned().collect()))
-                .collect(),
-        );
+        self.access = AccessPolicy::from_config(&config.clients);
         self.admin_authz = AdminAuthz::from_config(&config.admin)?;
         self.max_calls = config.max_concurrent_calls;
         self.max_calls_per_connection = config.max_concurrent_calls_per_connection;

@@ -20,7 +20,7 @@ use crate::cache::verdict::{Answer, CacheOutcome, SharedLevel, VerdictCache};
 use crate::cache::Ttls;
 use crate::fingerprint::{Fingerprint, Fingerprinter};
 use crate::identity::Verdict;
-use crate::metrics::{Metrics, VerdictLabels};
+use crate::metrics::{Metrics, Name, VerdictLabels};
 
 use crate::pipeline::Pipeline;
 
@@ -30,6 +30,8 @@ enum Decision {
     Authenticated,
     Rejected,
     DeniedByPolicy,
+    /// The cluster asked for is not configured: refused before any lookup.
+    UnknownCluster,
     Undecided,
 }
 
@@ -39,6 +41,7 @@ impl Decision {
             Decision::Authenticated => "authenticated",
             Decision::Rejected => "rejected",
             Decision::DeniedByPolicy => "denied_by_policy",
+            Decision::UnknownCluster => "unknown_cluster",
             Decision::Undecided => "undecided",
         }
     }
@@ -53,11 +56,13 @@ struct Inner {
 /// Longest token looked up; longer ones are rejected without touching caches or sources.
 pub const MAX_TOKEN_BYTES: usize = 64 * 1024;
 
-fn count(metrics: &Metrics, cluster: &str, result: Decision, cache: CacheOutcome) {
+/// `cluster` is the label `Clusters::label` gave: a configured name or "other", never a
+/// name a caller chose.
+fn count(metrics: &Metrics, cluster: Name, result: Decision, cache: CacheOutcome) {
     metrics
         .verdicts
         .get_or_create(&VerdictLabels {
-            cluster: cluster.to_owned(),
+            cluster,
             result: result.label(),
             cache: cache.label(),
         })
@@ -141,8 +146,37 @@ impl Authd {
         self.inner.cache.revoke_user(username).await
     }
 
+    /// The metric label of the cluster asked for, or `Err` with the label of a refused one.
+    fn cluster_label(&self, cluster: &str) -> Result<Name, Name> {
+        let pipeline = self
+            .inner
+            .pipeline
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        match pipeline.clusters.get(cluster) {
+            Some(c) => Ok(c.label.clone()),
+            None => Err(pipeline.clusters.label(cluster)),
+        }
+    }
+
     pub async fn authenticate(&self, req: AuthenticateRequest) -> AuthenticateResponse {
         let started = Instant::now();
+        // An unknown cluster is a definitive "no" (kube-apiserver: not authenticated), before
+        // any cache or source sees the token: the set of clusters is the configured one.
+        let cluster = match self.cluster_label(&req.cluster) {
+            Ok(label) => label,
+            Err(other) => {
+                tracing::debug!(request_id = %req.request_id, cluster = %req.cluster.escape_debug(),
+                    "cluster not configured: refused without a lookup");
+                count(
+                    &self.inner.metrics,
+                    other,
+                    Decision::UnknownCluster,
+                    CacheOutcome::None,
+                );
+                return AuthenticateResponse::default();
+            }
+        };
         // No source mints empty or enormous tokens: a definitive, cacheable "no" at once,
         // not an error (which kube-apiserver would retry five times).
         if req.token.is_empty() || req.token.len() > MAX_TOKEN_BYTES {
@@ -150,13 +184,13 @@ impl Authd {
                 "token empty or longer than the limit: rejected without a lookup");
             count(
                 &self.inner.metrics,
-                &req.cluster,
+                cluster,
                 Decision::Rejected,
                 CacheOutcome::None,
             );
             return AuthenticateResponse::default();
         }
-        let response = self.decide(&req).await;
+        let response = self.decide(&req, cluster).await;
         self.inner
             .metrics
             .latency
@@ -164,7 +198,7 @@ impl Authd {
         response
     }
 
-    async fn decide(&self, req: &AuthenticateRequest) -> AuthenticateResponse {
+    async fn decide(&self, req: &AuthenticateRequest, cluster: Name) -> AuthenticateResponse {
         let cache = &self.inner.cache;
         let fp = cache.fingerprinter().token(&req.token, &req.audiences);
         // Runs only for the caller that starts a lookup; reads the pipeline when it runs.
@@ -215,7 +249,7 @@ impl Authd {
                 (response, Decision::Undecided)
             }
         };
-        count(&self.inner.metrics, &req.cluster, result, outcome);
+        count(&self.inner.metrics, cluster, result, outcome);
         response
     }
 

@@ -20,6 +20,7 @@ use authd::fingerprint::Fingerprinter;
 use authd::identity::{Identity, Outcome};
 use authd::metrics::{LevelLabels, Metrics};
 use authd::pipeline::Pipeline;
+use authd::policy::{ClusterPolicy, Clusters, ANY_CLUSTER};
 use authd::source::Verifier;
 use authd::Authd;
 use authd_proto::v1::{AuthenticateRequest, AuthenticateResponse};
@@ -137,6 +138,14 @@ impl Drop for Redis {
 }
 
 /// One replica: its own local cache and metrics, the shared Redis and key.
+/// Every cluster, open: these requests name none.
+fn any_cluster() -> Clusters {
+    Clusters::new(&BTreeMap::from([(
+        ANY_CLUSTER.to_owned(),
+        ClusterPolicy::default(),
+    )]))
+}
+
 fn replica(redis: &Redis, source: &Arc<Switch>, grace: Duration) -> Authd {
     let metrics = Arc::new(Metrics::new());
     let config = RedisConfig {
@@ -155,7 +164,8 @@ fn replica(redis: &Redis, source: &Arc<Switch>, grace: Duration) -> Authd {
         Fingerprinter::new(b"the key every replica shares 0123456789"),
         Pipeline {
             sources: vec![source.clone() as Arc<dyn Verifier>],
-            clusters: BTreeMap::new(),
+            clusters: any_cluster(),
+            deadline: Duration::from_secs(5),
         },
         Ttls {
             positive: Duration::from_secs(1),
@@ -338,7 +348,8 @@ async fn without_redis_revocation_empties_the_local_cache() {
         Fingerprinter::random(),
         Pipeline {
             sources: vec![source.clone() as Arc<dyn Verifier>],
-            clusters: BTreeMap::new(),
+            clusters: any_cluster(),
+            deadline: Duration::from_secs(5),
         },
         Ttls {
             positive: Duration::from_secs(60),

@@ -554,8 +554,11 @@ impl Env {
     /// authd's configuration for a scenario. The Redis and Basic-auth parts are the
     /// configuration issues 3 and 4 define; on a branch without them authd refuses it.
     fn authd_toml(&self, cache: Cache, source: Source) -> String {
+        // The one cluster the load speaks for (the edge's default route, the gRPC load's
+        // `default`): authd refuses clusters it does not declare.
         let mut s = format!(
-            "listen = \"127.0.0.1:0\"\nshutdown_grace = \"1s\"\n[cache]\nhmac_key_file = {:?}\n",
+            "listen = \"127.0.0.1:0\"\nshutdown_grace = \"1s\"\n[clusters.default]\n\
+             [cache]\nhmac_key_file = {:?}\n",
             self.hmac_key.display().to_string()
         );
         if cache == Cache::Redis {

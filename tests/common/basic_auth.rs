@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -43,6 +44,8 @@ struct Shared {
     handler: Handler,
     /// Serve HTTPS with this configuration instead of plain HTTP.
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// Connections accepted and not yet closed (by either side).
+    open: AtomicUsize,
 }
 
 pub struct HttpServer {
@@ -81,6 +84,7 @@ impl HttpServer {
             seen: Mutex::new(Vec::new()),
             handler,
             tls,
+            open: AtomicUsize::new(0),
         });
         let s = shared.clone();
         std::thread::spawn(move || accept_loop(listener, port, s));
@@ -94,6 +98,12 @@ impl HttpServer {
             "http"
         };
         format!("{scheme}://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Connections open now: the client's keep-alive ones and those being answered. A
+    /// connection its client closed counts until the server notices (after a `Slow` sleep).
+    pub fn open_connections(&self) -> usize {
+        self.shared.open.load(Ordering::SeqCst)
     }
 
     pub fn set_mode(&self, mode: Mode) {
@@ -131,7 +141,9 @@ fn accept_loop(listener: TcpListener, port: u16, shared: Arc<Shared>) {
         match l.accept() {
             Ok((stream, _)) => {
                 let s = shared.clone();
+                s.open.fetch_add(1, Ordering::SeqCst);
                 std::thread::spawn(move || {
+                    let _closes = Closes(s.clone());
                     stream.set_nonblocking(false).unwrap();
                     stream
                         .set_read_timeout(Some(Duration::from_secs(30)))
@@ -147,6 +159,15 @@ fn accept_loop(listener: TcpListener, port: u16, shared: Arc<Shared>) {
             }
             Err(_) => std::thread::sleep(Duration::from_millis(10)),
         }
+    }
+}
+
+/// Counts a connection's thread out of `Shared::open` however it ends.
+struct Closes(Arc<Shared>);
+
+impl Drop for Closes {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -365,12 +365,12 @@ pub fn register_certs(dir: &Path) {
 pub const EDGE_TLS: &str =
     "[tls]\ncert = \"edge.crt\"\nkey = \"edge.key\"\nclient_ca = \"ca.crt\"\n";
 
-/// Writes an authd config whose sources section is `sources_toml`, and starts authd.
-pub fn start_authd(dir: &Path, name: &str, listen: &str, extra_toml: &str) -> Proc {
+/// Writes an authd config exactly as given (no cluster added), and starts authd.
+pub fn start_authd_as_written(dir: &Path, name: &str, listen: &str, toml: &str) -> Proc {
     let cfg = write(
         dir,
         &format!("{name}.toml"),
-        &format!("listen = \"{listen}\"\nadmin_listen = \"127.0.0.1:0\"\nshutdown_grace = \"20s\"\n{extra_toml}"),
+        &format!("listen = \"{listen}\"\nadmin_listen = \"127.0.0.1:0\"\nshutdown_grace = \"20s\"\n{toml}"),
     );
     Proc::start_named(
         name,
@@ -379,6 +379,27 @@ pub fn start_authd(dir: &Path, name: &str, listen: &str, extra_toml: &str) -> Pr
         dir,
         "authd ready",
     )
+}
+
+/// Writes an authd config whose sources section is `sources_toml`, and starts authd.
+/// authd serves only the clusters it declares: unless `extra_toml` declares it (or a
+/// `[clusters."*"]` default), the edge's default cluster `default` is declared, as an
+/// operator's configuration for an edge with its default route does.
+pub fn start_authd(dir: &Path, name: &str, listen: &str, extra_toml: &str) -> Proc {
+    let toml = format!(
+        "{extra_toml}\n{}",
+        default_cluster_unless_declared(extra_toml)
+    );
+    start_authd_as_written(dir, name, listen, &toml)
+}
+
+/// `[clusters.default]`, unless `toml` declares it or a `[clusters."*"]` default.
+pub fn default_cluster_unless_declared(toml: &str) -> &'static str {
+    if toml.contains("[clusters.default]") || toml.contains("[clusters.\"*\"]") {
+        ""
+    } else {
+        "[clusters.default]\n"
+    }
 }
 
 /// Starts an edge pointing at `grpc`, with `extra_toml` appended (clusters, timeouts).

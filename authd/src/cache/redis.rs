@@ -64,8 +64,11 @@ enum Conn {
 /// retried at most every `RECONNECT_EVERY` while it cannot be made.
 struct LazyCluster {
     client: ClusterClient,
+    /// Held across a connect: waiting for it and connecting are each bounded by
+    /// `connect_timeout`, so a stalled or dropped holder cannot stop every later command.
     conn: tokio::sync::Mutex<Option<ClusterConnection>>,
     last_attempt: Mutex<Option<Instant>>,
+    connect_timeout: Duration,
 }
 
 const RECONNECT_EVERY: Duration = Duration::from_millis(250);
@@ -78,7 +81,10 @@ const SUBSCRIBER_PING_EVERY: Duration = Duration::from_secs(2);
 
 impl LazyCluster {
     async fn get(&self) -> RedisResult<ClusterConnection> {
-        let mut slot = self.conn.lock().await;
+        let busy = || redis::RedisError::from((redis::ErrorKind::Io, "cluster connect timed out"));
+        let mut slot = tokio::time::timeout(self.connect_timeout, self.conn.lock())
+            .await
+            .map_err(|_| busy())?;
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
@@ -92,7 +98,9 @@ impl LazyCluster {
             }
             *last = Some(Instant::now());
         }
-        let c = self.client.get_async_connection().await?;
+        let c = tokio::time::timeout(self.connect_timeout, self.client.get_async_connection())
+            .await
+            .map_err(|_| busy())??;
         *slot = Some(c.clone());
         Ok(c)
     }
@@ -345,6 +353,7 @@ impl SharedCache {
                     client,
                     conn: tokio::sync::Mutex::new(None),
                     last_attempt: Mutex::new(None),
+                    connect_timeout: config.connect_timeout,
                 };
                 (Conn::Cluster(Arc::new(lazy)), nodes)
             }

@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -136,6 +137,35 @@ enum Found {
 /// What a lookup shared by concurrent callers resolves to.
 type Flight = Result<(Arc<CachedVerdict>, Found), Undecided>;
 
+/// A lookup in progress, as the single-flight map holds it.
+struct InFlight {
+    /// Which lookup this is: a lookup that ends removes its own entry only, never a newer
+    /// one for the same key (started after a reload forgot it).
+    id: u64,
+    result: Shared<BoxFuture<'static, Flight>>,
+}
+
+/// Held by a lookup's task: removes the lookup from the single-flight map when the task
+/// ends, whether it finished, panicked or was dropped with the runtime.
+struct LeavesTheMap<S: SharedStore> {
+    cache: Arc<VerdictCache<S>>,
+    fp: Fingerprint,
+    id: u64,
+}
+
+impl<S: SharedStore> Drop for LeavesTheMap<S> {
+    fn drop(&mut self) {
+        let mut inflight = self
+            .cache
+            .inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if inflight.get(&self.fp).is_some_and(|f| f.id == self.id) {
+            inflight.remove(&self.fp);
+        }
+    }
+}
+
 /// Both cache levels with their guards. Shared behind an `Arc` (lookups in flight hold it).
 pub struct VerdictCache<S = SharedCache> {
     /// Keys every level and index; the only form in which a token is ever a key.
@@ -144,7 +174,9 @@ pub struct VerdictCache<S = SharedCache> {
     shared: Option<SharedLevel<S>>,
     ttls: Ttls,
     /// Lookups in progress, so concurrent misses for one key make one source call.
-    inflight: Mutex<HashMap<Fingerprint, Shared<BoxFuture<'static, Flight>>>>,
+    inflight: Mutex<HashMap<Fingerprint, InFlight>>,
+    /// The next lookup's `InFlight::id`.
+    next_flight: AtomicU64,
     metrics: Arc<Metrics>,
 }
 
@@ -168,6 +200,7 @@ impl<S: SharedStore> VerdictCache<S> {
             shared,
             ttls,
             inflight: Mutex::new(HashMap::new()),
+            next_flight: AtomicU64::new(0),
             metrics,
         }
     }
@@ -243,6 +276,12 @@ impl<S: SharedStore> VerdictCache<S> {
     }
 
     /// One lookup per key at a time; concurrent callers share its result.
+    ///
+    /// The lookup runs in a task of its own, not in its callers: a caller that goes away
+    /// (a cancelled review) neither stops it halfway, holding whatever the sources held
+    /// (a connection, a lock), nor parks it in the map for a later caller to resume. The
+    /// task removes its own entry when it ends, however it ends, and its length is bounded
+    /// by the pipeline's deadline (the sources' timeouts).
     async fn coalesced<F, Fut>(self: &Arc<Self>, fp: Fingerprint, token: &str, ask: F) -> Flight
     where
         F: FnOnce() -> Fut,
@@ -253,28 +292,44 @@ impl<S: SharedStore> VerdictCache<S> {
         let fut = {
             let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
             match inflight.get(&fp) {
-                Some(fut) => {
+                Some(flight) => {
                     self.metrics.coalesced.inc();
-                    fut.clone()
+                    flight.result.clone()
                 }
                 None => {
                     // Noted before the sources are chosen, so a reload's swap cannot slip
                     // between the two unseen.
                     let generation = self.local.generation();
-                    let this = self.clone();
+                    let id = self.next_flight.fetch_add(1, Ordering::Relaxed);
                     let asked = ask();
-                    let fut = async move {
-                        let result = this.fetch(fp, token_id, generation, asked).await;
-                        this.inflight
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .remove(&fp);
-                        result
-                    }
-                    .boxed()
-                    .shared();
-                    inflight.insert(fp, fut.clone());
-                    fut
+                    let this = self.clone();
+                    let task = tokio::spawn(async move {
+                        let _leaves = LeavesTheMap {
+                            cache: this.clone(),
+                            fp,
+                            id,
+                        };
+                        this.fetch(fp, token_id, generation, asked).await
+                    });
+                    let result = task
+                        .map(|joined| {
+                            joined.unwrap_or_else(|_| {
+                                Err(Undecided {
+                                    error: "the lookup failed".into(),
+                                    shared_stale: None,
+                                })
+                            })
+                        })
+                        .boxed()
+                        .shared();
+                    inflight.insert(
+                        fp,
+                        InFlight {
+                            id,
+                            result: result.clone(),
+                        },
+                    );
+                    result
                 }
             }
         };
@@ -369,6 +424,7 @@ impl<S: SharedStore> VerdictCache<S> {
     /// Drops every cached verdict: new requests must not join a lookup still running
     /// against the old sources, and lookups started before must not cache what those said.
     /// For a reload; the shared level keeps its verdicts (each replica reloads on its own).
+    /// The forgotten lookups still end by their deadline and remove nothing newer.
     pub fn invalidate_all(&self) {
         self.inflight
             .lock()
@@ -563,6 +619,84 @@ mod tests {
         let again = lookup(&c, &source).await;
         assert_eq!(seen(&again), (Some("alice"), CacheOutcome::HitLocal));
         assert_eq!(source.calls(), 1);
+    }
+
+    fn in_flight(c: &Cache) -> usize {
+        c.inflight.lock().unwrap().len()
+    }
+
+    /// Waits (a bounded time) for every lookup to leave the single-flight map.
+    async fn until_no_lookup_in_flight(c: &Cache) {
+        let waited = tokio::time::timeout(Duration::from_secs(5), async {
+            while in_flight(c) > 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await;
+        assert!(waited.is_ok(), "a lookup stayed in the single-flight map");
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_caller_leaves_no_parked_lookup() {
+        let c = cache(None, Duration::ZERO);
+        let source = Source::held(user("alice"));
+        let caller = spawn_lookup(&c, &source);
+        source.started.notified().await;
+        // The review is cancelled while the source is still answering.
+        caller.abort();
+        assert!(caller.await.unwrap_err().is_cancelled());
+        source.open();
+        // The lookup ran to its end without a caller and left the map...
+        until_no_lookup_in_flight(&c).await;
+        // ...and what it found is cached, not parked for a later caller to resume.
+        let next = lookup(&c, &source).await;
+        assert_eq!(seen(&next), (Some("alice"), CacheOutcome::HitLocal));
+        assert_eq!(source.calls(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_caller_does_not_block_later_callers() {
+        let c = cache(None, Duration::ZERO);
+        let source = Source::held(user("alice"));
+        let first = spawn_lookup(&c, &source);
+        source.started.notified().await;
+        first.abort();
+        let _ = first.await;
+        // A later caller shares the lookup, which is still running, and gets its answer.
+        let later = spawn_lookup(&c, &source);
+        until_coalesced(&c, 1).await;
+        source.open();
+        let answer = tokio::time::timeout(Duration::from_secs(5), later)
+            .await
+            .expect("the later caller was blocked")
+            .unwrap();
+        assert_eq!(seen(&answer), (Some("alice"), CacheOutcome::Miss));
+        assert_eq!(source.calls(), 1);
+        until_no_lookup_in_flight(&c).await;
+    }
+
+    #[tokio::test]
+    async fn a_lookup_ending_after_a_reload_keeps_the_newer_one_in_the_map() {
+        let c = cache(None, Duration::ZERO);
+        let old = Source::held(user("alice"));
+        let running = spawn_lookup(&c, &old);
+        old.started.notified().await;
+        c.invalidate_all();
+        let new = Source::held(user("bob"));
+        let newer = spawn_lookup(&c, &new);
+        new.started.notified().await;
+        // The old lookup ends while the newer one for the same key still runs.
+        old.open();
+        assert_eq!(seen(&running.await.unwrap()).0, Some("alice"));
+        assert_eq!(in_flight(&c), 1);
+        // A third caller joins the newer lookup instead of starting another.
+        let third = spawn_lookup(&c, &new);
+        until_coalesced(&c, 1).await;
+        new.open();
+        assert_eq!(seen(&newer.await.unwrap()).0, Some("bob"));
+        assert_eq!(seen(&third.await.unwrap()).0, Some("bob"));
+        assert_eq!((old.calls(), new.calls()), (1, 1));
+        until_no_lookup_in_flight(&c).await;
     }
 
     #[tokio::test]

@@ -235,9 +235,12 @@ struct JwksState {
 struct Jwks {
     url: HttpUrl,
     client: reqwest::Client,
+    /// Bounds one fetch, and how long a refresh waits for another one to finish.
+    timeout: Duration,
     min_refresh: Duration,
     state: RwLock<JwksState>,
-    /// Serialises fetches so a burst of unknown kids makes one request.
+    /// Serialises fetches so a burst of unknown kids makes one request. Only a refresh task
+    /// (never a caller that can be cancelled or parked) holds it, for at most `timeout`.
     fetch: tokio::sync::Mutex<()>,
 }
 
@@ -248,7 +251,7 @@ pub struct Jwt {
     audience_aware: bool,
     algorithms: Vec<Algorithm>,
     static_keys: Vec<Key>,
-    jwks: Option<Jwks>,
+    jwks: Option<Arc<Jwks>>,
     leeway: Duration,
     username_claim: String,
     groups_claim: Option<String>,
@@ -304,13 +307,14 @@ impl Jwt {
                 let client = b.build().map_err(|e| {
                     FieldError::new("jwks_url", format!("cannot build client: {e}"))
                 })?;
-                Some(Jwks {
+                Some(Arc::new(Jwks {
                     url: url.clone(),
                     client,
+                    timeout: c.jwks_timeout,
                     min_refresh: c.jwks_min_refresh,
                     state: RwLock::new(JwksState::default()),
                     fetch: tokio::sync::Mutex::new(()),
-                })
+                }))
             }
         };
         Ok(Self {
@@ -489,8 +493,24 @@ impl Jwks {
 
     /// Fetches the key set unless one was fetched within `min_refresh`. `Err` when the
     /// current key set is unknown because fetching failed.
-    async fn refresh(&self) -> Result<(), String> {
-        let _one_at_a_time = self.fetch.lock().await;
+    ///
+    /// The refresh runs in a task of its own: a caller that goes away mid-fetch leaves
+    /// neither the fetch lock held nor a fetch half done. Waiting for the lock and the
+    /// fetch are each bounded by `timeout`.
+    async fn refresh(self: &Arc<Self>) -> Result<(), String> {
+        let this = self.clone();
+        tokio::spawn(async move { this.refresh_now().await })
+            .await
+            .unwrap_or_else(|_| Err(format!("JWKS {}: the refresh failed", self.url)))
+    }
+
+    async fn refresh_now(&self) -> Result<(), String> {
+        let Ok(_one_at_a_time) = tokio::time::timeout(self.timeout, self.fetch.lock()).await else {
+            return Err(format!(
+                "JWKS {}: another refresh did not finish within {:?}",
+                self.url, self.timeout
+            ));
+        };
         {
             let s = self.read();
             if let Some(at) = s.last_attempt {
@@ -506,7 +526,9 @@ impl Jwks {
                 }
             }
         }
-        let fetched = self.fetch().await;
+        let fetched = tokio::time::timeout(self.timeout, self.fetch())
+            .await
+            .unwrap_or_else(|_| Err(format!("timed out after {:?}", self.timeout)));
         let mut s = self.state.write().unwrap_or_else(|e| e.into_inner());
         s.last_attempt = Some(Instant::now());
         match fetched {

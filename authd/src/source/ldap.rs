@@ -250,14 +250,38 @@ impl LdapVerifier {
     }
 
     /// The shared service connection, bound as `bind_dn`; made on first use or after a fault.
+    ///
+    /// The lock is held across a connect and a bind, so both the wait for it and the work
+    /// under it are bounded (`timeout` each): a holder that stalls or is dropped cannot keep
+    /// every later lookup waiting.
     async fn service(&self) -> Result<(u64, Ldap), Fault> {
-        let mut shared = self.service.lock().await;
+        let limit = self.config.timeout;
+        let Ok(mut shared) = tokio::time::timeout(limit, self.service.lock()).await else {
+            return Err(Fault(format!(
+                "service connection busy: another lookup held it for over {limit:?}"
+            )));
+        };
         if let Some((generation, ldap)) = shared.conn.as_mut() {
             if !ldap.is_closed() {
                 return Ok((*generation, ldap.clone()));
             }
         }
         shared.conn = None;
+        let ldap = tokio::time::timeout(limit, self.bound_service())
+            .await
+            .map_err(|_| {
+                Fault(format!(
+                    "service connect and bind: timed out after {limit:?}"
+                ))
+            })??;
+        shared.generation += 1;
+        let generation = shared.generation;
+        shared.conn = Some((generation, ldap.clone()));
+        Ok((generation, ldap))
+    }
+
+    /// A new connection bound as `bind_dn`.
+    async fn bound_service(&self) -> Result<Ldap, Fault> {
         let mut ldap = self.connect().await?;
         let result = ldap
             .with_timeout(self.config.timeout)
@@ -270,19 +294,25 @@ impl LdapVerifier {
                 result.rc, result.text
             )));
         }
-        shared.generation += 1;
-        let generation = shared.generation;
-        shared.conn = Some((generation, ldap.clone()));
-        Ok((generation, ldap))
+        Ok(ldap)
     }
 
-    /// Drops the shared connection if it is still the one that failed.
+    /// Drops the shared connection if it is still the one that failed. The unbind happens
+    /// outside the lock; a lock that stays busy past `timeout` leaves the connection to the
+    /// next fault.
     async fn discard(&self, generation: u64) {
-        let mut shared = self.service.lock().await;
-        if shared.conn.as_ref().is_some_and(|(g, _)| *g == generation) {
-            if let Some((_, mut ldap)) = shared.conn.take() {
-                let _ = ldap.unbind().await;
-            }
+        let Ok(mut shared) = tokio::time::timeout(self.config.timeout, self.service.lock()).await
+        else {
+            return;
+        };
+        let failed = if shared.conn.as_ref().is_some_and(|(g, _)| *g == generation) {
+            shared.conn.take()
+        } else {
+            None
+        };
+        drop(shared);
+        if let Some((_, mut ldap)) = failed {
+            let _ = tokio::time::timeout(self.config.timeout, ldap.unbind()).await;
         }
     }
 

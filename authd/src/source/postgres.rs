@@ -142,6 +142,8 @@ pub enum PostgresError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("extra: {0}")]
     Extra(String),
+    #[error("migrations still running after {0:?}")]
+    MigrationsPending(Duration),
 }
 
 /// The schema, embedded so a deployed binary needs no migrations folder.
@@ -353,14 +355,20 @@ impl PostgresVerifier {
         Ok(verifier)
     }
 
+    /// Runs the migrations unless they ran. Another lookup may be running them: waiting
+    /// for it is bounded by `timeout` (a lookup never waits without limit on another), and
+    /// the migrations themselves by the pool's acquire and statement timeouts.
     async fn ensure_migrated(&self) -> Result<(), PostgresError> {
-        if !self.migrate {
+        if !self.migrate || self.migrated.initialized() {
             return Ok(());
         }
-        self.migrated
-            .get_or_try_init(|| migrate(&self.pool))
-            .await
-            .map(|_| ())
+        tokio::time::timeout(
+            self.timeout,
+            self.migrated.get_or_try_init(|| migrate(&self.pool)),
+        )
+        .await
+        .map_err(|_| PostgresError::MigrationsPending(self.timeout))?
+        .map(|_| ())
     }
 
     async fn lookup(&self, id: &str, secret: &str) -> Result<Outcome, PostgresError> {
