@@ -1,6 +1,7 @@
 //! Compiles the .proto files with protox (pure Rust), so no system protoc is needed.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=kubeauthd");
+    println!("cargo:rerun-if-changed=build.rs");
     let fds = protox::compile(["kubeauthd/v1/authd.proto"], ["."])?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(
