@@ -1,6 +1,7 @@
 //! Compiles the .proto files with protox (pure Rust), so no system protoc is needed.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=kubeauthd");
+    println!("cargo:rerun-if-changed=build.rs");
     let fds = protox::compile(["kubeauthd/v1/authd.proto"], ["."])?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(
@@ -9,8 +10,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     // BTreeMap for map fields (`User.extra`): a verdict carries one or two entries, for which
     // a sorted vector-backed map decodes without hashing, and serialises in a stable order.
+    // The messages carrying a raw token get a hand-written Debug (src/lib.rs) that redacts it.
     tonic_prost_build::configure()
         .btree_map(".")
+        .skip_debug([
+            "kubeauthd.v1.AuthenticateRequest",
+            "kubeauthd.v1.RevokeTokenRequest",
+        ])
         .compile_fds(fds)?;
     Ok(())
 }

@@ -40,7 +40,7 @@ mail = \"example.org/mail\"
         )
     };
     format!(
-        "{}{}{}{}
+        "{}{}{}{}{}
 [[sources]]
 name = \"{PG}\"
 type = \"postgres\"
@@ -61,6 +61,11 @@ timeout = \"1s\"
             &format!("{GROUPS}ca_file = \"ca.crt\"\nprefix = \"ldaps:\"")
         ),
         ldap("dir-memberof", slapd.url(), "prefix = \"mo:\""),
+        ldap(
+            "dir-memberof-rdn",
+            slapd.url(),
+            "prefix = \"rdn:\"\nmember_of_group_name = \"first_rdn\""
+        ),
         ldap(LDAP, slapd.url(), GROUPS),
         pg.url()
     )
@@ -185,10 +190,20 @@ async fn ldap_source_end_to_end() {
     let s = env.review("ldaps:bob:bob-pw").await;
     assert_eq!(s.username(), "bob", "{s:?}");
     env.review("tls:bob:wrong").await.assert_denied();
-    // Groups from the memberOf attribute: the first RDN's value, unescaped.
+    // Groups from the memberOf attribute: the whole DN by default, so same-named groups in
+    // different branches stay apart; the first RDN's value, unescaped, when asked for.
     let m = env.review("mo:alice:alice-pw").await;
-    assert_eq!(m.groups(), vec!["a,b team", "platform"], "{m:?}");
+    assert_eq!(
+        m.groups(),
+        vec![
+            "cn=a\\2Cb team,ou=groups,dc=example,dc=org",
+            "cn=platform,ou=groups,dc=example,dc=org"
+        ],
+        "{m:?}"
+    );
     assert!(env.review("mo:bob:bob-pw").await.groups().is_empty());
+    let r = env.review("rdn:alice:alice-pw").await;
+    assert_eq!(r.groups(), vec!["a,b team", "platform"], "{r:?}");
 
     // Wrong password, unknown user, a uid held by two entries.
     env.review("alice:alice-pw-wrong").await.assert_denied();
@@ -260,10 +275,10 @@ async fn ldap_source_end_to_end() {
     let (_, secret) = pg_token.split_once('.').unwrap();
     assert!(!env.slapd.log().contains(secret));
 
-    // Pooling: each LDAP source bound its service account once (4 sources), and no
+    // Pooling: each LDAP source bound its service account once (5 sources), and no
     // connection was ever bound as two different DNs (user binds use their own).
     assert!(
-        binds(&env.slapd, SERVICE_DN) <= 4,
+        binds(&env.slapd, SERVICE_DN) <= 5,
         "service connection not reused:\n{}",
         env.slapd.log()
     );

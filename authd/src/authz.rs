@@ -5,11 +5,16 @@
 //! `admin.allowed_clients` (the TLS layer puts a [`ClientIdentity`] in the request's
 //! extensions), or the shared admin secret from `admin.token_file` as gRPC metadata
 //! `authorization: Bearer <secret>`, compared in constant time. Anything else is refused.
+//!
+//! The secret is kept only as its SHA-256 and a presented one is hashed before the compare:
+//! comparing the raw bytes would return early on a length mismatch and tell a caller how
+//! long the secret is.
 
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tonic::metadata::MetadataMap;
 use tonic::Status;
@@ -64,13 +69,19 @@ pub enum AuthzError {
 /// The Admin service's gate.
 pub struct AdminAuthz {
     allowed_clients: BTreeSet<String>,
-    /// The shared admin secret; never logged.
-    token: Option<Vec<u8>>,
+    /// SHA-256 of the shared admin secret: fixed length, so the compare is constant-time
+    /// whatever the length presented. Never logged.
+    token: Option<[u8; 32]>,
 }
 
 impl AdminAuthz {
     pub fn from_config(config: &AdminConfig) -> Result<Self, AuthzError> {
-        let token = config.token_file.as_deref().map(read_secret).transpose()?;
+        let token = config
+            .token_file
+            .as_deref()
+            .map(read_secret)
+            .transpose()?
+            .map(|secret| digest(&secret));
         Ok(Self {
             allowed_clients: config.allowed_clients.iter().cloned().collect(),
             token,
@@ -104,7 +115,7 @@ impl AdminAuthz {
             }
         }
         if let (Some(expected), Some(presented)) = (&self.token, bearer(metadata)) {
-            if bool::from(expected.as_slice().ct_eq(presented)) {
+            if bool::from(expected.ct_eq(&digest(presented))) {
                 return Ok("admin-token".into());
             }
         }
@@ -114,6 +125,10 @@ impl AdminAuthz {
             "this caller may not use the Admin service",
         ))
     }
+}
+
+fn digest(secret: &[u8]) -> [u8; 32] {
+    Sha256::digest(secret).into()
 }
 
 fn bearer(metadata: &MetadataMap) -> Option<&[u8]> {
@@ -147,7 +162,7 @@ mod tests {
     fn authz() -> AdminAuthz {
         AdminAuthz {
             allowed_clients: ["ops".to_string()].into(),
-            token: Some(b"0123456789abcdef-secret".to_vec()),
+            token: Some(digest(b"0123456789abcdef-secret")),
         }
     }
 
@@ -157,6 +172,38 @@ mod tests {
             m.insert("authorization", a.parse().unwrap());
         }
         m
+    }
+
+    /// What is compared is a digest of fixed length, whatever the length of the secret or
+    /// of what is presented: a raw compare returns early on a length mismatch.
+    #[test]
+    fn secret_is_held_and_compared_as_a_fixed_length_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin-secret");
+        std::fs::write(&path, "a-much-longer-admin-secret-of-44-bytes-here\n").unwrap();
+        let config: AdminConfig = toml::from_str(&format!("token_file = {path:?}")).unwrap();
+        let a = AdminAuthz::from_config(&config).unwrap();
+        let held: &[u8] = a.token.as_ref().map(<[u8; 32]>::as_slice).unwrap();
+        assert_eq!(held.len(), 32);
+        assert_ne!(
+            held,
+            b"a-much-longer-admin-secret-of-44-bytes-here".as_slice()
+        );
+        assert!(a
+            .authorize(
+                None,
+                &md(Some("Bearer a-much-longer-admin-secret-of-44-bytes-here"))
+            )
+            .is_ok());
+        for wrong in [
+            "a",
+            "a-much-longer-admin-secret-of-44-bytes-her",
+            "x".repeat(4096).as_str(),
+        ] {
+            assert!(a
+                .authorize(None, &md(Some(&format!("Bearer {wrong}"))))
+                .is_err());
+        }
     }
 
     #[test]
@@ -180,6 +227,8 @@ mod tests {
             (None, Some("Bearer 0123456789abcdef-secret ")),
             (None, Some("Basic 0123456789abcdef-secret")),
             (None, Some("Bearer ")),
+            (None, Some("Bearer 0123456789abcdef-secre")),
+            (None, Some("Bearer 0123456789abcdef-secretx")),
         ] {
             let e = a.authorize(id, &md(auth)).unwrap_err();
             assert_eq!(e.code(), tonic::Code::PermissionDenied);

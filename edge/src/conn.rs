@@ -12,7 +12,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,75 @@ use crate::config::Config;
 use crate::handler::Handler;
 use crate::route::Route;
 use crate::tls::{handshake_refusal, ServerTls};
+
+/// Failed handshakes are the cheapest thing a client can send: at most one log line per
+/// second per kind of failure, each counting the lines suppressed before it, so a flood of
+/// them cannot fill the disk or drown the other lines.
+static HANDSHAKE_LOG: HandshakeLog = HandshakeLog::new();
+
+/// The kinds of failed handshake that are logged apart, so that one kind flooding does not
+/// hide another (an operator's expired certificate among a scanner's garbage).
+#[derive(Clone, Copy)]
+enum HandshakeFailure {
+    /// The client certificate was refused; the reason from [`handshake_refusal`].
+    Refused(&'static str),
+    Other,
+    Timeout,
+}
+
+impl HandshakeFailure {
+    fn slot(self) -> usize {
+        match self {
+            HandshakeFailure::Refused(why) if why.contains("none was presented") => 0,
+            HandshakeFailure::Refused(why) if why.contains("expired") => 1,
+            HandshakeFailure::Refused(_) => 2,
+            HandshakeFailure::Other => 3,
+            HandshakeFailure::Timeout => 4,
+        }
+    }
+}
+
+/// A one-line-per-second gate per [`HandshakeFailure`] slot; lock-free.
+struct HandshakeLog {
+    /// Per slot: the first second (since [`HandshakeLog::epoch`]) at which a line may be
+    /// written again.
+    next: [AtomicU64; 5],
+    /// Per slot: lines suppressed since the last one written.
+    suppressed: [AtomicU64; 5],
+}
+
+impl HandshakeLog {
+    const fn new() -> Self {
+        Self {
+            next: [const { AtomicU64::new(0) }; 5],
+            suppressed: [const { AtomicU64::new(0) }; 5],
+        }
+    }
+
+    fn epoch() -> Instant {
+        static EPOCH: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+        *EPOCH
+    }
+
+    /// `Some(lines suppressed since the last one)` when a line of `kind` may be written now.
+    fn admit(&self, kind: HandshakeFailure) -> Option<u64> {
+        self.admit_at(kind, Self::epoch().elapsed().as_secs())
+    }
+
+    fn admit_at(&self, kind: HandshakeFailure, second: u64) -> Option<u64> {
+        let slot = kind.slot();
+        let next = self.next[slot].load(Ordering::Relaxed);
+        if second >= next
+            && self.next[slot]
+                .compare_exchange(next, second + 1, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            return Some(self.suppressed[slot].swap(0, Ordering::Relaxed));
+        }
+        self.suppressed[slot].fetch_add(1, Ordering::Relaxed);
+        None
+    }
+}
 
 /// What the TLS handshake established for one connection: the certificate chain the client
 /// presented, and the client-certificate rules current when it connected.
@@ -165,14 +234,23 @@ async fn connection(
     let tls = match tokio::time::timeout(settings.handshake_timeout, acceptor.accept(tcp)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            match handshake_refusal(&e) {
-                Some(why) => tracing::warn!(%peer, error = %e, "{why}; connection closed"),
-                None => tracing::info!(%peer, error = %e, "TLS handshake failed"),
+            let why = handshake_refusal(&e);
+            let kind = why.map_or(HandshakeFailure::Other, HandshakeFailure::Refused);
+            if let Some(suppressed) = HANDSHAKE_LOG.admit(kind) {
+                match why {
+                    Some(why) => {
+                        tracing::warn!(%peer, error = %e, suppressed, "{why}; connection closed")
+                    }
+                    None => tracing::info!(%peer, error = %e, suppressed, "TLS handshake failed"),
+                }
             }
             return;
         }
         Err(_) => {
-            tracing::info!(%peer, "TLS handshake not completed within the handshake timeout; closing");
+            if let Some(suppressed) = HANDSHAKE_LOG.admit(HandshakeFailure::Timeout) {
+                tracing::info!(%peer, suppressed,
+                    "TLS handshake not completed within the handshake timeout; closing");
+            }
             return;
         }
     };
@@ -320,5 +398,26 @@ impl Drop for Busy<'_> {
     fn drop(&mut self) {
         *self.0.last.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
         self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handshake_log_writes_one_line_per_second_per_kind() {
+        let log = HandshakeLog::new();
+        assert_eq!(log.admit_at(HandshakeFailure::Other, 7), Some(0));
+        for _ in 0..500 {
+            assert_eq!(log.admit_at(HandshakeFailure::Other, 7), None);
+        }
+        // Another kind in the same second is not hidden by the flood.
+        assert_eq!(log.admit_at(HandshakeFailure::Timeout, 7), Some(0));
+        let expired = HandshakeFailure::Refused("client certificate refused: expired");
+        assert_eq!(log.admit_at(expired, 7), Some(0));
+        assert_eq!(log.admit_at(HandshakeFailure::Other, 8), Some(500));
+        assert_eq!(log.admit_at(HandshakeFailure::Other, 8), None);
+        assert_eq!(log.admit_at(HandshakeFailure::Other, 20), Some(1));
     }
 }

@@ -440,21 +440,32 @@ fn undecided(api_version: &'static str, request_id: &str, message: &str) -> Answ
 }
 
 /// Replaces every double-quoted span with `"…"`: serde_json puts offending string values in
-/// its messages, and a misplaced token must not come back in an error.
+/// its messages, and a misplaced token must not come back in an error. The values are
+/// Debug-escaped, so inside a span `\` escapes the next character (an embedded `\"` does not
+/// end the span); an unterminated span hides the rest of the message.
 fn redact_quoted(message: &str) -> String {
     let mut out = String::with_capacity(message.len());
     let mut inside = false;
-    for c in message.chars() {
-        if c == '"' {
-            if inside {
-                out.push_str("…\"");
-            } else {
+    let mut chars = message.chars();
+    while let Some(c) = chars.next() {
+        match (inside, c) {
+            (false, '"') => {
                 out.push('"');
+                inside = true;
             }
-            inside = !inside;
-        } else if !inside {
-            out.push(c);
+            (false, c) => out.push(c),
+            (true, '\\') => {
+                chars.next();
+            }
+            (true, '"') => {
+                out.push_str("…\"");
+                inside = false;
+            }
+            (true, _) => {}
         }
+    }
+    if inside {
+        out.push('…');
     }
     out
 }
@@ -473,5 +484,28 @@ mod tests {
             redact_quoted("invalid type: string \"s3cret\", expected a sequence at line 1"),
             "invalid type: string \"…\", expected a sequence at line 1"
         );
+    }
+
+    /// serde Debug-escapes the value: an embedded quote or backslash must not end the span.
+    #[test]
+    fn escaped_quotes_do_not_end_the_redaction() {
+        let m = r#"invalid type: string "ab\"SECRET\\", expected a sequence"#;
+        assert_eq!(
+            redact_quoted(m),
+            "invalid type: string \"…\", expected a sequence"
+        );
+        assert_eq!(redact_quoted(r#"cut "SECRET\""#), "cut \"…");
+    }
+
+    /// What serde_json really says about a misplaced token with quotes in it.
+    #[test]
+    fn real_serde_messages_are_redacted() {
+        let body = r#"{"kind":"TokenReview","apiVersion":"authentication.k8s.io/v1","spec":{"audiences":"t\"SECRET\\\"MORE"}}"#;
+        let Err(ReviewError::Json(m)) = review::parse(body.as_bytes()) else {
+            panic!("not a JSON error");
+        };
+        let r = redact_quoted(&m);
+        assert!(!r.contains("SECRET") && !r.contains("MORE"), "{m} -> {r}");
+        assert!(r.contains("expected a sequence"), "{r}");
     }
 }

@@ -34,11 +34,24 @@ impl ApiVersion {
 }
 
 /// A parsed, validated review request.
-#[derive(Debug)]
 pub struct Review<'a> {
     pub api_version: ApiVersion,
     pub token: Cow<'a, str>,
     pub audiences: Vec<String>,
+}
+
+/// Never prints the token (its length only): a `{:?}` must not put it in a log.
+impl std::fmt::Debug for Review<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Review")
+            .field("api_version", &self.api_version)
+            .field(
+                "token",
+                &format_args!("<redacted, {} bytes>", self.token.len()),
+            )
+            .field("audiences", &self.audiences)
+            .finish()
+    }
 }
 
 #[derive(Deserialize)]
@@ -228,6 +241,14 @@ mod tests {
             parse(beta.as_bytes()).unwrap().api_version,
             ApiVersion::V1beta1
         );
+    }
+
+    #[test]
+    fn debug_never_prints_the_token() {
+        let r = parse(V1.as_bytes()).unwrap();
+        let text = format!("{r:?}");
+        assert!(!text.contains("014fbff9a07c"), "{text}");
+        assert!(text.contains("kubernetes.default.svc"), "{text}");
     }
 
     #[test]

@@ -10,4 +10,61 @@ pub mod v1 {
     /// Encoded `FileDescriptorSet` for gRPC server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/kubeauthd_descriptor.bin"));
+
+    /// Stands in for a raw token in Debug output: its length only.
+    struct Redacted(usize);
+
+    impl std::fmt::Debug for Redacted {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "<redacted, {} bytes>", self.0)
+        }
+    }
+
+    /// Never prints the token: a `{:?}` in a log line or a panic message must not leak it.
+    impl std::fmt::Debug for AuthenticateRequest {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("AuthenticateRequest")
+                .field("token", &Redacted(self.token.len()))
+                .field("audiences", &self.audiences)
+                .field("cluster", &self.cluster)
+                .field("request_id", &self.request_id)
+                .finish()
+        }
+    }
+
+    /// Never prints the token, like [`AuthenticateRequest`]'s.
+    impl std::fmt::Debug for RevokeTokenRequest {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("RevokeTokenRequest")
+                .field("token", &Redacted(self.token.len()))
+                .finish()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::v1::{AuthenticateRequest, RevokeTokenRequest};
+
+    #[test]
+    fn debug_never_prints_the_token() {
+        let req = AuthenticateRequest {
+            token: "s3cr3t-token-value".into(),
+            audiences: vec!["k8s".into()],
+            cluster: "prod".into(),
+            request_id: "r1".into(),
+        };
+        for text in [format!("{req:?}"), format!("{req:#?}")] {
+            assert!(!text.contains("s3cr3t"), "{text}");
+            assert!(text.contains("prod") && text.contains("k8s") && text.contains("r1"));
+            assert!(text.contains("18 bytes"), "{text}");
+        }
+        let revoke = RevokeTokenRequest {
+            token: "s3cr3t-token-value".into(),
+        };
+        assert!(!format!("{revoke:?}").contains("s3cr3t"));
+        // Wrapped in a tonic request, as a handler would log it.
+        let wrapped = tonic::Request::new(req);
+        assert!(!format!("{wrapped:?}").contains("s3cr3t"));
+    }
 }

@@ -429,10 +429,7 @@ impl Jwt {
             .as_ref()
             .map(|c| string_list(claims.get(c)))
             .unwrap_or_default();
-        let expires_at = claims
-            .get("exp")
-            .and_then(Value::as_u64)
-            .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s));
+        let expires_at = claims.get("exp").and_then(Value::as_u64).and_then(exp_time);
         Outcome::Authenticated(Identity {
             username,
             uid: claims
@@ -471,6 +468,13 @@ impl Jwt {
         let claims: Value = serde_json::from_slice(&payload).ok()?;
         claims.get("iss")?.as_str().map(str::to_owned)
     }
+}
+
+/// `exp` as a time; `None` (no hard expiry, the cache TTLs alone apply) when it is beyond
+/// what `SystemTime` can hold. The signature and `exp` were verified: such a token is valid,
+/// and adding its `exp` unchecked would panic.
+fn exp_time(exp: u64) -> Option<SystemTime> {
+    SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(exp))
 }
 
 /// A claim that is a list of strings or one string; anything else is no values.
@@ -631,6 +635,16 @@ mod tests {
             assert!(e.starts_with("algorithms:"), "{bad}: {e}");
         }
         assert!(config("algorithms = []").is_err());
+    }
+
+    #[test]
+    fn exp_beyond_system_time_is_no_hard_expiry() {
+        assert_eq!(exp_time(u64::MAX), None);
+        assert_eq!(exp_time(i64::MAX as u64 + 1), None);
+        assert_eq!(
+            exp_time(1_700_000_000),
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+        );
     }
 
     #[test]

@@ -95,12 +95,44 @@ pub struct Config {
     /// User attribute listing group DNs (memberOf overlay) when `group_base` is not set.
     #[serde(default = "default_member_of_attribute")]
     pub member_of_attribute: String,
+    /// How a `member_of_attribute` DN becomes a group name. The whole DN by default: two
+    /// groups with the same first RDN in different branches are different groups.
+    #[serde(default)]
+    pub member_of_group_name: MemberOfName,
     /// LDAP attribute -> key in the user's `extra`.
     #[serde(default)]
     pub extra_attributes: BTreeMap<String, String>,
     /// Connect and per-operation limit, and the bound on one whole check.
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+}
+
+/// `member_of_group_name`: the group name taken from a `memberOf` DN.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberOfName {
+    /// The DN as the directory returns it (`cn=admins,ou=a,dc=example,dc=org`).
+    #[default]
+    Dn,
+    /// The unescaped value of the first RDN (`admins`): shorter, but groups named alike
+    /// anywhere in the directory become one group, so only for a directory whose group
+    /// names are unique.
+    FirstRdn,
+}
+
+impl MemberOfName {
+    /// The group names of `dns`, deduplicated and sorted, at most [`MAX_GROUPS`].
+    fn groups(self, dns: &[String]) -> Vec<String> {
+        dns.iter()
+            .filter_map(|dn| match self {
+                MemberOfName::Dn => (!dn.is_empty()).then(|| dn.clone()),
+                MemberOfName::FirstRdn => first_rdn_value(dn),
+            })
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .take(MAX_GROUPS)
+            .collect()
+    }
 }
 
 fn default_separator() -> String {
@@ -432,13 +464,9 @@ impl LdapVerifier {
         }
         let groups = match &c.group_base {
             Some(base) => self.search_groups(base, &entry.dn).await?,
-            None => attr(&entry, &c.member_of_attribute)
-                .iter()
-                .filter_map(|dn| first_rdn_value(dn))
-                .collect::<BTreeSet<_>>()
-                .into_iter()
-                .take(MAX_GROUPS)
-                .collect(),
+            None => c
+                .member_of_group_name
+                .groups(attr(&entry, &c.member_of_attribute)),
         };
         let mut extra = BTreeMap::new();
         for (attribute, key) in &c.extra_attributes {
@@ -561,6 +589,27 @@ mod tests {
         assert_eq!(first_rdn_value("cn=a\\,b,ou=g").as_deref(), Some("a,b"));
         assert_eq!(first_rdn_value("nonsense"), None);
         assert_eq!(first_rdn_value("cn=,ou=g"), None);
+    }
+
+    /// Same-named groups in different branches stay apart unless the operator opts in to
+    /// first-RDN names.
+    #[test]
+    fn member_of_groups_keep_the_dn_by_default() {
+        let dns = [
+            "cn=admins,ou=a,dc=x".to_string(),
+            "cn=admins,ou=b,dc=x".to_string(),
+        ];
+        let c: Config = toml::from_str(
+            "name = 'l'\nurl = 'ldaps://d'\nbind_dn = 'cn=s'\nbind_password_file = 'p'\nuser_base = 'dc=x'",
+        )
+        .unwrap();
+        assert_eq!(c.member_of_group_name.groups(&dns), dns.to_vec());
+        assert_eq!(MemberOfName::FirstRdn.groups(&dns), vec!["admins"]);
+        let c: Config = toml::from_str(
+            "name = 'l'\nurl = 'ldaps://d'\nbind_dn = 'cn=s'\nbind_password_file = 'p'\nuser_base = 'dc=x'\nmember_of_group_name = 'first_rdn'",
+        )
+        .unwrap();
+        assert_eq!(c.member_of_group_name, MemberOfName::FirstRdn);
     }
 
     #[test]
