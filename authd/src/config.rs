@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use authd_runtime::config::{millis, secs};
 use serde::Deserialize;
 use toml::de::DeValue;
 use toml::Spanned;
@@ -51,7 +52,7 @@ pub struct Config {
     /// Plain-HTTP admin listener for /healthz, /readyz and /metrics; off when absent.
     pub admin_listen: Option<SocketAddr>,
     /// How long in-flight calls may take to finish after SIGTERM.
-    #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
+    #[serde(default = "secs::<25>", with = "humantime_serde")]
     pub shutdown_grace: Duration,
     #[serde(default)]
     pub cache: CacheConfig,
@@ -92,7 +93,7 @@ impl Config {
         Self {
             listen: default_listen(),
             admin_listen: None,
-            shutdown_grace: default_shutdown_grace(),
+            shutdown_grace: secs::<25>(),
             cache: CacheConfig::default(),
             sources,
             clusters: BTreeMap::new(),
@@ -117,7 +118,7 @@ pub struct TlsConfig {
     /// required.
     pub client_ca: Option<PathBuf>,
     /// The TLS handshake must finish within this time.
-    #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
+    #[serde(default = "secs::<10>", with = "humantime_serde")]
     pub handshake_timeout: Duration,
 }
 
@@ -144,10 +145,10 @@ pub struct ClientAccess {
 #[serde(deny_unknown_fields)]
 pub struct CacheConfig {
     /// How long a positive verdict is cached.
-    #[serde(default = "default_positive_ttl", with = "humantime_serde")]
+    #[serde(default = "secs::<120>", with = "humantime_serde")]
     pub positive_ttl: Duration,
     /// How long a negative verdict is cached.
-    #[serde(default = "default_negative_ttl", with = "humantime_serde")]
+    #[serde(default = "secs::<30>", with = "humantime_serde")]
     pub negative_ttl: Duration,
     /// Serve a cached positive verdict this long past its TTL while its source cannot
     /// decide. Zero (the default) turns stale-if-error off.
@@ -161,7 +162,7 @@ pub struct CacheConfig {
     pub hmac_key_file: Option<PathBuf>,
     /// With a shared level, how long a replica trusts its in-process copy before asking
     /// Redis again (bounds the effect of a missed revocation message).
-    #[serde(default = "default_local_ttl", with = "humantime_serde")]
+    #[serde(default = "secs::<10>", with = "humantime_serde")]
     pub local_ttl: Duration,
     /// The shared level behind the in-process cache; off when absent.
     pub redis: Option<RedisConfig>,
@@ -190,10 +191,10 @@ pub struct RedisConfig {
     #[serde(default = "default_key_prefix")]
     pub key_prefix: String,
     /// Longest a review waits for one Redis command before answering from the sources.
-    #[serde(default = "default_redis_timeout", with = "humantime_serde")]
+    #[serde(default = "millis::<100>", with = "humantime_serde")]
     pub timeout: Duration,
     /// Longest one connection attempt may take.
-    #[serde(default = "default_redis_connect_timeout", with = "humantime_serde")]
+    #[serde(default = "secs::<1>", with = "humantime_serde")]
     pub connect_timeout: Duration,
 }
 
@@ -242,12 +243,12 @@ impl Config {
 impl Default for CacheConfig {
     fn default() -> Self {
         Self {
-            positive_ttl: default_positive_ttl(),
-            negative_ttl: default_negative_ttl(),
+            positive_ttl: secs::<120>(),
+            negative_ttl: secs::<30>(),
             stale_if_error: Duration::ZERO,
             max_entries: default_max_entries(),
             hmac_key_file: None,
-            local_ttl: default_local_ttl(),
+            local_ttl: secs::<10>(),
             redis: None,
         }
     }
@@ -255,15 +256,6 @@ impl Default for CacheConfig {
 
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 50051))
-}
-fn default_shutdown_grace() -> Duration {
-    Duration::from_secs(25)
-}
-fn default_positive_ttl() -> Duration {
-    Duration::from_secs(120)
-}
-fn default_negative_ttl() -> Duration {
-    Duration::from_secs(30)
 }
 fn default_max_entries() -> u64 {
     100_000
@@ -274,20 +266,8 @@ fn default_max_concurrent_calls() -> usize {
 fn default_max_calls_per_connection() -> usize {
     512
 }
-fn default_handshake_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_local_ttl() -> Duration {
-    Duration::from_secs(10)
-}
 fn default_key_prefix() -> String {
     "kube-authd:".into()
-}
-fn default_redis_timeout() -> Duration {
-    Duration::from_millis(100)
-}
-fn default_redis_connect_timeout() -> Duration {
-    Duration::from_secs(1)
 }
 
 /// Points an error inside `[[sources]]` at its source and field (see

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use authd_runtime::config::secs;
 use serde::Deserialize;
 
 pub use authd_runtime::config::{ConfigError, FieldError};
@@ -21,20 +22,20 @@ pub struct Config {
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
     /// A client must finish sending request headers within this time.
-    #[serde(default = "default_header_timeout", with = "humantime_serde")]
+    #[serde(default = "secs::<10>", with = "humantime_serde")]
     pub header_read_timeout: Duration,
     /// A client must finish sending the body within this time (408 otherwise).
-    #[serde(default = "default_header_timeout", with = "humantime_serde")]
+    #[serde(default = "secs::<10>", with = "humantime_serde")]
     pub body_read_timeout: Duration,
     /// A connection with no request in progress for this long is closed (keep-alive and
     /// HTTP/2 connections included).
-    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    #[serde(default = "secs::<90>", with = "humantime_serde")]
     pub idle_timeout: Duration,
     /// The TLS handshake must finish within this time.
-    #[serde(default = "default_header_timeout", with = "humantime_serde")]
+    #[serde(default = "secs::<10>", with = "humantime_serde")]
     pub handshake_timeout: Duration,
     /// Deadline for authd's verdict; past it the review is answered 500 (retryable).
-    #[serde(default = "default_review_timeout", with = "humantime_serde")]
+    #[serde(default = "secs::<10>", with = "humantime_serde")]
     pub review_timeout: Duration,
     /// Most reviews in progress at once; beyond it reviews are answered at once with the
     /// retryable 500 ("overloaded") instead of queueing (see docs/configuration.md).
@@ -52,7 +53,7 @@ pub struct Config {
     #[serde(default = "default_max_concurrent_streams")]
     pub max_concurrent_streams: u32,
     /// How long in-flight reviews may take to finish after SIGTERM.
-    #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
+    #[serde(default = "secs::<25>", with = "humantime_serde")]
     pub shutdown_grace: Duration,
     /// Cluster name sent to authd for `POST /authenticate`.
     #[serde(default = "default_cluster")]
@@ -99,11 +100,11 @@ struct AuthdFile {
     /// `host:port` whose addresses (a headless Service) are the replicas; re-resolved
     /// every `dns_refresh`.
     dns: Option<String>,
-    #[serde(default = "default_dns_refresh", with = "humantime_serde")]
+    #[serde(default = "secs::<5>", with = "humantime_serde")]
     dns_refresh: Duration,
-    #[serde(default = "default_health_interval", with = "humantime_serde")]
+    #[serde(default = "secs::<1>", with = "humantime_serde")]
     health_interval: Duration,
-    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    #[serde(default = "secs::<2>", with = "humantime_serde")]
     connect_timeout: Duration,
     ca: Option<PathBuf>,
     client_cert: Option<PathBuf>,
@@ -293,18 +294,6 @@ fn default_listen() -> SocketAddr {
 fn default_max_body() -> usize {
     1024 * 1024
 }
-fn default_header_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_review_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_shutdown_grace() -> Duration {
-    Duration::from_secs(25)
-}
-fn default_idle_timeout() -> Duration {
-    Duration::from_secs(90)
-}
 fn default_max_in_flight() -> usize {
     1024
 }
@@ -316,15 +305,6 @@ fn default_max_connections() -> usize {
 }
 fn default_max_concurrent_streams() -> u32 {
     128
-}
-fn default_dns_refresh() -> Duration {
-    Duration::from_secs(5)
-}
-fn default_health_interval() -> Duration {
-    Duration::from_secs(1)
-}
-fn default_connect_timeout() -> Duration {
-    Duration::from_secs(2)
 }
 fn default_cluster() -> String {
     "default".into()

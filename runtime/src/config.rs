@@ -2,6 +2,7 @@
 //! file, and (from the TOML parser) the line, column and field.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
@@ -67,6 +68,16 @@ pub fn load<T, E: std::error::Error + 'static>(
         path: path.to_owned(),
         source,
     })
+}
+
+/// A duration default written at its field: `#[serde(default = "secs::<25>")]`.
+pub fn secs<const N: u64>() -> Duration {
+    Duration::from_secs(N)
+}
+
+/// A duration default in milliseconds: `#[serde(default = "millis::<100>")]`.
+pub fn millis<const N: u64>() -> Duration {
+    Duration::from_millis(N)
 }
 
 /// Deserializes TOML text; the error names the line, the column and the field.
