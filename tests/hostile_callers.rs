@@ -127,7 +127,13 @@ async fn split_mode_answers_only_kube_apiserver_certificates() {
     let d = dir.path();
     certs_init_with(d, &["--cluster", "default", "--cluster", "dev"]);
     let token = alice(d);
-    let authd = start_authd(d, "authd", "127.0.0.1:0", SOURCES);
+    // authd serves only the clusters it declares: the edge's three routes.
+    let authd = start_authd(
+        d,
+        "authd",
+        "127.0.0.1:0",
+        &format!("{SOURCES}[clusters.default]\n[clusters.dev]\n[clusters.staging]\n"),
+    );
     let cfg = write(
         d,
         "edge.toml",
