@@ -15,26 +15,7 @@ use serde_json::json;
 /// `kube-authd up` at the log level a deployment runs at (`info`), so the log volume the
 /// test measures is the one an operator would get.
 fn start_up_info(dir: &Path, tokens: &Path) -> Proc {
-    Proc::start_env(
-        "up",
-        "kube-authd",
-        &[
-            "up",
-            "--state-dir",
-            dir.join("state").to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--grpc-listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--token-file",
-            tokens.to_str().unwrap(),
-        ],
-        dir,
-        "kube-authd ready",
-        &[("RUST_LOG", "info")],
-    )
+    start_up_env(dir, tokens, &[("RUST_LOG", "info")])
 }
 
 /// A client as kube-apiserver would be configured from `up`'s webhook kubeconfig.

@@ -301,7 +301,13 @@ pub fn sha256_hex(s: &str) -> String {
 /// `kube-authd up` on ephemeral ports in `dir`, with `token_file`; kube-apiserver's
 /// identity is taken from the kubeconfig it writes.
 pub fn start_up(dir: &Path, token_file: &Path) -> Proc {
-    let up = Proc::start(
+    start_up_env(dir, token_file, &[])
+}
+
+/// [`start_up`] with extra environment variables (e.g. `RUST_LOG`).
+pub fn start_up_env(dir: &Path, token_file: &Path, env: &[(&str, &str)]) -> Proc {
+    let up = Proc::start_env(
+        "kube-authd",
         "kube-authd",
         &[
             "up",
@@ -318,6 +324,7 @@ pub fn start_up(dir: &Path, token_file: &Path) -> Proc {
         ],
         dir,
         "kube-authd ready",
+        env,
     );
     register_up(&dir.join("state"));
     up

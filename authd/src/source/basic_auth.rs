@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use authd_runtime::config::secs;
 use futures::future::{BoxFuture, FutureExt};
 use serde::Deserialize;
 
@@ -39,7 +40,7 @@ pub struct Config {
     /// replaced by the percent-encoded user name.
     pub url: String,
     /// Between user and password in the token; the first occurrence splits.
-    #[serde(default = "default_separator")]
+    #[serde(default = "super::common::default_separator")]
     pub separator: String,
     /// Only tokens starting with this are owned; it is stripped before splitting.
     pub prefix: Option<String>,
@@ -50,20 +51,13 @@ pub struct Config {
     #[serde(default)]
     pub allow_plaintext: bool,
     /// Limit for the whole call (connect, TLS, request, response headers).
-    #[serde(default = "default_timeout", with = "humantime_serde")]
+    #[serde(default = "secs::<2>", with = "humantime_serde")]
     pub timeout: Duration,
     /// Groups given to every user this source authenticates.
     #[serde(default)]
     pub groups: Vec<String>,
     #[serde(default)]
     pub mapping: Mapping,
-}
-
-fn default_separator() -> String {
-    ":".into()
-}
-fn default_timeout() -> Duration {
-    Duration::from_secs(2)
 }
 
 impl Kind for Config {

@@ -217,6 +217,11 @@ pub fn resolve(base: &Path, path: &mut PathBuf) {
     }
 }
 
+/// The default `separator` between user and password in `user:password` tokens.
+pub fn default_separator() -> String {
+    ":".into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,6 +15,7 @@ use std::str::FromStr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
+use authd_runtime::config::secs;
 use base64::Engine;
 use futures::future::{BoxFuture, FutureExt};
 use jsonwebtoken::jwk::Jwk;
@@ -60,13 +61,13 @@ pub struct Config {
     #[serde(default)]
     pub allow_plaintext: bool,
     /// Limit for one JWKS fetch.
-    #[serde(default = "default_jwks_timeout", with = "humantime_serde")]
+    #[serde(default = "secs::<2>", with = "humantime_serde")]
     pub jwks_timeout: Duration,
     /// Least time between two JWKS fetches.
-    #[serde(default = "default_min_refresh", with = "humantime_serde")]
+    #[serde(default = "secs::<10>", with = "humantime_serde")]
     pub jwks_min_refresh: Duration,
     /// Clock skew allowed for `exp` and `nbf`.
-    #[serde(default = "default_leeway", with = "humantime_serde")]
+    #[serde(default = "secs::<30>", with = "humantime_serde")]
     pub leeway: Duration,
     #[serde(default = "default_username_claim")]
     pub username_claim: String,
@@ -104,15 +105,6 @@ fn removed_groups_prefix<'de, D: serde::Deserializer<'de>>(_: D) -> Result<Remov
     ))
 }
 
-fn default_jwks_timeout() -> Duration {
-    Duration::from_secs(2)
-}
-fn default_min_refresh() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_leeway() -> Duration {
-    Duration::from_secs(30)
-}
 fn default_username_claim() -> String {
     "sub".into()
 }

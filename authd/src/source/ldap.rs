@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use authd_runtime::config::secs;
 use futures::future::BoxFuture;
 use ldap3::{ldap_escape, Ldap, LdapConnAsync, LdapConnSettings, Scope, SearchEntry};
 use serde::Deserialize;
@@ -67,7 +68,7 @@ pub struct Config {
     /// Only tokens starting with this are owned (and it is stripped before splitting).
     pub prefix: Option<String>,
     /// Between user name and password; the token is split at its first occurrence.
-    #[serde(default = "default_separator")]
+    #[serde(default = "super::common::default_separator")]
     pub separator: String,
     /// Search base for users (subtree).
     pub user_base: String,
@@ -103,7 +104,7 @@ pub struct Config {
     #[serde(default)]
     pub extra_attributes: BTreeMap<String, String>,
     /// Connect and per-operation limit, and the bound on one whole check.
-    #[serde(default = "default_timeout", with = "humantime_serde")]
+    #[serde(default = "secs::<2>", with = "humantime_serde")]
     pub timeout: Duration,
 }
 
@@ -135,9 +136,6 @@ impl MemberOfName {
     }
 }
 
-fn default_separator() -> String {
-    ":".into()
-}
 fn default_user_filter() -> String {
     "(uid={user})".into()
 }
@@ -155,9 +153,6 @@ fn default_group_name_attribute() -> String {
 }
 fn default_member_of_attribute() -> String {
     "memberOf".into()
-}
-fn default_timeout() -> Duration {
-    Duration::from_secs(2)
 }
 
 impl Kind for Config {

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use authd_runtime::config::secs;
 use futures::future::BoxFuture;
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
@@ -66,7 +67,7 @@ pub struct Config {
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
     /// Acquire and statement limit, and the bound on one whole lookup.
-    #[serde(default = "default_timeout", with = "humantime_serde")]
+    #[serde(default = "secs::<2>", with = "humantime_serde")]
     pub timeout: Duration,
 }
 
@@ -75,9 +76,6 @@ fn default_prefix() -> String {
 }
 fn default_max_connections() -> u32 {
     8
-}
-fn default_timeout() -> Duration {
-    Duration::from_secs(2)
 }
 
 impl Kind for Config {
