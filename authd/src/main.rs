@@ -1,27 +1,19 @@
 //! `authd`: the gRPC identity service.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use anyhow::Context;
 use authd_runtime::process::ServerCli;
 
-/// mimalloc instead of glibc's malloc: the request path allocates small, short-lived
-/// buffers on several threads, where glibc's arenas cost ≈ 15% of the CPU (perf, warm path).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// `authd serve --config FILE`.
-const CLI: ServerCli = ServerCli {
-    name: "authd",
-    about: "kube-authd identity service (gRPC)",
-    serve_about: "Run the gRPC server",
-    config_env: "AUTHD_CONFIG",
-};
-
-fn main() -> ExitCode {
-    CLI.run(serve)
-}
+authd_runtime::server_main!(
+    ServerCli {
+        name: "authd",
+        about: "kube-authd identity service (gRPC)",
+        serve_about: "Run the gRPC server",
+        config_env: "AUTHD_CONFIG",
+    },
+    serve
+);
 
 async fn serve(config: PathBuf) -> anyhow::Result<()> {
     let cfg = authd::config::Config::load(&config)?;

@@ -1,29 +1,21 @@
 //! `authd-edge`: the HTTPS TokenReview front, calling authd over gRPC.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
 use authd_edge::discovery;
 use authd_runtime::process::ServerCli;
 
-/// mimalloc instead of glibc's malloc: the request path allocates small, short-lived
-/// buffers on several threads, where glibc's arenas cost ≈ 15% of the CPU (perf, warm path).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// `authd-edge serve --config FILE`.
-const CLI: ServerCli = ServerCli {
-    name: "authd-edge",
-    about: "kube-authd HTTPS TokenReview edge",
-    serve_about: "Serve TokenReviews over HTTPS",
-    config_env: "AUTHD_EDGE_CONFIG",
-};
-
-fn main() -> ExitCode {
-    CLI.run(serve)
-}
+authd_runtime::server_main!(
+    ServerCli {
+        name: "authd-edge",
+        about: "kube-authd HTTPS TokenReview edge",
+        serve_about: "Serve TokenReviews over HTTPS",
+        config_env: "AUTHD_EDGE_CONFIG",
+    },
+    serve
+);
 
 async fn serve(config: PathBuf) -> anyhow::Result<()> {
     let cfg = authd_edge::Config::load(&config)?;
