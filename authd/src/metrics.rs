@@ -2,6 +2,8 @@
 //! token, a password or a fingerprint. Every label value comes from a closed set (the
 //! configuration's names, fixed words): a caller cannot add a series.
 
+use std::sync::OnceLock;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -10,7 +12,7 @@ use prometheus_client::registry::Registry;
 
 /// Re-exported: authd's label structs and callers name it as `metrics::Name`.
 pub use authd_runtime::metrics::Name;
-use authd_runtime::metrics::{latency_buckets, LatencyHistogram};
+use authd_runtime::metrics::{latency_buckets, registered, LatencyHistogram};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VerdictLabels {
@@ -54,6 +56,33 @@ pub struct ReloadLabels {
     pub result: &'static str,
 }
 
+/// How many results (`Decision` in service.rs) and cache outcomes (`CacheOutcome`) a
+/// verdict is counted under.
+pub const RESULTS: usize = 5;
+pub const CACHE_OUTCOMES: usize = 5;
+
+/// The `authd_verdicts` counters of one cluster label, each resolved on its first use:
+/// counting a review is then a load and an increment, not a family lookup (hashing the
+/// labels under a read lock both threads contend for).
+#[derive(Debug)]
+pub struct VerdictCounters([[OnceLock<Counter>; CACHE_OUTCOMES]; RESULTS]);
+
+impl Default for VerdictCounters {
+    fn default() -> Self {
+        Self(std::array::from_fn(|_| {
+            std::array::from_fn(|_| OnceLock::new())
+        }))
+    }
+}
+
+impl VerdictCounters {
+    /// The counter for (`result`, `cache`), by their indexes; `resolve` looks it up in the
+    /// family the first time.
+    pub fn get(&self, result: usize, cache: usize, resolve: impl FnOnce() -> Counter) -> &Counter {
+        self.0[result][cache].get_or_init(resolve)
+    }
+}
+
 /// Every metric authd exports, registered once.
 pub struct Metrics {
     pub verdicts: Family<VerdictLabels, Counter>,
@@ -82,81 +111,80 @@ fn latency_histogram() -> Histogram {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("authd");
-        let verdicts = Family::<VerdictLabels, Counter>::default();
-        registry.register(
+        let verdicts = registered(
+            &mut registry,
             "verdicts",
             "Verdicts returned, by cluster, result and cache level",
-            verdicts.clone(),
+            Family::<VerdictLabels, Counter>::default(),
         );
-        let source_calls = Family::<SourceLabels, Counter>::default();
-        registry.register(
+        let source_calls = registered(
+            &mut registry,
             "source_calls",
             "Identity source lookups, by source and outcome",
-            source_calls.clone(),
+            Family::<SourceLabels, Counter>::default(),
         );
-        let source_latency =
-            Family::<SourceLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> _);
-        registry.register(
+        let source_latency = registered(
+            &mut registry,
             "source_latency_seconds",
             "Identity source lookup latency",
-            source_latency.clone(),
+            Family::<SourceLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> _),
         );
-        let cache_hits = Family::<LevelLabels, Counter>::default();
-        registry.register(
+        let cache_hits = registered(
+            &mut registry,
             "cache_hits",
             "Fresh cache hits by level",
-            cache_hits.clone(),
+            Family::<LevelLabels, Counter>::default(),
         );
-        let cache_misses = Family::<LevelLabels, Counter>::default();
-        registry.register(
+        let cache_misses = registered(
+            &mut registry,
             "cache_misses",
             "Cache misses by level",
-            cache_misses.clone(),
+            Family::<LevelLabels, Counter>::default(),
         );
-        let coalesced = Counter::default();
-        registry.register(
+        let coalesced = registered(
+            &mut registry,
             "coalesced_lookups",
             "Lookups that waited for a concurrent identical lookup instead of calling a source",
-            coalesced.clone(),
+            Counter::default(),
         );
-        let grpc_requests = Family::<ClientLabels, Counter>::default();
-        registry.register(
+        let grpc_requests = registered(
+            &mut registry,
             "grpc_requests",
             "gRPC calls by client identity and method",
-            grpc_requests.clone(),
+            Family::<ClientLabels, Counter>::default(),
         );
-        let latency = LatencyHistogram::new(latency_buckets());
-        registry.register(
+        let latency = registered(
+            &mut registry,
             "authenticate_latency_seconds",
             "Time to produce a verdict",
-            latency.clone(),
+            LatencyHistogram::new(latency_buckets()),
         );
-        let config_reloads = Family::<ReloadLabels, Counter>::default();
-        registry.register(
+        let config_reloads = registered(
+            &mut registry,
             "config_reloads",
             "Configuration reloads after a change to the config or a file it references, by result",
-            config_reloads.clone(),
+            Family::<ReloadLabels, Counter>::default(),
         );
-        let stale_serves = Family::<LevelLabels, Counter>::default();
-        registry.register(
+        let stale_serves = registered(
+            &mut registry,
             "stale_serves",
             "Expired positive verdicts served because the source could not decide \
              (stale-if-error), by the cache level that held them",
-            stale_serves.clone(),
+            Family::<LevelLabels, Counter>::default(),
         );
-        let redis_errors = Family::<RedisOpLabels, Counter>::default();
-        registry.register(
+        let redis_errors = registered(
+            &mut registry,
             "redis_errors",
             "Shared cache (Redis) commands that failed or timed out; reviews went on without it",
-            redis_errors.clone(),
+            Family::<RedisOpLabels, Counter>::default(),
         );
-        let redis_latency = Family::<RedisOpLabels, Histogram>::new_with_constructor(
-            latency_histogram as fn() -> _,
-        );
-        registry.register(
+        let redis_latency = registered(
+            &mut registry,
             "redis_latency_seconds",
             "Shared cache (Redis) operation latency, including failures",
-            redis_latency.clone(),
+            Family::<RedisOpLabels, Histogram>::new_with_constructor(
+                latency_histogram as fn() -> _,
+            ),
         );
         let local_hits = cache_hits
             .get_or_create(&LevelLabels { level: "local" })

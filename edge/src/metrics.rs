@@ -1,7 +1,7 @@
 //! The edge's Prometheus metrics: reviews by cluster, apiVersion, result and HTTP code, and
 //! a latency histogram. Label values come from fixed sets or configured cluster names.
 
-use authd_runtime::metrics::{latency_buckets, LatencyHistogram};
+use authd_runtime::metrics::{latency_buckets, registered, LatencyHistogram};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -28,17 +28,17 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("edge");
-        let reviews = Family::<ReviewLabels, Counter>::default();
-        registry.register(
+        let reviews = registered(
+            &mut registry,
             "reviews",
             "TokenReviews answered, by cluster, apiVersion, result and HTTP code",
-            reviews.clone(),
+            Family::<ReviewLabels, Counter>::default(),
         );
-        let latency = LatencyHistogram::new(latency_buckets());
-        registry.register(
+        let latency = registered(
+            &mut registry,
             "review_duration_seconds",
             "Time from request head to response",
-            latency.clone(),
+            LatencyHistogram::new(latency_buckets()),
         );
         Self {
             reviews,

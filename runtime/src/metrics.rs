@@ -34,6 +34,18 @@ pub fn latency_buckets() -> impl Iterator<Item = f64> {
     exponential_buckets(0.000_05, 2.0, 18)
 }
 
+/// Registers `metric` under `name` and hands it back: a server's metric set is built one
+/// statement a metric.
+pub fn registered<M: prometheus_client::registry::Metric + Clone>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    metric: M,
+) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 /// The registry's exposition text (OpenMetrics, ending in `# EOF`).
 pub fn encode(registry: &Registry) -> String {
     let mut out = String::new();
