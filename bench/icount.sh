@@ -4,6 +4,7 @@
 #
 #   bench/icount.sh            # both; needs valgrind (apt-get install valgrind)
 #   bench/icount.sh split 8    # one side, 8 s of load
+#   ICOUNT_KEEP=/tmp/cg bench/icount.sh split   # and keep the callgrind profiles
 #
 # The servers run under callgrind; the load generator (not measured) sends the 100 hot
 # tokens over 16 keep-alive connections. Counters are zeroed after a warm-up and dumped
@@ -79,6 +80,8 @@ measure() {
   f=$(( $(total $front) - ${hs:-0} - ${rc:-0} ))
   printf '%-8s reviews %6d  back %7d  front %7d  total %7d instructions per review\n' \
     "$mode" "$ok" $((b / ok)) $((f / ok)) $(((b + f) / ok))
+  # ICOUNT_KEEP=DIR keeps the profiles, for callgrind_annotate.
+  [ -n "${ICOUNT_KEEP:-}" ] && mkdir -p "$ICOUNT_KEEP" && cp "$W"/cg.* "$ICOUNT_KEEP"/
   rm -f "$W"/cg.*
 }
 
