@@ -1,8 +1,10 @@
 //! Who may call what: a tower layer in front of every gRPC service that names the caller
-//! from its verified client certificate, attaches it as [`ClientIdentity`], and enforces
-//! the per-client RPC allow-lists of `[clients.NAME]` (PERMISSION_DENIED otherwise). It also
-//! attaches the caller's [`ClusterGrant`], which the Authenticator checks against the
-//! cluster in the request body (the layer does not read bodies).
+//! from its verified client certificate and enforces the per-client RPC allow-lists of
+//! `[clients.NAME]` (PERMISSION_DENIED otherwise). It attaches one [`Caller`] to every call:
+//! the [`ClientIdentity`], the caller's [`ClusterGrant`] (which the Authenticator checks
+//! against the cluster in the request body; the layer does not read bodies) and its
+//! `authd_grpc_requests` counter. A `Caller` is made once per connection and shared by its
+//! calls.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, Weak};
@@ -12,9 +14,76 @@ use futures::future::{Either, Ready};
 use rustls_pki_types::CertificateDer;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
-use crate::authz::ClientIdentity;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+
 use crate::config::ClientAccess;
+use crate::metrics::{ClientLabels, Name};
 use crate::policy::ANY_CLUSTER;
+
+/// The caller's certificate identity (CN, or the first DNS SAN without a CN);
+/// [`ANONYMOUS`] for callers without a client certificate (plaintext listeners).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientIdentity(pub Arc<str>);
+
+/// The name used for callers without a client certificate.
+pub const ANONYMOUS: &str = "anonymous";
+
+impl ClientIdentity {
+    pub fn new(name: &str) -> Self {
+        Self(name.into())
+    }
+
+    pub fn anonymous() -> Self {
+        Self::new(ANONYMOUS)
+    }
+
+    /// The identity the access layer attached to `request`, if any.
+    pub fn of<T>(request: &tonic::Request<T>) -> Option<&ClientIdentity> {
+        Caller::of(request).map(|c| &c.identity)
+    }
+}
+
+/// Who calls, as the access layer attaches it to every call (one request extension, an
+/// `Arc` shared by every call on the connection).
+#[derive(Debug)]
+pub struct Caller {
+    pub identity: ClientIdentity,
+    /// The clusters it may ask `Authenticate` for.
+    pub grant: ClusterGrant,
+    /// `authd_grpc_requests{client, method="Authenticate"}`.
+    pub authenticate_calls: Counter,
+}
+
+impl Caller {
+    fn new(identity: ClientIdentity, policy: &AccessPolicy, requests: &Requests) -> Arc<Self> {
+        let grant = policy.grant(&identity.0);
+        let authenticate_calls = requests
+            .get_or_create(&ClientLabels {
+                client: Name(identity.0.clone()),
+                method: "Authenticate",
+            })
+            .clone();
+        Arc::new(Self {
+            identity,
+            grant,
+            authenticate_calls,
+        })
+    }
+
+    /// The caller the access layer attached to `request`, if any.
+    pub fn of<T>(request: &tonic::Request<T>) -> Option<&Caller> {
+        request.extensions().get::<Arc<Caller>>().map(|c| &**c)
+    }
+
+    /// The caller's name for logs and metrics.
+    pub fn name(&self) -> Name {
+        Name(self.identity.0.clone())
+    }
+}
+
+/// `authd_grpc_requests`, which names the caller.
+type Requests = Family<ClientLabels, Counter>;
 
 /// The health service is open to every caller that passed the TLS layer: load balancers
 /// and edges probe it before they send anything else.
@@ -27,8 +96,7 @@ pub struct AccessPolicy {
     clusters: HashMap<String, ClusterGrant>,
 }
 
-/// The clusters a caller may ask `Authenticate` for; a request extension the access layer
-/// sets on every call.
+/// The clusters a caller may ask `Authenticate` for.
 #[derive(Clone, Debug)]
 pub enum ClusterGrant {
     /// Every cluster authd serves: no `[clients]` allow-lists, or `clusters = ["*"]`.
@@ -101,51 +169,56 @@ impl AccessPolicy {
 
 type Chain = Vec<CertificateDer<'static>>;
 
-/// Caller names by connection: every call on one TLS connection carries the same
-/// `Arc` of the peer's chain, so the leaf certificate is parsed once per connection, not
-/// once per call. Keyed by the chain's address; the entry's `Weak` keeps that address from
-/// being reused by another connection's chain while the entry exists, and a dead one is
-/// recomputed.
-#[derive(Default)]
+/// Callers by connection: every call on one TLS connection carries the same `Arc` of the
+/// peer's chain, so the leaf certificate is parsed once per connection, not once per call.
+/// Keyed by the chain's address; the entry's `Weak` keeps that address from being reused
+/// by another connection's chain while the entry exists, and a dead one is recomputed.
 struct Names {
-    by_chain: Mutex<HashMap<usize, (Weak<Chain>, Caller)>>,
+    by_chain: Mutex<HashMap<usize, (Weak<Chain>, Arc<Caller>)>>,
+    /// Every caller without a client certificate.
+    anonymous: Arc<Caller>,
 }
-
-/// What the layer attaches to each call: who calls, and which clusters it may ask for.
-type Caller = (ClientIdentity, ClusterGrant);
 
 /// Entries kept before the dead ones (closed connections) are swept.
 const NAMES_SWEEP_AT: usize = 4096;
 
 impl Names {
-    fn caller(&self, extensions: &http::Extensions, policy: &AccessPolicy) -> Caller {
+    fn new(policy: &AccessPolicy, requests: &Requests) -> Self {
+        Self {
+            by_chain: Mutex::default(),
+            anonymous: Caller::new(ClientIdentity::anonymous(), policy, requests),
+        }
+    }
+
+    fn caller(
+        &self,
+        extensions: &http::Extensions,
+        policy: &AccessPolicy,
+        requests: &Requests,
+    ) -> Arc<Caller> {
         let Some(chain) = extensions
             .get::<TlsConnectInfo<TcpConnectInfo>>()
             .and_then(|info| info.peer_certs())
         else {
-            let anonymous = ClientIdentity::anonymous();
-            let grant = policy.grant(&anonymous.0);
-            return (anonymous, grant);
+            return self.anonymous.clone();
         };
         let key = Arc::as_ptr(&chain) as usize;
         let mut names = self.by_chain.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((weak, name)) = names.get(&key) {
+        if let Some((weak, caller)) = names.get(&key) {
             if weak
                 .upgrade()
                 .is_some_and(|live| Arc::ptr_eq(&live, &chain))
             {
-                return name.clone();
+                return caller.clone();
             }
         }
-        let name = chain
-            .first()
-            .and_then(authd_runtime::cert::identity)
-            .map_or_else(ClientIdentity::anonymous, |n| ClientIdentity::new(&n));
-        let grant = policy.grant(&name.0);
+        let caller = match chain.first().and_then(authd_runtime::cert::identity) {
+            Some(name) => Caller::new(ClientIdentity::new(&name), policy, requests),
+            None => self.anonymous.clone(),
+        };
         if names.len() >= NAMES_SWEEP_AT {
             names.retain(|_, (weak, _)| weak.strong_count() > 0);
         }
-        let caller = (name, grant);
         names.insert(key, (Arc::downgrade(&chain), caller.clone()));
         caller
     }
@@ -155,13 +228,18 @@ impl Names {
 pub struct AccessLayer {
     policy: Arc<AccessPolicy>,
     names: Arc<Names>,
+    requests: Requests,
 }
 
 impl AccessLayer {
-    pub fn new(policy: AccessPolicy) -> Self {
+    /// `requests` is `authd_grpc_requests`: each caller's `Authenticate` counter is resolved
+    /// once per connection.
+    pub fn new(policy: AccessPolicy, requests: Requests) -> Self {
+        let names = Names::new(&policy, &requests);
         Self {
             policy: Arc::new(policy),
-            names: Arc::default(),
+            names: Arc::new(names),
+            requests,
         }
     }
 }
@@ -173,6 +251,7 @@ impl<S> tower::Layer<S> for AccessLayer {
             inner,
             policy: self.policy.clone(),
             names: self.names.clone(),
+            requests: self.requests.clone(),
         }
     }
 }
@@ -182,6 +261,7 @@ pub struct Access<S> {
     inner: S,
     policy: Arc<AccessPolicy>,
     names: Arc<Names>,
+    requests: Requests,
 }
 
 impl<S, B, R> tower::Service<http::Request<B>> for Access<S>
@@ -198,7 +278,10 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        let (client, grant) = self.names.caller(req.extensions(), &self.policy);
+        let caller = self
+            .names
+            .caller(req.extensions(), &self.policy, &self.requests);
+        let client = &caller.identity;
         // gRPC paths are /package.Service/Method.
         let mut parts = req.uri().path().trim_start_matches('/').splitn(2, '/');
         let service = parts.next().unwrap_or("");
@@ -214,8 +297,7 @@ where
             return Either::Left(futures::future::ready(Ok(status.into_http())));
         }
         tracing::debug!(client = &*client.0, rpc = req.uri().path(), "gRPC call");
-        req.extensions_mut().insert(client);
-        req.extensions_mut().insert(grant);
+        req.extensions_mut().insert(caller);
         Either::Right(self.inner.call(req))
     }
 }

@@ -2,7 +2,7 @@
 //! may call the Admin gRPC service.
 //!
 //! Two ways in, either suffices: a client certificate identity listed in
-//! `admin.allowed_clients` (the TLS layer puts a [`ClientIdentity`] in the request's
+//! `admin.allowed_clients` (the access layer attaches a [`ClientIdentity`] to the request's
 //! extensions), or the shared admin secret from `admin.token_file` as gRPC metadata
 //! `authorization: Bearer <secret>`, compared in constant time. Anything else is refused.
 //!
@@ -12,48 +12,15 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tonic::metadata::MetadataMap;
 use tonic::Status;
 
+use crate::access::ClientIdentity;
 use crate::config::AdminConfig;
 use crate::metrics::Name;
-
-/// The caller's certificate identity (CN, or the first DNS SAN without a CN), inserted into
-/// the request extensions by the access layer; [`ANONYMOUS`] for callers without a client
-/// certificate (plaintext listeners).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClientIdentity(pub Arc<str>);
-
-/// The name used for callers without a client certificate.
-pub const ANONYMOUS: &str = "anonymous";
-
-impl ClientIdentity {
-    pub fn new(name: &str) -> Self {
-        Self(name.into())
-    }
-
-    /// [`ANONYMOUS`], shared: a plaintext call costs a reference count, not an allocation.
-    pub fn anonymous() -> Self {
-        static NAME: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| ANONYMOUS.into());
-        Self(NAME.clone())
-    }
-}
-
-impl ClientIdentity {
-    /// The identity the TLS layer attached to `request`, if any.
-    pub fn of<T>(request: &tonic::Request<T>) -> Option<&ClientIdentity> {
-        request.extensions().get::<ClientIdentity>()
-    }
-
-    /// The caller's name for logs and metrics: its identity or "anonymous".
-    pub fn name_of<T>(request: &tonic::Request<T>) -> Name {
-        Name(Self::of(request).map_or_else(|| Self::anonymous().0, |c| c.0.clone()))
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthzError {

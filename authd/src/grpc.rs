@@ -5,9 +5,7 @@ use authd_proto::v1::authenticator_server::{Authenticator, AuthenticatorServer};
 use authd_proto::v1::{AuthenticateRequest, AuthenticateResponse};
 use tonic::{Request, Response, Status};
 
-use crate::access::ClusterGrant;
-use crate::authz::ClientIdentity;
-use crate::metrics::ClientLabels;
+use crate::access::Caller;
 use crate::service::Authd;
 
 pub struct AuthenticatorGrpc {
@@ -26,28 +24,28 @@ impl Authenticator for AuthenticatorGrpc {
         &self,
         request: Request<AuthenticateRequest>,
     ) -> Result<Response<AuthenticateResponse>, Status> {
-        let client = ClientIdentity::name_of(&request);
         // Set by the access layer on every call; without it, no cluster is granted.
-        let granted = match request.extensions().get::<ClusterGrant>() {
-            Some(grant) => grant.check(&client.0, &request.get_ref().cluster),
-            None => Err("no cluster grant for this call".to_owned()),
+        let granted = match Caller::of(&request) {
+            Some(caller) => caller
+                .grant
+                .check(&caller.identity.0, &request.get_ref().cluster)
+                .map(|()| caller),
+            None => Err("no caller identity for this call".to_owned()),
         };
-        if let Err(why) = granted {
-            tracing::warn!(
-                client = &*client.0,
-                reason = why,
-                "Authenticate refused: PERMISSION_DENIED"
-            );
-            return Err(Status::permission_denied(why));
+        match granted {
+            Ok(caller) => {
+                caller.authenticate_calls.inc();
+            }
+            Err(why) => {
+                let client = Caller::of(&request).map_or("", |c| &*c.identity.0);
+                tracing::warn!(
+                    client,
+                    reason = why,
+                    "Authenticate refused: PERMISSION_DENIED"
+                );
+                return Err(Status::permission_denied(why));
+            }
         }
-        self.authd
-            .metrics()
-            .grpc_requests
-            .get_or_create(&ClientLabels {
-                client,
-                method: "Authenticate",
-            })
-            .inc();
         Ok(Response::new(
             self.authd.authenticate(request.into_inner()).await,
         ))

@@ -5,7 +5,8 @@
 //! first definitive answer decides. Each source already sits behind its identity mapping
 //! (`mapping::Mapped`, wrapped in `source::build_all`), so the verdict names the mapped
 //! user. Cluster policy is not part of the cached verdict: the service applies it after the
-//! cache (`admit`), so one cached verdict serves every cluster under its own policy.
+//! cache (`policy::Cluster::admit`), so one cached verdict serves every cluster under its
+//! own policy.
 //!
 //! A walk has a deadline of its own, the sum of the owning sources' timeouts and a margin:
 //! the verdict cache runs it in a task no caller can cancel, so it must end by itself.
@@ -14,9 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
-use crate::identity::{Identity, Outcome, Verdict};
+use crate::identity::{Outcome, Verdict};
 use crate::metrics::{Metrics, SourceLabels};
-use crate::policy::{self, Clusters};
+use crate::policy::Clusters;
 use crate::source::{self, SourceConfig, Verifier};
 
 /// Added to the sources' timeouts: scheduling and the mapping, never a network wait.
@@ -124,15 +125,6 @@ impl Pipeline {
             identity: None,
             source: String::new(),
         })
-    }
-
-    /// Applies the cluster's policy to an authenticated identity (after the cache); the
-    /// error says why the cluster refuses it (an unknown cluster is refused).
-    pub fn admit(&self, cluster: &str, identity: Identity) -> Result<Identity, String> {
-        match self.clusters.get(cluster) {
-            Some(c) => c.admit(cluster, identity),
-            None => Err(policy::unknown(cluster)),
-        }
     }
 }
 

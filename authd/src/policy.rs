@@ -7,13 +7,15 @@
 //! every other name. Metrics name a cluster only by a configured name; every other name is
 //! counted as [`OTHER`], so callers cannot grow the label set.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
+use rustc_hash::FxHashMap;
 use serde::Deserialize;
 
 use crate::identity::Identity;
 use crate::mapping::EXTRA_CLUSTER;
-use crate::metrics::Name;
+use crate::metrics::{Name, VerdictCounters};
 
 /// The `[clusters]` key of the policy for every cluster not listed by name.
 pub const ANY_CLUSTER: &str = "*";
@@ -53,45 +55,52 @@ pub fn unknown(cluster: &str) -> String {
     )
 }
 
-/// One cluster as a review sees it: its policy and its metric label.
+/// One cluster as a review sees it: its policy, its metric label and its counters. A
+/// review holds its cluster from start to end, so one lookup serves both.
 #[derive(Debug)]
 pub struct Cluster {
     pub policy: ClusterPolicy,
     /// The configured name, or [`OTHER`] for the `"*"` policy.
     pub label: Name,
+    /// `authd_verdicts{cluster=label}`, resolved on first use.
+    pub verdicts: VerdictCounters,
 }
 
-/// The configured clusters, resolved once per configuration.
+/// The configured clusters, resolved once per configuration. Looked up once per review,
+/// with FxHash: the keys are the operator's names, not a caller's (an unknown name is
+/// refused, never inserted), so a hash-flooding attack has nothing to grow.
 #[derive(Debug)]
 pub struct Clusters {
-    named: HashMap<String, Cluster>,
-    any: Option<Cluster>,
+    named: FxHashMap<Box<str>, Arc<Cluster>>,
+    any: Option<Arc<Cluster>>,
     /// The label of a refused (unknown) cluster.
     other: Name,
 }
 
 impl Clusters {
     pub fn new(config: &BTreeMap<String, ClusterPolicy>) -> Self {
-        let mut named = HashMap::new();
+        let mut named = FxHashMap::default();
         let mut any = None;
         let other = Name::from(OTHER);
+        let cluster = |policy: &ClusterPolicy, label: Name| {
+            Arc::new(Cluster {
+                policy: policy.clone(),
+                label,
+                verdicts: VerdictCounters::default(),
+            })
+        };
         for (name, policy) in config {
             if name == ANY_CLUSTER {
-                any = Some(Cluster {
-                    policy: policy.clone(),
-                    label: other.clone(),
-                });
+                any = Some(cluster(policy, other.clone()));
             } else {
-                let label = Name::from(name.as_str());
-                let policy = policy.clone();
-                named.insert(name.clone(), Cluster { policy, label });
+                named.insert(name.as_str().into(), cluster(policy, name.as_str().into()));
             }
         }
         Self { named, any, other }
     }
 
     /// The cluster `name` is served as; `None` when it is refused.
-    pub fn get(&self, name: &str) -> Option<&Cluster> {
+    pub fn get(&self, name: &str) -> Option<&Arc<Cluster>> {
         self.named.get(name).or(self.any.as_ref())
     }
 

@@ -171,7 +171,10 @@ pub async fn serve(
         .concurrency_limit_per_connection(listeners.max_calls_per_connection)
         .max_concurrent_streams(u32::try_from(listeners.max_calls_per_connection).ok())
         .load_shed(true)
-        .layer(AccessLayer::new(listeners.access))
+        .layer(AccessLayer::new(
+            listeners.access,
+            authd.metrics().grpc_requests.clone(),
+        ))
         .layer(tower::load_shed::LoadShedLayer::new())
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             listeners.max_calls,

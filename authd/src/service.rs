@@ -20,12 +20,15 @@ use crate::cache::verdict::{Answer, CacheOutcome, SharedLevel, VerdictCache};
 use crate::cache::Ttls;
 use crate::fingerprint::{Fingerprint, Fingerprinter};
 use crate::identity::Verdict;
-use crate::metrics::{Metrics, Name, VerdictLabels};
+use crate::metrics::{Metrics, Name, VerdictLabels, CACHE_OUTCOMES, RESULTS};
+use crate::policy::Cluster;
+use prometheus_client::metrics::counter::Counter;
 
 use crate::pipeline::Pipeline;
 
 /// What a review came to, as the `result` label of `authd_verdicts` tells it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
 enum Decision {
     Authenticated,
     Rejected,
@@ -56,9 +59,20 @@ struct Inner {
 /// Longest token looked up; longer ones are rejected without touching caches or sources.
 pub const MAX_TOKEN_BYTES: usize = 64 * 1024;
 
-/// `cluster` is the label `Clusters::label` gave: a configured name or "other", never a
-/// name a caller chose.
-fn count(metrics: &Metrics, cluster: Name, result: Decision, cache: CacheOutcome) {
+/// Counts a review of a served cluster: a counter resolved once per (result, cache), under
+/// the cluster's configured label ("other" for the `"*"` policy).
+fn count(metrics: &Metrics, cluster: &Cluster, result: Decision, cache: CacheOutcome) {
+    cluster
+        .verdicts
+        .get(result as usize, cache as usize, || {
+            verdicts(metrics, cluster.label.clone(), result, cache)
+        })
+        .inc();
+}
+
+/// The `authd_verdicts` counter of `cluster`, a label `Clusters::label` gave: a configured
+/// name or "other", never a name a caller chose.
+fn verdicts(metrics: &Metrics, cluster: Name, result: Decision, cache: CacheOutcome) -> Counter {
     metrics
         .verdicts
         .get_or_create(&VerdictLabels {
@@ -66,8 +80,12 @@ fn count(metrics: &Metrics, cluster: Name, result: Decision, cache: CacheOutcome
             result: result.label(),
             cache: cache.label(),
         })
-        .inc();
+        .clone()
 }
+
+// `count` indexes its table by these.
+const _: () = assert!(Decision::Undecided as usize + 1 == RESULTS);
+const _: () = assert!(CacheOutcome::Stale as usize + 1 == CACHE_OUTCOMES);
 
 #[derive(Clone)]
 pub struct Authd {
@@ -146,34 +164,36 @@ impl Authd {
         self.inner.cache.revoke_user(username).await
     }
 
-    /// The metric label of the cluster asked for, or `Err` with the label of a refused one.
-    fn cluster_label(&self, cluster: &str) -> Result<Name, Name> {
+    /// The cluster asked for, or `Err` with the metric label of a refused one.
+    fn cluster(&self, name: &str) -> Result<Arc<Cluster>, Name> {
         let pipeline = self
             .inner
             .pipeline
             .read()
             .unwrap_or_else(|e| e.into_inner());
-        match pipeline.clusters.get(cluster) {
-            Some(c) => Ok(c.label.clone()),
-            None => Err(pipeline.clusters.label(cluster)),
+        match pipeline.clusters.get(name) {
+            Some(c) => Ok(c.clone()),
+            None => Err(pipeline.clusters.label(name)),
         }
     }
 
     pub async fn authenticate(&self, req: AuthenticateRequest) -> AuthenticateResponse {
         let started = Instant::now();
         // An unknown cluster is a definitive "no" (kube-apiserver: not authenticated), before
-        // any cache or source sees the token: the set of clusters is the configured one.
-        let cluster = match self.cluster_label(&req.cluster) {
-            Ok(label) => label,
+        // any cache or source sees the token: the set of clusters is the configured one. The
+        // review keeps the cluster it found here to the end, policy and counters alike.
+        let cluster = match self.cluster(&req.cluster) {
+            Ok(cluster) => cluster,
             Err(other) => {
                 tracing::debug!(request_id = %req.request_id, cluster = %req.cluster.escape_debug(),
                     "cluster not configured: refused without a lookup");
-                count(
+                verdicts(
                     &self.inner.metrics,
                     other,
                     Decision::UnknownCluster,
                     CacheOutcome::None,
-                );
+                )
+                .inc();
                 return AuthenticateResponse::default();
             }
         };
@@ -184,13 +204,13 @@ impl Authd {
                 "token empty or longer than the limit: rejected without a lookup");
             count(
                 &self.inner.metrics,
-                cluster,
+                &cluster,
                 Decision::Rejected,
                 CacheOutcome::None,
             );
             return AuthenticateResponse::default();
         }
-        let response = self.decide(&req, cluster).await;
+        let response = self.decide(&req, &cluster).await;
         self.inner
             .metrics
             .latency
@@ -198,7 +218,7 @@ impl Authd {
         response
     }
 
-    async fn decide(&self, req: &AuthenticateRequest, cluster: Name) -> AuthenticateResponse {
+    async fn decide(&self, req: &AuthenticateRequest, cluster: &Cluster) -> AuthenticateResponse {
         let cache = &self.inner.cache;
         let fp = cache.fingerprinter().token(&req.token, &req.audiences);
         // Runs only for the caller that starts a lookup; reads the pipeline when it runs.
@@ -218,7 +238,7 @@ impl Authd {
         let cached = outcome.cached();
         let (response, result) = match answer {
             Answer::Hit(entry, _) | Answer::Miss(entry) => {
-                self.finish(req, &fp, &entry.verdict, cached)
+                self.finish(req, cluster, &fp, &entry.verdict, cached)
             }
             Answer::Stale {
                 verdict,
@@ -232,7 +252,7 @@ impl Authd {
                     error = %error,
                     "source could not decide; serving a stale positive verdict (stale-if-error)"
                 );
-                self.finish(req, &fp, &verdict.verdict, cached)
+                self.finish(req, cluster, &fp, &verdict.verdict, cached)
             }
             Answer::Undecided(err) => {
                 tracing::warn!(
@@ -257,6 +277,7 @@ impl Authd {
     fn finish(
         &self,
         req: &AuthenticateRequest,
+        cluster: &Cluster,
         fp: &Fingerprint,
         verdict: &Verdict,
         cached: bool,
@@ -274,14 +295,7 @@ impl Authd {
                 fingerprint = %fp.short(), source = %verdict.source, cached, "rejected");
             return rejected(Decision::Rejected);
         };
-        // Under the read lock instead of cloning the Arc: no await here, and the refcount's
-        // cache line is not bounced between cores on every verdict.
-        let pipeline = self
-            .inner
-            .pipeline
-            .read()
-            .unwrap_or_else(|e| e.into_inner());
-        let identity = match pipeline.admit(&req.cluster, identity) {
+        let identity = match cluster.admit(&req.cluster, identity) {
             Ok(identity) => identity,
             Err(why) => {
                 tracing::info!(request_id = %req.request_id, cluster = %req.cluster,

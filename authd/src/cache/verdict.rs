@@ -303,14 +303,16 @@ impl<S: SharedStore> VerdictCache<S> {
                     let id = self.next_flight.fetch_add(1, Ordering::Relaxed);
                     let asked = ask();
                     let this = self.clone();
-                    let task = tokio::spawn(async move {
+                    // Boxed before it is spawned: the lookup's future is large (the
+                    // sources' state machines), and the spawn moves it several times.
+                    let task = tokio::spawn(Box::pin(async move {
                         let _leaves = LeavesTheMap {
                             cache: this.clone(),
                             fp,
                             id,
                         };
                         this.fetch(fp, token_id, generation, asked).await
-                    });
+                    }));
                     let result = task
                         .map(|joined| {
                             joined.unwrap_or_else(|_| {
