@@ -174,10 +174,13 @@ type Chain = Vec<CertificateDer<'static>>;
 /// Keyed by the chain's address; the entry's `Weak` keeps that address from being reused
 /// by another connection's chain while the entry exists, and a dead one is recomputed.
 struct Names {
-    by_chain: Mutex<HashMap<usize, (Weak<Chain>, Arc<Caller>)>>,
+    by_chain: Mutex<HashMap<usize, Known>>,
     /// Every caller without a client certificate.
     anonymous: Arc<Caller>,
 }
+
+/// A connection's chain (kept from being reused while the entry exists) and its caller.
+type Known = (Weak<Chain>, Arc<Caller>);
 
 /// Entries kept before the dead ones (closed connections) are swept.
 const NAMES_SWEEP_AT: usize = 4096;
