@@ -5,6 +5,11 @@
 #   bench/icount.sh            # both; needs valgrind (apt-get install valgrind)
 #   bench/icount.sh split 8    # one side, 8 s of load
 #   ICOUNT_KEEP=/tmp/cg bench/icount.sh split   # and keep the callgrind profiles
+#   ICOUNT_BIN=/tmp/old bench/icount.sh split    # binaries from elsewhere (an A/B)
+#
+# Fixed background work (timers, health checks, cache housekeeping) is spread over the
+# reviews of the run, so a loaded machine (fewer reviews) reads a little higher: compare
+# two builds in alternating runs of the same session, not against a figure from another day.
 #
 # The servers run under callgrind; the load generator (not measured) sends the 100 hot
 # tokens over 16 keep-alive connections. Counters are zeroed after a warm-up and dumped
@@ -14,7 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null || { echo "icount.sh: needs valgrind (apt-get install valgrind)" >&2; exit 1; }
-B=target/release
+B=${ICOUNT_BIN:-target/release}
 [ -x $B/authd ] && [ -x $B/authd-edge ] && [ -x $B/kube-authd-bench ] ||
   { echo "icount.sh: build first: cargo build --release --workspace --bins" >&2; exit 1; }
 W=$(mktemp -d)
