@@ -281,6 +281,14 @@ impl Authd {
             .pipeline
             .read()
             .unwrap_or_else(|e| e.into_inner());
+        // Every answer, cached or fresh, from either level: a name the deciding source may
+        // not mint is never served, whatever put it in a cache.
+        if let Err(why) = pipeline.may_serve(&verdict.source, &identity) {
+            tracing::warn!(request_id = %req.request_id, fingerprint = %fp.short(),
+                source = %verdict.source, cached, reason = %why,
+                "refused: the answer names what its source may not mint");
+            return rejected(Decision::Rejected);
+        }
         let identity = match pipeline.admit(&req.cluster, identity) {
             Ok(identity) => identity,
             Err(why) => {
