@@ -43,7 +43,7 @@ const MAX_JWKS_BYTES: usize = 1024 * 1024;
 const MAX_DISCOVERY_BYTES: usize = 64 * 1024;
 /// Where an OIDC issuer publishes its discovery document, below the issuer URL.
 const DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
-/// The shortest refresh interval accepted: an issuer is not ours to hammer.
+/// The shortest periodic refresh accepted: an issuer is not ours to hammer.
 const MIN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// `type = "jwt"`.
@@ -205,8 +205,8 @@ impl Kind for Config {
             return Err(FieldError::new("leeway", "at most 5m"));
         }
         check_timeout("jwks_timeout", self.jwks_timeout)?;
+        check_timeout("jwks_min_refresh", self.jwks_min_refresh)?;
         for (field, d) in [
-            ("jwks_min_refresh", self.jwks_min_refresh),
             ("jwks_refresh", self.jwks_refresh),
             ("jwks_max_age_min", self.jwks_max_age_min),
         ] {
