@@ -805,3 +805,179 @@ async fn stale_if_error_serves_only_positive_verdicts_within_the_grace_when_enab
         "past the grace: {late:?}"
     );
 }
+
+/// The `v:` keys in Redis now.
+fn value_keys(redis: &RedisServer) -> Vec<String> {
+    redis
+        .dump()
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| k.starts_with("kube-authd:v:"))
+        .collect()
+}
+
+/// The `v:` key a review of `token` through `p` adds to Redis (it must be new).
+async fn key_of(p: &Proc, redis: &RedisServer, token: &str) -> String {
+    let before = value_keys(redis);
+    grpc_review(p, token).await;
+    let mut added: Vec<String> = value_keys(redis)
+        .into_iter()
+        .filter(|k| !before.contains(k))
+        .collect();
+    assert_eq!(added.len(), 1, "one new value for the review: {added:?}");
+    added.remove(0)
+}
+
+fn get_raw(redis: &RedisServer, key: &str) -> Vec<u8> {
+    ::redis::cmd("GET")
+        .arg(key)
+        .query(&mut redis.connection())
+        .unwrap()
+}
+
+fn set_raw(redis: &RedisServer, key: &str, value: &[u8]) {
+    ::redis::cmd("SET")
+        .arg(key)
+        .arg(value)
+        .arg("PX")
+        .arg(600_000)
+        .query::<()>(&mut redis.connection())
+        .unwrap();
+}
+
+/// A verdict as someone with write access to Redis would forge it: the plaintext form
+/// authd used to store, naming a powerful user and fresh for an hour.
+fn forged_admin(username: &str) -> Vec<u8> {
+    let until = (std::time::SystemTime::now() + Duration::from_secs(3600))
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    serde_json::json!({"s": "static", "e": until, "t": until,
+        "i": {"u": username, "d": "0", "g": ["system:masters", "kube-admins"]}})
+    .to_string()
+    .into_bytes()
+}
+
+/// With write access to Redis, an attacker rewrites bob's entry to an administrator, a
+/// junk token's negative entry to `system:admin`, copies bob's entry onto alice's key and
+/// flips a byte of another: replica B, asking Redis first, serves none of them. Each is a
+/// miss, counted, and the token goes to the source, which gives the true answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_value_edited_by_hand_is_never_served() {
+    let dir = temp_dir();
+    let d = dir.path();
+    let t = setup(d);
+    let redis = RedisServer::start(d, None, &[]);
+    let toml = authd_toml("positive_ttl = \"10m\"\n", &redis_toml(&redis));
+    let a = start_authd(d, "authd-a", "127.0.0.1:0", &toml);
+    let b = start_authd(d, "authd-b", "127.0.0.1:0", &toml);
+    let bob = key_of(&a, &redis, &t.bob).await;
+    let nobody = key_of(&a, &redis, &t.nobody).await;
+    let alice = key_of(&a, &redis, &t.alice).await;
+    let user3 = key_of(&a, &redis, &t.users[3]).await;
+
+    // Bob's entry as authd wrote it, copied onto alice's key; then forgeries.
+    set_raw(&redis, &alice, &get_raw(&redis, &bob));
+    set_raw(&redis, &bob, &forged_admin("kube-admin"));
+    set_raw(&redis, &nobody, &forged_admin("system:admin"));
+    let mut flipped = get_raw(&redis, &user3);
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x20;
+    set_raw(&redis, &user3, &flipped);
+
+    let integrity = || metric(&b, "authd_cache_integrity_failures_total", &[]);
+    for (token, truth) in [
+        (&t.bob, Some("bob")),
+        (&t.nobody, None),
+        (&t.alice, Some("alice")),
+        (&t.users[3], Some("user3")),
+    ] {
+        let (calls, failures) = (source_calls(&b).await, integrity().await);
+        let r = grpc_review(&b, token).await;
+        assert!(r.error.is_empty(), "{r:?}");
+        assert_eq!(
+            r.user.as_ref().map(|u| u.username.as_str()),
+            truth,
+            "the true answer: {r:?}"
+        );
+        if let Some(u) = &r.user {
+            assert!(!u.groups.iter().any(|g| g.starts_with("system:")), "{r:?}");
+        }
+        assert!(!r.cached, "not served from a cache: {r:?}");
+        assert_eq!(source_calls(&b).await, calls + 1.0, "asked the source");
+        assert_eq!(integrity().await, failures + 1.0, "counted");
+    }
+    // Logged, at most once a minute: one line for the four.
+    let lines = b
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("failed verification"))
+        .count();
+    assert_eq!(lines, 1, "{}", b.stderr());
+    // B's answers replaced the bad values: a new replica gets the truth from Redis.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let c = start_authd(d, "authd-c", "127.0.0.1:0", &toml);
+    let r = grpc_review(&c, &t.bob).await;
+    assert!(r.cached && r.user.unwrap().username == "bob");
+}
+
+/// After reviews of every kind, a scan of Redis finds no token, username, uid, group or
+/// source name in any key or value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_holds_no_token_user_or_group_in_clear() {
+    let dir = temp_dir();
+    let d = dir.path();
+    let t = setup(d);
+    let redis = RedisServer::start(d, None, &[]);
+    let a = start_authd(
+        d,
+        "authd-a",
+        "127.0.0.1:0",
+        &authd_toml("", &redis_toml(&redis)),
+    );
+    for tok in t.all() {
+        grpc_review(&a, tok).await;
+    }
+    let dump = redis.dump();
+    assert!(dump.iter().any(|(k, _)| k.starts_with("kube-authd:v:")));
+    let mut clear = secrets(
+        &t,
+        &["alice", "bob", "uid-alice", "uid-bob", "dev", "static"],
+    );
+    let users: Vec<String> = (0..20).map(|i| format!("user{i}")).collect();
+    clear.extend(users.iter().map(String::as_str));
+    assert_no_secrets(&dump, &clear);
+}
+
+/// The reserved-prefix guard runs on answers from the shared level too: replica A's source
+/// may mint `system:admin` (its mapping reserves nothing), B's same-named source may not, so
+/// B refuses the verdict A cached even though it opens and is fresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cached_answer_naming_a_reserved_name_is_refused() {
+    let dir = temp_dir();
+    let d = dir.path();
+    setup(d);
+    let root = token("root");
+    write(d, "root.csv", &format!("{root},system:admin,0\n"));
+    let redis = RedisServer::start(d, None, &[]);
+    let toml = |mapping: &str| {
+        format!(
+            "[cache]\nhmac_key_file = \"hmac.key\"\n[cache.redis]\n{}\
+             [[sources]]\nname = \"static\"\ntype = \"token_file\"\npath = \"root.csv\"\n{mapping}\n",
+            redis_toml(&redis)
+        )
+    };
+    let a = start_authd(
+        d,
+        "authd-a",
+        "127.0.0.1:0",
+        &toml("mapping = { reserved_prefixes = [] }"),
+    );
+    let b = start_authd(d, "authd-b", "127.0.0.1:0", &toml(""));
+    let r = grpc_review(&a, &root).await;
+    assert!(r.authenticated, "A's source may mint it: {r:?}");
+    let r = grpc_review(&b, &root).await;
+    assert!(!r.authenticated && r.error.is_empty(), "{r:?}");
+    assert_eq!(hits(&b, "shared").await, 1.0, "B found A's verdict");
+    assert_eq!(source_calls(&b).await, 0.0);
+}

@@ -713,3 +713,176 @@ expect = "denied"
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("sources[2].algorithms"), "{stderr}");
 }
+
+/// A source reading `jwks_url` (or discovery) with the given extra settings.
+fn jwt_source(name: &str, issuer: &str, where_keys: &str, extra: &str) -> String {
+    format!(
+        "[[sources]]\nname = \"{name}\"\ntype = \"jwt\"\nissuer = \"{issuer}\"\n\
+         audiences = [\"k8s\"]\nalgorithms = [\"ES256\"]\n{where_keys}\n{extra}\n"
+    )
+}
+
+/// A token from `key` for a user never seen before (so no cache level knows it).
+fn fresh(key: &TestKey, iss: &str, n: &mut u32) -> String {
+    *n += 1;
+    key.sign(&claims(iss, "k8s", &format!("user{n}"), 300))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_withdrawn_at_the_issuer_stops_verifying_within_the_refresh_interval() {
+    let (k1, k2, k3) = (
+        TestKey::es256("k1"),
+        TestKey::es256("k2"),
+        TestKey::es256("k3"),
+    );
+    let jwks = JwksServer::start(&[&k1, &k2]);
+    // The issuer says how long its key set may be kept; authd honours it (clamped to
+    // 1 s here). Unknown kids may not refetch within the hour, so only the periodic
+    // refresh can notice what changes.
+    jwks.http
+        .set_headers("Cache-Control: public, max-age=1\r\n");
+    let dir = temp_dir();
+    let toml = jwt_source(
+        "oidc",
+        ISS,
+        &format!("jwks_url = \"{}\"", jwks.url()),
+        "jwks_refresh = \"1h\"\njwks_max_age_min = \"1s\"\njwks_min_refresh = \"1h\"",
+    );
+    let split = Split::start(dir.path(), &toml, "");
+    let c = client(&split.ca_pem, Proto::H1, None);
+    let url = &split.url;
+    let mut n = 0;
+    for k in [&k1, &k2] {
+        let a = review(&c, url, V1, &fresh(k, ISS, &mut n)).await;
+        assert!(a.authenticated(), "{a:?}");
+    }
+
+    jwks.withdraw("k1");
+    jwks.publish(&k3);
+    let withdrawn = Instant::now();
+    loop {
+        let a = review(&c, url, V1, &fresh(&k1, ISS, &mut n)).await;
+        if !a.authenticated() {
+            a.assert_denied();
+            break;
+        }
+        assert!(
+            withdrawn.elapsed() < Duration::from_secs(3),
+            "a withdrawn key still verified {:?} after the issuer dropped it (max-age 1 s)",
+            withdrawn.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The refresh also brought the new key; the one kept still verifies.
+    for k in [&k3, &k2] {
+        let a = review(&c, url, V1, &fresh(k, ISS, &mut n)).await;
+        assert!(a.authenticated(), "{}: {a:?}", k.kid);
+    }
+    // It keeps following: a few fetches a second, not one per review.
+    let before = jwks.fetches();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let during = jwks.fetches() - before;
+    assert!((1..=4).contains(&during), "{during} fetches in 2.5 s");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oidc_discovery_finds_the_jwks_and_refuses_a_mismatched_issuer() {
+    let k1 = TestKey::es256("k1");
+    let good = JwksServer::start(&[&k1]);
+    let liar = JwksServer::start(&[&k1]);
+    liar.set_discovered_issuer("https://issuer.test");
+    let slash = JwksServer::start(&[&k1]);
+    slash.set_discovered_issuer(&format!("{}/", slash.issuer()));
+    let dir = temp_dir();
+    let toml = [
+        jwt_source("good", &good.issuer(), "discovery = true", ""),
+        jwt_source("liar", &liar.issuer(), "discovery = true", ""),
+        jwt_source("slash", &slash.issuer(), "discovery = true", ""),
+    ]
+    .concat();
+    let split = Split::start(dir.path(), &toml, "");
+    let c = client(&split.ca_pem, Proto::H1, None);
+    let url = &split.url;
+    let mut n = 0;
+
+    let a = review(&c, url, V1, &fresh(&k1, &good.issuer(), &mut n)).await;
+    assert!(a.authenticated(), "{a:?}");
+    let targets: Vec<String> = good.http.requests().into_iter().map(|r| r.target).collect();
+    assert_eq!(
+        targets,
+        ["/.well-known/openid-configuration", "/jwks"],
+        "discovery, then the jwks_uri it names"
+    );
+
+    // A document naming another issuer (even one differing by a trailing slash) is
+    // refused: its keys are never fetched, and the token is "could not decide", never yes.
+    for (server, name) in [(&liar, "liar"), (&slash, "slash")] {
+        let a = review(&c, url, V1, &fresh(&k1, &server.issuer(), &mut n)).await;
+        a.assert_undecided();
+        assert_eq!(server.jwks_fetches(), 0, "{name}: keys fetched");
+        assert!(
+            !server.http.requests().is_empty(),
+            "{name}: discovery was asked"
+        );
+    }
+    let log = split.authd.stderr();
+    assert!(
+        log.contains("not the configured") && log.contains("refused"),
+        "the log says why: {log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_unknown_kids_costs_the_issuer_one_fetch_per_interval() {
+    let k1 = TestKey::es256("k1");
+    let jwks = JwksServer::start(&[&k1]);
+    let dir = temp_dir();
+    let toml = jwt_source(
+        "oidc",
+        ISS,
+        &format!("jwks_url = \"{}\"", jwks.url()),
+        "jwks_min_refresh = \"1s\"",
+    );
+    let split = Split::start(dir.path(), &toml, "");
+    let c = client(&split.ca_pem, Proto::H2, None);
+    let mut n = 0;
+    assert!(review(&c, &split.url, V1, &fresh(&k1, ISS, &mut n))
+        .await
+        .authenticated());
+    assert_eq!(jwks.fetches(), 1);
+
+    // 16 clients send tokens with made-up kids for 3 s; the issuer answers slowly, so
+    // concurrent refetches overlap.
+    jwks.http
+        .set_mode(common::basic_auth::Mode::Slow(Duration::from_millis(300)));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for worker in 0..16 {
+        let (c, url, signer) = (c.clone(), split.url.clone(), TestKey::es256("signer"));
+        tasks.push(tokio::spawn(async move {
+            let mut sent = 0;
+            while started.elapsed() < Duration::from_secs(3) {
+                let kid = hex(&rand_bytes::<8>());
+                let t =
+                    signer.sign_as(&kid, &claims(ISS, "k8s", &format!("w{worker}-{sent}"), 300));
+                let a = review(&c, &url, V1, &t).await;
+                assert!(!a.authenticated(), "a made-up kid verified: {a:?}");
+                sent += 1;
+            }
+            sent
+        }));
+    }
+    let mut sent = 0;
+    for t in tasks {
+        sent += t.await.unwrap();
+    }
+    let took = started.elapsed();
+    let fetched = jwks.fetches() - 1;
+    // One fetch per 1 s interval, plus the one the interval's end may start.
+    let bound = took.as_secs() as usize + 2;
+    assert!(sent >= 100, "a flood: {sent} reviews");
+    assert!(
+        (1..=bound).contains(&fetched),
+        "{fetched} JWKS fetches for {sent} unknown kids in {took:?} (bound {bound})"
+    );
+}

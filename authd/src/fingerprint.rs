@@ -81,6 +81,16 @@ impl Fingerprinter {
         write_prefixed(&mut mac, username.as_bytes());
         Fingerprint(mac.finalize().into_bytes().into())
     }
+
+    /// A 32-byte key for another purpose, derived from the fingerprint key under `label`
+    /// (domain-separated from every fingerprint), so replicas sharing the HMAC key file
+    /// share it too, and no second secret needs distributing.
+    pub fn derive_key(&self, label: &str) -> [u8; 32] {
+        let mut mac = self.keyed.clone();
+        mac.update(b"derived-key\0");
+        write_prefixed(&mut mac, label.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
 }
 
 fn write_prefixed(mac: &mut HmacSha256, bytes: &[u8]) {
@@ -112,5 +122,7 @@ mod tests {
         let f = Fingerprinter::new(b"k");
         assert_ne!(f.token_id("t"), f.token("t", &[]));
         assert_ne!(f.token_id("t"), f.username("t"));
+        assert_ne!(f.derive_key("t"), f.username("t").0);
+        assert_ne!(f.derive_key("t"), f.derive_key("u"));
     }
 }

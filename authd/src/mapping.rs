@@ -49,8 +49,11 @@ fn default_username() -> String {
     "{user}".into()
 }
 fn default_reserved() -> Vec<String> {
-    vec!["system:".into()]
+    DEFAULT_RESERVED.iter().map(|p| p.to_string()).collect()
 }
+
+/// The prefixes a source may not mint unless its mapping says otherwise.
+pub const DEFAULT_RESERVED: &[&str] = &["system:"];
 fn default_true() -> bool {
     true
 }
@@ -75,6 +78,30 @@ pub enum MappingError {
     ReservedUsername(String, String),
     #[error("mapped username is empty")]
     EmptyUsername,
+    #[error("group {0:?} has the reserved prefix {1:?}")]
+    ReservedGroup(String, String),
+}
+
+/// The reserved-prefix guard, applied to every answer (cache hits of both levels included),
+/// not only when mapping: a name `Mapping::apply` would never let through is never served,
+/// whatever wrote the entry.
+pub fn check_reserved(prefixes: &[impl AsRef<str>], id: &Identity) -> Result<(), MappingError> {
+    let reserved = |name: &str| {
+        prefixes
+            .iter()
+            .map(AsRef::as_ref)
+            .find(|p| name.starts_with(p))
+            .map(str::to_owned)
+    };
+    if let Some(p) = reserved(&id.username) {
+        return Err(MappingError::ReservedUsername(id.username.clone(), p));
+    }
+    for g in &id.groups {
+        if let Some(p) = reserved(g) {
+            return Err(MappingError::ReservedGroup(g.clone(), p));
+        }
+    }
+    Ok(())
 }
 
 const PLACEHOLDERS: [&str; 3] = ["{user}", "{uid}", "{source}"];
@@ -152,6 +179,11 @@ impl Mapping {
         Ok(id)
     }
 
+    /// The reserved-prefix guard on an identity this source is said to have minted.
+    pub fn check_reserved(&self, id: &Identity) -> Result<(), MappingError> {
+        check_reserved(self.reserved_prefixes.as_slice(), id)
+    }
+
     fn reserved(&self, name: &str) -> Option<&str> {
         self.reserved_prefixes
             .iter()
@@ -202,6 +234,30 @@ mod tests {
         let id = m.apply("corp", alice()).unwrap();
         assert_eq!(id.username, "ldap:alice:1000");
         assert_eq!(id.groups, vec!["ldap:dev", "ldap:sre"]);
+    }
+
+    #[test]
+    fn the_guard_refuses_what_apply_would_not_mint() {
+        let m = Mapping::default();
+        let mapped = m.apply("s", alice()).unwrap();
+        assert_eq!(m.check_reserved(&mapped), Ok(()));
+        let mut forged = mapped.clone();
+        forged.groups.push("system:masters".into());
+        assert!(matches!(
+            m.check_reserved(&forged),
+            Err(MappingError::ReservedGroup(..))
+        ));
+        forged.groups.pop();
+        forged.username = "system:admin".into();
+        assert!(matches!(
+            check_reserved(DEFAULT_RESERVED, &forged),
+            Err(MappingError::ReservedUsername(..))
+        ));
+        let open = Mapping {
+            reserved_prefixes: vec![],
+            ..Mapping::default()
+        };
+        assert_eq!(open.check_reserved(&forged), Ok(()));
     }
 
     #[test]

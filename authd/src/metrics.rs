@@ -101,6 +101,8 @@ pub struct Metrics {
     pub stale_serves: Family<LevelLabels, Counter>,
     pub redis_errors: Family<RedisOpLabels, Counter>,
     pub redis_latency: Family<RedisOpLabels, Histogram>,
+    /// Shared-cache values that failed to open: edited, moved or forged in Redis.
+    pub cache_integrity_failures: Counter,
     pub registry: Registry,
 }
 
@@ -186,6 +188,13 @@ impl Metrics {
                 latency_histogram as fn() -> _,
             ),
         );
+        let cache_integrity_failures = Counter::default();
+        registry.register(
+            "cache_integrity_failures",
+            "Shared cache (Redis) values that failed verification (changed, moved to another \
+             key, or sealed with another key) and were treated as misses",
+            cache_integrity_failures.clone(),
+        );
         let local_hits = cache_hits
             .get_or_create(&LevelLabels { level: "local" })
             .clone();
@@ -198,6 +207,7 @@ impl Metrics {
             stale_serves,
             redis_errors,
             redis_latency,
+            cache_integrity_failures,
             verdicts,
             source_calls,
             source_latency,

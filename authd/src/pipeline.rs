@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
-use crate::identity::{Outcome, Verdict};
+use crate::identity::{Identity, Outcome, Verdict};
+use crate::mapping::{check_reserved, MappingError, DEFAULT_RESERVED};
 use crate::metrics::{Metrics, SourceLabels};
 use crate::policy::Clusters;
 use crate::source::{self, SourceConfig, Verifier};
@@ -125,6 +126,16 @@ impl Pipeline {
             identity: None,
             source: String::new(),
         })
+    }
+
+    /// The reserved-prefix guard on an answer from any level: the deciding source (by name,
+    /// in this pipeline) must be allowed to mint it; an answer naming no configured source
+    /// gets the default prefixes. Cheap: a name lookup and prefix compares, no decryption.
+    pub fn may_serve(&self, source: &str, identity: &Identity) -> Result<(), MappingError> {
+        match self.sources.iter().find(|s| s.name() == source) {
+            Some(s) => s.may_mint(identity),
+            None => check_reserved(DEFAULT_RESERVED, identity),
+        }
     }
 }
 

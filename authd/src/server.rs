@@ -16,6 +16,7 @@ use tokio_stream::StreamExt;
 use crate::access::{AccessLayer, AccessPolicy};
 use crate::authz::AdminAuthz;
 use crate::cache::redis::SharedCache;
+use crate::cache::seal::Sealer;
 use crate::cache::verdict::SharedLevel;
 use crate::cache::Ttls;
 use crate::config::Config;
@@ -57,7 +58,8 @@ pub fn build(config: &Config) -> anyhow::Result<Authd> {
             // Index sets must outlive every verdict they list.
             let index_ttl =
                 (ttls.positive + ttls.stale_grace).max(ttls.negative) + Duration::from_secs(60);
-            let cache = SharedCache::new(redis, index_ttl, metrics.clone())?;
+            let sealer = Sealer::new(&fingerprinter);
+            let cache = SharedCache::new(redis, index_ttl, metrics.clone(), sealer)?;
             Some(SharedLevel {
                 cache: Arc::new(cache),
                 local_ttl: config.cache.local_ttl,

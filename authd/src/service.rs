@@ -295,6 +295,21 @@ impl Authd {
                 fingerprint = %fp.short(), source = %verdict.source, cached, "rejected");
             return rejected(Decision::Rejected);
         };
+        // Every answer, cached or fresh, from either level: a name the deciding source may
+        // not mint is never served, whatever put it in a cache. Under the read lock instead
+        // of cloning the Arc: no await here.
+        let may_serve = self
+            .inner
+            .pipeline
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .may_serve(&verdict.source, &identity);
+        if let Err(why) = may_serve {
+            tracing::warn!(request_id = %req.request_id, fingerprint = %fp.short(),
+                source = %verdict.source, cached, reason = %why,
+                "refused: the answer names what its source may not mint");
+            return rejected(Decision::Rejected);
+        }
         let identity = match cluster.admit(&req.cluster, identity) {
             Ok(identity) => identity,
             Err(why) => {

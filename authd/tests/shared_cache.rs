@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use authd::cache::redis::SharedCache;
+use authd::cache::seal::Sealer;
 use authd::cache::verdict::SharedLevel;
 use authd::cache::Ttls;
 use authd::config::RedisConfig;
@@ -159,9 +160,12 @@ fn replica(redis: &Redis, source: &Arc<Switch>, grace: Duration) -> Authd {
         timeout: Duration::from_secs(2),
         connect_timeout: Duration::from_secs(1),
     };
-    let shared = SharedCache::new(&config, Duration::from_secs(60), metrics.clone()).unwrap();
+    let fingerprinter = Fingerprinter::new(b"the key every replica shares 0123456789");
+    let sealer = Sealer::new(&fingerprinter);
+    let shared =
+        SharedCache::new(&config, Duration::from_secs(60), metrics.clone(), sealer).unwrap();
     Authd::with_levels(
-        Fingerprinter::new(b"the key every replica shares 0123456789"),
+        fingerprinter,
         Pipeline {
             sources: vec![source.clone() as Arc<dyn Verifier>],
             clusters: any_cluster(),

@@ -46,6 +46,8 @@ struct Shared {
     tls: Option<Arc<rustls::ServerConfig>>,
     /// Connections accepted and not yet closed (by either side).
     open: AtomicUsize,
+    /// Header lines (each ending in CRLF) added to every normal answer.
+    headers: Mutex<String>,
 }
 
 pub struct HttpServer {
@@ -85,6 +87,7 @@ impl HttpServer {
             handler,
             tls,
             open: AtomicUsize::new(0),
+            headers: Mutex::new(String::new()),
         });
         let s = shared.clone();
         std::thread::spawn(move || accept_loop(listener, port, s));
@@ -110,6 +113,11 @@ impl HttpServer {
         *self.shared.mode.lock().unwrap() = mode;
         // Give the accept loop time to close or reopen the port.
         std::thread::sleep(Duration::from_millis(100));
+    }
+
+    /// Adds these header lines (each ending in CRLF) to every normal answer from now on.
+    pub fn set_headers(&self, lines: &str) {
+        *self.shared.headers.lock().unwrap() = lines.to_owned();
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
@@ -223,17 +231,22 @@ fn serve_conn<S: Read + Write>(stream: S, shared: Arc<Shared>) {
             return;
         }
         shared.seen.lock().unwrap().push(rec.clone());
+        let headers = || shared.headers.lock().unwrap().clone();
         let (code, body, extra) = match m {
-            Mode::Fail => (500, "{}".to_owned(), ""),
-            Mode::Redirect => (302, String::new(), "Location: http://127.0.0.1:1/\r\n"),
+            Mode::Fail => (500, "{}".to_owned(), String::new()),
+            Mode::Redirect => (
+                302,
+                String::new(),
+                "Location: http://127.0.0.1:1/\r\n".to_owned(),
+            ),
             Mode::Slow(d) => {
                 std::thread::sleep(d);
                 let (c, b) = (shared.handler)(&rec);
-                (c, b, "")
+                (c, b, headers())
             }
             _ => {
                 let (c, b) = (shared.handler)(&rec);
-                (c, b, "")
+                (c, b, headers())
             }
         };
         let resp = format!(

@@ -122,10 +122,14 @@ pub fn forge(header: &Value, claims: &Value, signature: &[u8]) -> String {
     )
 }
 
-/// A JWKS endpoint at `/jwks` serving the keys currently published.
+/// A JWKS endpoint at `/jwks` serving the keys currently published, and a test OIDC
+/// issuer: `/.well-known/openid-configuration` names the issuer (the server's base URL
+/// unless changed) and `jwks_uri` pointing at `/jwks`.
 pub struct JwksServer {
     pub http: HttpServer,
     keys: Arc<Mutex<Vec<Value>>>,
+    /// The discovery document's `issuer`; `None`: the server's base URL.
+    discovered_issuer: Arc<Mutex<Option<String>>>,
 }
 
 impl JwksServer {
@@ -140,18 +144,51 @@ impl JwksServer {
 
     fn start_with(keys: &[&TestKey], serve: impl FnOnce(Handler) -> HttpServer) -> JwksServer {
         let published = Arc::new(Mutex::new(keys.iter().map(|k| k.jwk.clone()).collect()));
-        let p = published.clone();
-        let http = serve(Arc::new(move |r: &Recorded| {
-            if r.target == "/jwks" {
-                (200, json!({"keys": *p.lock().unwrap()}).to_string())
-            } else {
-                (404, String::new())
+        let discovered_issuer = Arc::new(Mutex::new(None::<String>));
+        // The base URL is known once the server listens.
+        let base = Arc::new(Mutex::new(String::new()));
+        let (p, d, b) = (published.clone(), discovered_issuer.clone(), base.clone());
+        let http = serve(Arc::new(move |r: &Recorded| match r.target.as_str() {
+            "/jwks" => (200, json!({"keys": *p.lock().unwrap()}).to_string()),
+            "/.well-known/openid-configuration" => {
+                let base = b.lock().unwrap().clone();
+                let issuer = d.lock().unwrap().clone().unwrap_or_else(|| base.clone());
+                let doc = json!({"issuer": issuer, "jwks_uri": format!("{base}/jwks"),
+                                 "id_token_signing_alg_values_supported": ["ES256"]});
+                (200, doc.to_string())
             }
+            _ => (404, String::new()),
         }));
+        *base.lock().unwrap() = http.url("");
         JwksServer {
             http,
             keys: published,
+            discovered_issuer,
         }
+    }
+
+    /// The issuer URL whose discovery document this server serves.
+    pub fn issuer(&self) -> String {
+        self.http.url("")
+    }
+
+    /// Makes the discovery document name another issuer.
+    pub fn set_discovered_issuer(&self, issuer: &str) {
+        *self.discovered_issuer.lock().unwrap() = Some(issuer.to_owned());
+    }
+
+    /// Stops publishing the key with this kid.
+    pub fn withdraw(&self, kid: &str) {
+        self.keys.lock().unwrap().retain(|k| k["kid"] != kid);
+    }
+
+    /// Requests for the key set itself (not discovery).
+    pub fn jwks_fetches(&self) -> usize {
+        self.http
+            .requests()
+            .iter()
+            .filter(|r| r.target == "/jwks")
+            .count()
     }
 
     pub fn url(&self) -> String {

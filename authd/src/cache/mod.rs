@@ -1,12 +1,14 @@
 //! Verdict caches. `verdict` is the cache the service asks: both levels, single flight and
 //! the guards against caching what a revocation or reload made obsolete. `local` is the
 //! in-process level in front of everything else; `redis` is the optional shared level behind
-//! it, seen by `verdict` only through [`SharedStore`] (`memory` stands in for it in tests).
+//! it, seen by `verdict` only through [`SharedStore`] (`memory` stands in for it in tests);
+//! `seal` encrypts and authenticates what it stores.
 
 pub mod local;
 #[cfg(test)]
 pub mod memory;
 pub mod redis;
+pub mod seal;
 pub mod verdict;
 
 use std::future::Future;

@@ -9,11 +9,17 @@
 //!
 //! Layout (every key under `key_prefix`, every id a keyed HMAC from `fingerprint.rs`, so
 //! nothing in Redis reveals a token, and user names only as keyed hashes):
-//! - `v:<fingerprint>` — the encoded verdict, expiring (PX) at its stale deadline;
+//! - `v:<fingerprint>` — the verdict, sealed (`seal.rs`: encrypted and authenticated, bound
+//!   to this key), expiring (PX) at its stale deadline. A value that does not open is a
+//!   miss, counted in `authd_cache_integrity_failures_total` and logged once per minute;
 //! - `t:<token id>` — set of fingerprints cached for one token (any audiences);
 //! - `u:<user id>` — set of fingerprints of positive verdicts for one user;
 //! - channel `revocations` — `t|u <id> <fingerprint>…`, telling every replica what to drop
 //!   from its in-process level.
+//!
+//! A value and its index entries are written in one MULTI/EXEC on a single server. A Redis
+//! Cluster spreads them over slots, where no transaction reaches: there the index entries
+//! are written first, so a value revocation cannot find never exists.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -29,6 +35,7 @@ use redis::{Client, FromRedisValue, IntoConnectionInfo, RedisResult, TlsCertific
 use serde::{Deserialize, Serialize};
 
 use super::local::LocalCache;
+use super::seal::Sealer;
 use super::{CachedVerdict, SharedStore};
 use crate::config::RedisConfig;
 use crate::fingerprint::Fingerprint;
@@ -78,6 +85,8 @@ const PROBE_EVERY: Duration = Duration::from_millis(250);
 const LOG_EVERY: Duration = Duration::from_secs(10);
 /// How often the subscriber checks that its connection is alive.
 const SUBSCRIBER_PING_EVERY: Duration = Duration::from_secs(2);
+/// Between log lines about values that fail to open.
+const INTEGRITY_LOG_EVERY: Duration = Duration::from_secs(60);
 
 impl LazyCluster {
     async fn get(&self) -> RedisResult<ClusterConnection> {
@@ -177,6 +186,29 @@ impl Health {
     }
 }
 
+/// Values that failed to open: one log line per `INTEGRITY_LOG_EVERY`, with how many since
+/// the last, so someone writing junk into Redis cannot flood the log.
+#[derive(Default)]
+struct IntegrityLog {
+    last: Mutex<Option<Instant>>,
+    since_last: AtomicU64,
+}
+
+impl IntegrityLog {
+    fn failed(&self, fp: &Fingerprint) {
+        let n = self.since_last.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|t| t.elapsed() < INTEGRITY_LOG_EVERY) {
+            return;
+        }
+        *last = Some(Instant::now());
+        self.since_last.store(0, Ordering::Relaxed);
+        tracing::warn!(fingerprint = %fp.short(), failures = n,
+            "shared cache (Redis) value failed verification (changed, moved, or written \
+             with another key) and was ignored; if unexpected, someone can write to Redis");
+    }
+}
+
 /// What a revocation message tells the replicas to drop.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Revocation {
@@ -248,6 +280,9 @@ pub struct SharedCache {
     index_ttl: Duration,
     metrics: Arc<Metrics>,
     health: Health,
+    /// Seals every value written and opens every value read.
+    sealer: Sealer,
+    integrity: IntegrityLog,
 }
 
 impl SharedCache {
@@ -257,6 +292,7 @@ impl SharedCache {
         config: &RedisConfig,
         index_ttl: Duration,
         metrics: Arc<Metrics>,
+        sealer: Sealer,
     ) -> Result<Self, SharedCacheError> {
         let read = |field: &'static str, path: &std::path::Path| {
             std::fs::read(path).map_err(|source| SharedCacheError::Read {
@@ -367,6 +403,8 @@ impl SharedCache {
             index_ttl,
             metrics,
             health: Health::default(),
+            sealer,
+            integrity: IntegrityLog::default(),
         })
     }
 
@@ -382,6 +420,25 @@ impl SharedCache {
         match &self.conn {
             Conn::Single(m) => cmd.query_async(&mut m.clone()).await,
             Conn::Cluster(lazy) => cmd.query_async(&mut lazy.get().await?).await,
+        }
+    }
+
+    /// Writes a value and its index entries: one MULTI/EXEC on a single server; on a
+    /// cluster (other slots, no transaction) the index entries first, then the value.
+    async fn write_indexed(&self, index: &[redis::Cmd], value: &redis::Cmd) -> RedisResult<()> {
+        match &self.conn {
+            Conn::Single(m) => {
+                let mut pipe = redis::pipe();
+                pipe.atomic();
+                for cmd in index.iter().chain([value]) {
+                    pipe.add_command(cmd.clone()).ignore();
+                }
+                pipe.query_async(&mut m.clone()).await
+            }
+            Conn::Cluster(_) => {
+                futures::future::try_join_all(index.iter().map(|c| self.query::<()>(c))).await?;
+                self.query(value).await
+            }
         }
     }
 
@@ -422,24 +479,24 @@ impl SharedCache {
 
     /// The shared verdict for `fp`, if Redis has one and answers in time. Any failure is
     /// a miss (already counted and logged).
+    /// A value that fails to open (changed, moved from another key, sealed under another
+    /// key) is a miss too, counted and logged; it is never served.
     pub async fn get(&self, fp: &Fingerprint) -> Option<CachedVerdict> {
-        let cmd = redis::cmd("GET").arg(self.key("v", fp)).clone();
+        let key = self.key("v", fp);
+        let cmd = redis::cmd("GET").arg(&key).clone();
         let bytes: Option<Vec<u8>> = self
             .timed("get", self.timeout, true, self.query(&cmd))
             .await
             .ok()?;
-        match decode(&bytes?) {
-            Ok(v) => Some(v),
-            Err(why) => {
-                self.metrics
-                    .redis_errors
-                    .get_or_create(&RedisOpLabels { op: "decode" })
-                    .inc();
-                tracing::warn!(fingerprint = %fp.short(), error = %why,
-                    "undecodable shared cache entry ignored");
-                None
-            }
+        let opened = self
+            .sealer
+            .open(key.as_bytes(), &bytes?)
+            .and_then(|plain| decode(&plain).ok());
+        if opened.is_none() {
+            self.metrics.cache_integrity_failures.inc();
+            self.integrity.failed(fp);
         }
+        opened
     }
 
     /// Stores a definitive verdict and indexes it for revocation. Failures are counted,
@@ -456,33 +513,27 @@ impl SharedCache {
         if px == 0 {
             return;
         }
+        let key = self.key("v", fp);
+        let Some(sealed) = self.sealer.seal(key.as_bytes(), &encode(entry)) else {
+            return;
+        };
         let member = fp.to_hex();
         let index_ms = u64::try_from(self.index_ttl.as_millis()).unwrap_or(u64::MAX);
         let set = redis::cmd("SET")
-            .arg(self.key("v", fp))
-            .arg(encode(entry))
+            .arg(&key)
+            .arg(sealed)
             .arg("PX")
             .arg(px)
             .clone();
-        let index = |key: String| {
-            let sadd = redis::cmd("SADD").arg(&key).arg(&member).clone();
-            let expire = redis::cmd("PEXPIRE").arg(&key).arg(index_ms).clone();
-            async move {
-                self.query::<()>(&sadd).await?;
-                self.query::<()>(&expire).await
-            }
-        };
-        let token_index = index(self.key("t", token_id));
-        let user_index = async {
-            match user_id {
-                Some(u) => index(self.key("u", u)).await,
-                None => Ok(()),
-            }
-        };
-        let all = async {
-            futures::try_join!(self.query::<()>(&set), token_index, user_index).map(|_| ())
-        };
-        let _ = self.timed("put", self.timeout, true, all).await;
+        let mut index = Vec::with_capacity(4);
+        for set_key in
+            std::iter::once(self.key("t", token_id)).chain(user_id.map(|u| self.key("u", u)))
+        {
+            index.push(redis::cmd("SADD").arg(&set_key).arg(&member).clone());
+            index.push(redis::cmd("PEXPIRE").arg(&set_key).arg(index_ms).clone());
+        }
+        let write = self.write_indexed(&index, &set);
+        let _ = self.timed("put", self.timeout, true, write).await;
     }
 
     /// Deletes every verdict listed under an index set and the set itself, then tells
@@ -653,8 +704,8 @@ impl SharedStore for SharedCache {
     }
 }
 
-/// Wire form of a cached verdict: short field names, no secrets (the token is only the
-/// key's HMAC; the identity is what the review response carries anyway).
+/// Plaintext form of a cached verdict (sealed before it reaches Redis): short field names,
+/// no token (only the key's HMAC).
 #[derive(Serialize, Deserialize)]
 struct Wire {
     /// Deciding source.

@@ -5,19 +5,25 @@
 //! in the configuration (never `none`, never HMAC, which would let a public key act as a
 //! shared secret), `iss`, `aud`, `exp` and `nbf` with a small leeway.
 //!
-//! Keys come from static PEM files and/or a JWKS URL. The JWKS is fetched on first use,
-//! cached, and refreshed when a token names an unknown `kid`, at most once per
-//! `jwks_min_refresh`. While the JWKS cannot be fetched, tokens signed with cached keys still
-//! verify and tokens naming unknown keys are "could not decide", never a cached no.
+//! Keys come from static PEM files and/or a JWKS: at `jwks_url`, or at the `jwks_uri` of the
+//! issuer's OIDC discovery document (`discovery = true`; its `issuer` must be ours exactly).
+//! The JWKS is fetched on first use and then follows the issuer: a background task fetches
+//! it again every `jwks_refresh` (or the response's `Cache-Control: max-age`, clamped to
+//! `jwks_max_age_min..=jwks_max_age_max`), so a key the issuer withdraws stops verifying
+//! within that interval. A token naming an unknown `kid` fetches it at once, unless a fetch
+//! started within `jwks_min_refresh`; concurrent callers share one fetch, which runs in a
+//! task of its own and holds no lock while it waits on the network. While the JWKS cannot be
+//! fetched, tokens signed with cached keys still verify and tokens naming unknown keys are
+//! "could not decide", never a cached no.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use authd_runtime::config::secs;
 use base64::Engine;
-use futures::future::{BoxFuture, FutureExt};
+use futures::future::{BoxFuture, FutureExt, Shared};
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 use serde::Deserialize;
@@ -33,6 +39,12 @@ use crate::mapping::Mapping;
 const MAX_TOKEN_BYTES: usize = 16 * 1024;
 /// Largest JWKS document accepted.
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
+/// Largest OIDC discovery document accepted.
+const MAX_DISCOVERY_BYTES: usize = 64 * 1024;
+/// Where an OIDC issuer publishes its discovery document, below the issuer URL.
+const DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
+/// The shortest periodic refresh accepted: an issuer is not ours to hammer.
+const MIN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// `type = "jwt"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -54,18 +66,34 @@ pub struct Config {
     pub keys: Vec<PathBuf>,
     /// JWKS document URL.
     pub jwks_url: Option<HttpUrl>,
-    /// PEM CA bundle trusted (alone) for `jwks_url`.
+    /// Find the JWKS from `{issuer}/.well-known/openid-configuration` (OIDC discovery)
+    /// instead of `jwks_url`: explicit, so a source with static keys fetches nothing.
+    #[serde(default)]
+    pub discovery: bool,
+    /// PEM CA bundle trusted (alone) for `jwks_url` and discovery.
     pub ca_file: Option<PathBuf>,
-    /// Accept a plaintext `http://` `jwks_url` to a host other than this machine (an
-    /// on-path attacker can inject signing keys). Off: a start-up error.
+    /// Accept a plaintext `http://` `jwks_url` (or discovery URL, or discovered `jwks_uri`)
+    /// to a host other than this machine (an on-path attacker can inject signing keys).
+    /// Off: a start-up error (a discovered one: the fetch fails).
     #[serde(default)]
     pub allow_plaintext: bool,
-    /// Limit for one JWKS fetch.
+    /// Limit for one JWKS fetch (with discovery: both requests).
     #[serde(default = "secs::<2>", with = "humantime_serde")]
     pub jwks_timeout: Duration,
-    /// Least time between two JWKS fetches.
+    /// Least time between two fetches for unknown `kid`s: a flood of made-up kids costs the
+    /// issuer one request per this interval.
     #[serde(default = "secs::<10>", with = "humantime_serde")]
     pub jwks_min_refresh: Duration,
+    /// How long after a fetch the key set is fetched again, when the response does not say
+    /// (`Cache-Control: max-age`); also how long a withdrawn key may go on verifying.
+    #[serde(default = "secs::<300>", with = "humantime_serde")]
+    pub jwks_refresh: Duration,
+    /// Lower bound on a response's `max-age` (and what `no-cache` means).
+    #[serde(default = "secs::<30>", with = "humantime_serde")]
+    pub jwks_max_age_min: Duration,
+    /// Upper bound on a response's `max-age`: an issuer cannot make us keep a key longer.
+    #[serde(default = "secs::<3600>", with = "humantime_serde")]
+    pub jwks_max_age_max: Duration,
     /// Clock skew allowed for `exp` and `nbf`.
     #[serde(default = "secs::<30>", with = "humantime_serde")]
     pub leeway: Duration,
@@ -148,16 +176,50 @@ impl Kind for Config {
                 "at least one algorithm is required",
             ));
         }
-        if self.keys.is_empty() && self.jwks_url.is_none() {
+        if self.keys.is_empty() && self.jwks_url.is_none() && !self.discovery {
             return Err(FieldError::new(
                 "keys",
-                "give PEM key files in keys, or a jwks_url",
+                "give PEM key files in keys, a jwks_url, or discovery = true",
             ));
+        }
+        if self.discovery {
+            if self.jwks_url.is_some() {
+                return Err(FieldError::new(
+                    "discovery",
+                    "discovery = true finds the JWKS from the issuer: remove jwks_url, or discovery",
+                ));
+            }
+            let url = self.discovery_url()?;
+            let url = url.as_url();
+            if url.scheme() == "http" {
+                check_plaintext(
+                    "issuer",
+                    url.host_str().unwrap_or(""),
+                    "http:// discovery (signing keys found without TLS)",
+                    "allow_plaintext",
+                    self.allow_plaintext,
+                )?;
+            }
         }
         if self.leeway > Duration::from_secs(300) {
             return Err(FieldError::new("leeway", "at most 5m"));
         }
         check_timeout("jwks_timeout", self.jwks_timeout)?;
+        check_timeout("jwks_min_refresh", self.jwks_min_refresh)?;
+        for (field, d) in [
+            ("jwks_refresh", self.jwks_refresh),
+            ("jwks_max_age_min", self.jwks_max_age_min),
+        ] {
+            if d < MIN_INTERVAL {
+                return Err(FieldError::new(field, "at least 1s"));
+            }
+        }
+        if self.jwks_max_age_max < self.jwks_max_age_min {
+            return Err(FieldError::new(
+                "jwks_max_age_max",
+                "must not be less than jwks_max_age_min",
+            ));
+        }
         if let Some(url) = self.jwks_url.as_ref().map(HttpUrl::as_url) {
             if url.scheme() == "http" {
                 check_plaintext(
@@ -181,6 +243,18 @@ impl Kind for Config {
 }
 
 impl Config {
+    /// `{issuer}/.well-known/openid-configuration` (OIDC Discovery 1.0 §4: a trailing `/`
+    /// of the issuer is not doubled).
+    fn discovery_url(&self) -> Result<HttpUrl, FieldError> {
+        let base = self.issuer.strip_suffix('/').unwrap_or(&self.issuer);
+        HttpUrl::parse(&format!("{base}{DISCOVERY_PATH}")).map_err(|e| {
+            FieldError::new(
+                "issuer",
+                format!("with discovery = true, must be an http(s) URL: {e}"),
+            )
+        })
+    }
+
     fn parsed_algorithms(&self) -> Result<Vec<Algorithm>, FieldError> {
         self.algorithms
             .iter()
@@ -216,24 +290,70 @@ struct Key {
     key: DecodingKey,
 }
 
-#[derive(Default)]
+/// A fetch in progress, awaited by every caller that wants its result. It runs in a task of
+/// its own: a caller that goes away mid-fetch stops neither it nor the others.
+type Fetch = Shared<BoxFuture<'static, Result<(), String>>>;
+
 struct JwksState {
     keys: Vec<Key>,
+    /// When the last fetch started: unknown kids fetch at most once per `min_refresh`.
     last_attempt: Option<Instant>,
     /// Whether the last fetch worked; unknown kids are only a definitive no when it did.
     last_ok: bool,
+    in_flight: Option<Fetch>,
+    /// When the background task fetches again (set when a fetch ends).
+    next_due: Instant,
+    /// The `jwks_uri` discovery found; forgotten when a fetch fails, so it is looked up again.
+    discovered: Option<HttpUrl>,
+    /// The background refresh, started by the first fetch (in a Tokio runtime: building a
+    /// source, e.g. for `config check`, starts nothing) and stopped when the source goes.
+    follower: Option<tokio::task::AbortHandle>,
+}
+
+/// Where the key set is published.
+enum Location {
+    Url(HttpUrl),
+    /// The issuer's discovery document, whose `issuer` must be this one exactly.
+    Discovery {
+        document: HttpUrl,
+        issuer: String,
+    },
+}
+
+/// When the key set is fetched again after a successful fetch.
+#[derive(Clone, Copy)]
+struct Schedule {
+    default: Duration,
+    min: Duration,
+    max: Duration,
+}
+
+impl Schedule {
+    /// The response's `max-age`, within bounds; the configured interval when it has none.
+    fn after(&self, max_age: Option<Duration>) -> Duration {
+        max_age.map_or(self.default, |a| a.clamp(self.min, self.max))
+    }
 }
 
 struct Jwks {
-    url: HttpUrl,
+    location: Location,
     client: reqwest::Client,
-    /// Bounds one fetch, and how long a refresh waits for another one to finish.
+    /// Bounds one fetch (discovery included), and how long a caller waits for one.
     timeout: Duration,
     min_refresh: Duration,
+    schedule: Schedule,
+    allow_plaintext: bool,
+    /// Never held across an await.
     state: RwLock<JwksState>,
-    /// Serialises fetches so a burst of unknown kids makes one request. Only a refresh task
-    /// (never a caller that can be cancelled or parked) holds it, for at most `timeout`.
-    fetch: tokio::sync::Mutex<()>,
+}
+
+impl Drop for Jwks {
+    fn drop(&mut self) {
+        let s = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some(follower) = s.follower.take() {
+            follower.abort();
+        }
+    }
 }
 
 pub struct Jwt {
@@ -285,9 +405,16 @@ impl Jwt {
             }
             static_keys.push(Key { kid: None, key });
         }
-        let jwks = match &c.jwks_url {
-            None => None,
-            Some(url) => {
+        let jwks = match (&c.jwks_url, c.discovery) {
+            (None, false) => None,
+            (url, _) => {
+                let location = match url {
+                    Some(url) => Location::Url(url.clone()),
+                    None => Location::Discovery {
+                        document: c.discovery_url()?,
+                        issuer: c.issuer.clone(),
+                    },
+                };
                 let mut b = reqwest::Client::builder()
                     .redirect(reqwest::redirect::Policy::none())
                     .no_proxy()
@@ -296,16 +423,30 @@ impl Jwt {
                 if let Some(path) = &c.ca_file {
                     b = b.tls_certs_only(http_roots("ca_file", path)?);
                 }
-                let client = b.build().map_err(|e| {
-                    FieldError::new("jwks_url", format!("cannot build client: {e}"))
-                })?;
+                let field = if c.discovery { "discovery" } else { "jwks_url" };
+                let client = b
+                    .build()
+                    .map_err(|e| FieldError::new(field, format!("cannot build client: {e}")))?;
                 Some(Arc::new(Jwks {
-                    url: url.clone(),
+                    location,
                     client,
                     timeout: c.jwks_timeout,
                     min_refresh: c.jwks_min_refresh,
-                    state: RwLock::new(JwksState::default()),
-                    fetch: tokio::sync::Mutex::new(()),
+                    schedule: Schedule {
+                        default: c.jwks_refresh,
+                        min: c.jwks_max_age_min,
+                        max: c.jwks_max_age_max,
+                    },
+                    allow_plaintext: c.allow_plaintext,
+                    state: RwLock::new(JwksState {
+                        keys: Vec::new(),
+                        last_attempt: None,
+                        last_ok: false,
+                        in_flight: None,
+                        next_due: Instant::now(),
+                        discovered: None,
+                        follower: None,
+                    }),
                 }))
             }
         };
@@ -487,82 +628,181 @@ impl Jwks {
         self.state.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Fetches the key set unless one was fetched within `min_refresh`. `Err` when the
-    /// current key set is unknown because fetching failed.
-    ///
-    /// The refresh runs in a task of its own: a caller that goes away mid-fetch leaves
-    /// neither the fetch lock held nor a fetch half done. Waiting for the lock and the
-    /// fetch are each bounded by `timeout`.
-    async fn refresh(self: &Arc<Self>) -> Result<(), String> {
-        let this = self.clone();
-        tokio::spawn(async move { this.refresh_now().await })
-            .await
-            .unwrap_or_else(|_| Err(format!("JWKS {}: the refresh failed", self.url)))
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, JwksState> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    async fn refresh_now(&self) -> Result<(), String> {
-        let Ok(_one_at_a_time) = tokio::time::timeout(self.timeout, self.fetch.lock()).await else {
-            return Err(format!(
-                "JWKS {}: another refresh did not finish within {:?}",
-                self.url, self.timeout
-            ));
-        };
-        {
-            let s = self.read();
-            if let Some(at) = s.last_attempt {
-                if at.elapsed() < self.min_refresh {
+    fn name(&self) -> String {
+        match &self.location {
+            Location::Url(url) => format!("JWKS {url}"),
+            Location::Discovery { document, .. } => format!("JWKS via {document}"),
+        }
+    }
+
+    /// For a token naming an unknown key: fetches the key set unless a fetch started within
+    /// `min_refresh` (then joins it if it is still running). `Err` when the current key set
+    /// is unknown because fetching failed.
+    async fn refresh(self: &Arc<Self>) -> Result<(), String> {
+        let fetch = {
+            let mut s = self.write();
+            match &s.in_flight {
+                Some(f) => f.clone(),
+                None if s
+                    .last_attempt
+                    .is_some_and(|at| at.elapsed() < self.min_refresh) =>
+                {
                     return if s.last_ok {
                         Ok(())
                     } else {
                         Err(format!(
-                            "JWKS {} unavailable (retrying after {:?})",
-                            self.url, self.min_refresh
+                            "{} unavailable (retrying after {:?})",
+                            self.name(),
+                            self.min_refresh
                         ))
                     };
                 }
+                None => self.start(&mut s),
             }
+        };
+        tokio::time::timeout(self.timeout, fetch)
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "{}: no answer within {:?}",
+                    self.name(),
+                    self.timeout
+                ))
+            })
+    }
+
+    /// Starts a fetch (the caller holds the state lock, so the fetch cannot end before it is
+    /// recorded as in flight), and the background refresh on the first one.
+    fn start(self: &Arc<Self>, s: &mut JwksState) -> Fetch {
+        s.last_attempt = Some(Instant::now());
+        let this = self.clone();
+        let task = tokio::spawn(async move { this.fetch_and_store().await });
+        let name = self.name();
+        let fetch = async move {
+            task.await
+                .unwrap_or_else(|_| Err(format!("{name}: the fetch failed")))
         }
+        .boxed()
+        .shared();
+        s.in_flight = Some(fetch.clone());
+        if s.follower.is_none() {
+            let follow = Self::follow(Arc::downgrade(self), fetch.clone());
+            s.follower = Some(tokio::spawn(follow).abort_handle());
+        }
+        fetch
+    }
+
+    /// The background refresh: after each fetch, waits until the next one is due and
+    /// starts it (or joins one an unknown kid started). Holds the key set only weakly, and
+    /// is aborted when it is dropped.
+    async fn follow(this: Weak<Self>, first: Fetch) {
+        let mut fetch = Some(first);
+        loop {
+            if let Some(f) = fetch.take() {
+                let _ = f.await;
+            }
+            let due = match this.upgrade() {
+                Some(j) => j.read().next_due,
+                None => return,
+            };
+            tokio::time::sleep_until(due.into()).await;
+            let Some(j) = this.upgrade() else { return };
+            let mut s = j.write();
+            fetch = match &s.in_flight {
+                Some(f) => Some(f.clone()),
+                // A fetch for an unknown kid moved the schedule on while we slept.
+                None if Instant::now() < s.next_due => None,
+                None => Some(j.start(&mut s)),
+            };
+        }
+    }
+
+    async fn fetch_and_store(&self) -> Result<(), String> {
         let fetched = tokio::time::timeout(self.timeout, self.fetch())
             .await
             .unwrap_or_else(|_| Err(format!("timed out after {:?}", self.timeout)));
-        let mut s = self.state.write().unwrap_or_else(|e| e.into_inner());
-        s.last_attempt = Some(Instant::now());
+        let mut s = self.write();
+        s.in_flight = None;
         match fetched {
-            Ok(keys) => {
-                tracing::info!(url = %self.url, keys = keys.len(), "fetched JWKS");
+            Ok((keys, max_age)) => {
+                let after = self.schedule.after(max_age);
+                let kids = |keys: &[Key]| -> Vec<Option<String>> {
+                    let mut k: Vec<_> = keys.iter().map(|k| k.kid.clone()).collect();
+                    k.sort();
+                    k
+                };
+                if !s.last_ok || kids(&s.keys) != kids(&keys) {
+                    tracing::info!(jwks = %self.name(), keys = keys.len(), next_in = ?after,
+                        "fetched JWKS; key set changed");
+                } else {
+                    tracing::debug!(jwks = %self.name(), keys = keys.len(), next_in = ?after,
+                        "fetched JWKS; key set unchanged");
+                }
                 s.keys = keys;
                 s.last_ok = true;
+                s.next_due = Instant::now() + after;
                 Ok(())
             }
             Err(why) => {
-                tracing::warn!(url = %self.url, error = %why, "JWKS fetch failed; keeping cached keys");
+                tracing::warn!(jwks = %self.name(), error = %why, retry_in = ?self.min_refresh,
+                    "JWKS fetch failed; keeping cached keys");
                 s.last_ok = false;
-                Err(format!("JWKS {}: {why}", self.url))
+                s.discovered = None;
+                s.next_due = Instant::now() + self.min_refresh;
+                Err(format!("{}: {why}", self.name()))
             }
         }
     }
 
-    async fn fetch(&self) -> Result<Vec<Key>, String> {
-        let mut resp = self
-            .client
-            .get(self.url.as_url().clone())
-            .send()
-            .await
-            .map_err(|e| e.without_url().to_string())?;
-        if resp.status() != reqwest::StatusCode::OK {
-            return Err(format!("answered {}", resp.status()));
+    /// The JWKS URL: configured, or from the issuer's discovery document.
+    async fn jwks_url(&self) -> Result<HttpUrl, String> {
+        let (document, issuer) = match &self.location {
+            Location::Url(url) => return Ok(url.clone()),
+            Location::Discovery { document, issuer } => (document, issuer),
+        };
+        if let Some(url) = self.read().discovered.clone() {
+            return Ok(url);
         }
-        let mut body = Vec::new();
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|e| e.without_url().to_string())?
-        {
-            body.extend_from_slice(&chunk);
-            if body.len() > MAX_JWKS_BYTES {
-                return Err(format!("document larger than {MAX_JWKS_BYTES} bytes"));
-            }
+        let (body, _) = self.get(document, MAX_DISCOVERY_BYTES).await?;
+        #[derive(Deserialize)]
+        struct Discovery {
+            issuer: String,
+            jwks_uri: String,
         }
+        let doc: Discovery = serde_json::from_slice(&body)
+            .map_err(|e| format!("{document}: not an OIDC discovery document: {e}"))?;
+        // OIDC Discovery 1.0 §4.3: anything but an exact match is refused, or one issuer's
+        // document could hand out another's keys.
+        if doc.issuer != *issuer {
+            return Err(format!(
+                "{document} names the issuer {:?}, not the configured {issuer:?}: refused",
+                doc.issuer.chars().take(200).collect::<String>()
+            ));
+        }
+        let url = HttpUrl::parse(&doc.jwks_uri).map_err(|e| format!("{document}: jwks_uri {e}"))?;
+        if url.as_url().scheme() == "http" {
+            check_plaintext(
+                "jwks_uri",
+                url.as_url().host_str().unwrap_or(""),
+                "http:// (signing keys fetched without TLS)",
+                "allow_plaintext",
+                self.allow_plaintext,
+            )
+            .map_err(|e| format!("{document}: {e}"))?;
+        }
+        tracing::info!(document = %document, jwks_uri = %url, "OIDC discovery found the JWKS");
+        self.write().discovered = Some(url.clone());
+        Ok(url)
+    }
+
+    /// The key set and how long the issuer says it may be cached.
+    async fn fetch(&self) -> Result<(Vec<Key>, Option<Duration>), String> {
+        let url = self.jwks_url().await?;
+        let (body, max_age) = self.get(&url, MAX_JWKS_BYTES).await?;
         #[derive(Deserialize)]
         struct Set {
             keys: Vec<Value>,
@@ -571,7 +811,7 @@ impl Jwks {
             serde_json::from_slice(&body).map_err(|e| format!("not a JWKS document: {e}"))?;
         // Keys we cannot use (symmetric, unknown types) are skipped, not fatal: a provider
         // may publish more than we need.
-        Ok(set
+        let keys = set
             .keys
             .into_iter()
             .filter_map(|v| serde_json::from_value::<Jwk>(v).ok())
@@ -582,8 +822,63 @@ impl Jwks {
                     key,
                 })
             })
-            .collect())
+            .collect();
+        Ok((keys, max_age))
     }
+
+    /// GETs a JSON document of at most `limit` bytes; also returns its `max-age`.
+    async fn get(
+        &self,
+        url: &HttpUrl,
+        limit: usize,
+    ) -> Result<(Vec<u8>, Option<Duration>), String> {
+        let mut resp = self
+            .client
+            .get(url.as_url().clone())
+            .send()
+            .await
+            .map_err(|e| e.without_url().to_string())?;
+        if resp.status() != reqwest::StatusCode::OK {
+            return Err(format!("{url} answered {}", resp.status()));
+        }
+        let max_age = resp
+            .headers()
+            .get(reqwest::header::CACHE_CONTROL)
+            .and_then(|v| v.to_str().ok())
+            .and_then(max_age);
+        let mut body = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| e.without_url().to_string())?
+        {
+            body.extend_from_slice(&chunk);
+            if body.len() > limit {
+                return Err(format!("{url}: document larger than {limit} bytes"));
+            }
+        }
+        Ok((body, max_age))
+    }
+}
+
+/// How long a `Cache-Control` header lets a response be reused: `max-age`, or none for
+/// `no-cache`/`no-store` (clamped to the lower bound by the schedule).
+fn max_age(cache_control: &str) -> Option<Duration> {
+    let mut age = None;
+    for directive in cache_control.split(',') {
+        let d = directive.trim().to_ascii_lowercase();
+        if d == "no-cache" || d == "no-store" {
+            return Some(Duration::ZERO);
+        }
+        if let Some(n) = d.strip_prefix("max-age=") {
+            age = n
+                .trim_matches('"')
+                .parse::<u64>()
+                .ok()
+                .map(Duration::from_secs);
+        }
+    }
+    age
 }
 
 impl Verifier for Jwt {
@@ -627,6 +922,79 @@ mod tests {
             assert!(e.starts_with("algorithms:"), "{bad}: {e}");
         }
         assert!(config("algorithms = []").is_err());
+    }
+
+    #[test]
+    fn discovery_and_refresh_settings_are_checked_naming_the_field() {
+        let c = |extra: &str| -> Result<Config, String> {
+            let c: Config = toml::from_str(&format!(
+                "name = 'j'\naudiences = ['k8s']\nalgorithms = ['ES256']\n{extra}"
+            ))
+            .map_err(|e| e.to_string())?;
+            c.validate().map_err(|e| e.to_string())?;
+            Ok(c)
+        };
+        let ok = c("issuer = 'https://idp/'\ndiscovery = true").unwrap();
+        assert_eq!(
+            ok.discovery_url().unwrap().to_string(),
+            "https://idp/.well-known/openid-configuration"
+        );
+        assert!(c("issuer = 'http://127.0.0.1:8080'\ndiscovery = true").is_ok());
+        for (extra, field) in [
+            ("issuer = 'https://idp'", "keys:"),
+            ("issuer = 'idp'\ndiscovery = true", "issuer:"),
+            ("issuer = 'http://idp'\ndiscovery = true", "issuer:"),
+            (
+                "issuer = 'https://idp'\ndiscovery = true\njwks_url = 'https://idp/k'",
+                "discovery:",
+            ),
+            (
+                "issuer = 'https://idp'\ndiscovery = true\njwks_refresh = '500ms'",
+                "jwks_refresh:",
+            ),
+            (
+                "issuer = 'https://idp'\ndiscovery = true\njwks_min_refresh = '0s'",
+                "jwks_min_refresh:",
+            ),
+            (
+                "issuer = 'https://idp'\ndiscovery = true\njwks_max_age_max = '10s'",
+                "jwks_max_age_max:",
+            ),
+        ] {
+            let e = c(extra).unwrap_err();
+            assert!(e.starts_with(field), "{extra}: {e}");
+        }
+        assert!(c("issuer = 'http://idp'\ndiscovery = true\nallow_plaintext = true").is_ok());
+    }
+
+    #[test]
+    fn max_age_is_honoured_within_bounds() {
+        assert_eq!(
+            max_age("public, max-age=120"),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            max_age("Max-Age=7, must-revalidate"),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(max_age("no-store, max-age=600"), Some(Duration::ZERO));
+        assert_eq!(max_age("private"), None);
+        assert_eq!(max_age("max-age=lots"), None);
+        let s = Schedule {
+            default: Duration::from_secs(300),
+            min: Duration::from_secs(30),
+            max: Duration::from_secs(3600),
+        };
+        assert_eq!(s.after(None), Duration::from_secs(300));
+        assert_eq!(s.after(Some(Duration::ZERO)), Duration::from_secs(30));
+        assert_eq!(
+            s.after(Some(Duration::from_secs(90))),
+            Duration::from_secs(90)
+        );
+        assert_eq!(
+            s.after(Some(Duration::from_secs(86_400 * 365))),
+            Duration::from_secs(3600)
+        );
     }
 
     #[test]

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use futures::future::{BoxFuture, FutureExt};
 
 use super::Verifier;
-use crate::identity::Outcome;
-use crate::mapping::Mapping;
+use crate::identity::{Identity, Outcome};
+use crate::mapping::{Mapping, MappingError};
 
 /// A source whose authenticated answers go through its mapping.
 pub struct Mapped {
@@ -28,6 +28,10 @@ impl Verifier for Mapped {
 
     fn owns(&self, token: &str) -> bool {
         self.inner.owns(token)
+    }
+
+    fn may_mint(&self, identity: &Identity) -> Result<(), MappingError> {
+        self.mapping.check_reserved(identity)
     }
 
     fn verify<'a>(&'a self, token: &'a str, audiences: &'a [String]) -> BoxFuture<'a, Outcome> {

@@ -24,8 +24,8 @@ use toml::de::{DeValue, ValueDeserializer};
 use toml::Spanned;
 
 use crate::field::FieldError;
-use crate::identity::Outcome;
-use crate::mapping::Mapping;
+use crate::identity::{Identity, Outcome};
+use crate::mapping::{check_reserved, Mapping, MappingError, DEFAULT_RESERVED};
 pub use mapped::Mapped;
 
 /// An identity source.
@@ -39,6 +39,12 @@ pub trait Verifier: Send + Sync {
 
     /// Checks a token this source owns.
     fn verify<'a>(&'a self, token: &'a str, audiences: &'a [String]) -> BoxFuture<'a, Outcome>;
+
+    /// Whether this source may mint `identity` (its mapping's reserved prefixes), checked on
+    /// every answer naming it, cached or not. Without a mapping: the default prefixes.
+    fn may_mint(&self, identity: &Identity) -> Result<(), MappingError> {
+        check_reserved(DEFAULT_RESERVED, identity)
+    }
 }
 
 /// A build-time failure of one source (a file that cannot be read, a bad key).
