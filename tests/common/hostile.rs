@@ -313,6 +313,11 @@ impl BlackHole {
         self.forward.store(true, Ordering::SeqCst);
     }
 
+    /// From now on, new connections fall into the hole again.
+    pub fn close(&self) {
+        self.forward.store(false, Ordering::SeqCst);
+    }
+
     /// Connections accepted as a black hole that the client has not closed yet.
     pub fn held(&self) -> usize {
         self.held.load(Ordering::SeqCst)
