@@ -124,6 +124,11 @@ struct TokenDb {
     /// File holding the database password (instead of putting it in the URL).
     #[arg(long)]
     password_file: Option<PathBuf>,
+    /// Allow a connection that may fall back to plaintext (sslmode disable, allow or prefer,
+    /// the default) to a host other than this machine: the password and the new token's
+    /// hash then cross the network without TLS.
+    #[arg(long)]
+    allow_plaintext: bool,
 }
 
 #[derive(Subcommand)]
@@ -326,6 +331,18 @@ async fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
+/// The same rule as the `postgres` source's `database_url`: TLS, this machine, or the
+/// explicit `--allow-plaintext`. Checked before anything is read or sent.
+fn check_token_db(db: &TokenDb) -> anyhow::Result<()> {
+    authd::source::postgres::check_database_tls(
+        "--database-url",
+        &db.database_url,
+        "--allow-plaintext",
+        db.allow_plaintext,
+    )?;
+    Ok(())
+}
+
 fn token_pool(db: &TokenDb) -> anyhow::Result<authd::source::postgres::PgPoolHandle> {
     use authd::source::postgres;
     let timeout = std::time::Duration::from_secs(10);
@@ -336,6 +353,8 @@ fn token_pool(db: &TokenDb) -> anyhow::Result<authd::source::postgres::PgPoolHan
 
 async fn token(command: TokenCommand) -> anyhow::Result<()> {
     use authd::source::postgres;
+    let (TokenCommand::Create { db, .. } | TokenCommand::Disable { db, .. }) = &command;
+    check_token_db(db)?;
     match command {
         TokenCommand::Create {
             db,
@@ -424,4 +443,42 @@ fn config_check(file: &std::path::Path) -> anyhow::Result<()> {
     }
     println!("{} examples passed", results.len());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db(url: &str, allow_plaintext: bool) -> TokenDb {
+        TokenDb {
+            database_url: url.into(),
+            password_file: None,
+            allow_plaintext,
+        }
+    }
+
+    /// `token create/disable` send the database password and write tokens: plaintext to a
+    /// remote database needs `--allow-plaintext`, as the source's `allow_plaintext`.
+    #[test]
+    fn token_database_plaintext_needs_the_flag() {
+        for remote in [
+            "postgres://authd@db.example:5432/authd",
+            "postgres://authd@10.0.0.5/authd?sslmode=prefer",
+            "postgres://authd@db.example/authd?sslmode=disable",
+        ] {
+            let e = check_token_db(&db(remote, false)).unwrap_err().to_string();
+            assert!(e.starts_with("--database-url"), "{remote}: {e}");
+            assert!(e.contains("pass --allow-plaintext"), "{remote}: {e}");
+            assert!(check_token_db(&db(remote, true)).is_ok(), "{remote}");
+        }
+        for ok in [
+            "postgres://authd@127.0.0.1:5432/authd",
+            "postgres://authd@localhost/authd",
+            "postgres://authd@db.example/authd?sslmode=verify-full",
+            "postgres://authd@db.example/authd?sslmode=require",
+            "postgres://authd@%2Frun%2Fpostgresql/authd",
+        ] {
+            assert!(check_token_db(&db(ok, false)).is_ok(), "{ok}");
+        }
+    }
 }

@@ -11,6 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::fleet::{certs_init_with, identity};
+use common::hostile::assert_no_secret_logged;
 use common::*;
 
 const SOURCES: &str =
@@ -116,7 +117,7 @@ async fn up_answers_only_the_kube_apiserver_certificate_it_issued() {
         curl.contains("--cert ") && curl.contains("apiserver-default.crt"),
         "{curl}"
     );
-    assert!(!up.stderr().contains(&token), "the token was logged");
+    assert_no_secret_logged(&[&up], &[&token]);
 }
 
 /// The documented split configuration: `tls.client_ca` for `POST /authenticate`, a cluster
@@ -190,6 +191,7 @@ async fn split_mode_answers_only_kube_apiserver_certificates() {
     .await;
     assert!(a.authenticated(), "{a:?}");
     assert_eq!(verdicts(&admin).await, 2.0);
+    assert_no_secret_logged(&[&authd, &edge], &[&token]);
 }
 
 /// Without `tls.client_ca` the edge does not start, and says which field and which opt-out;
@@ -257,6 +259,7 @@ async fn an_edge_without_a_client_ca_needs_the_explicit_opt_out() {
         log.contains("answering a caller without a client certificate"),
         "{log}"
     );
+    assert_no_secret_logged(&[&authd, &p, &edge], &[&token]);
 }
 
 #[test]
@@ -313,4 +316,109 @@ fn revoke_refuses_to_send_the_admin_secret_in_plaintext_to_a_remote_host() {
         "{err}"
     );
     assert!(!err.contains("0123456789abcdef"), "{err}");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("0123456789abcdef"),
+        "the admin secret was printed"
+    );
+}
+
+/// The edge sends every raw token to authd: `http://` to a host other than this machine is
+/// refused at load, naming the field and the opt-out, before anything connects (the host is
+/// an `.invalid` name); with the opt-out it starts.
+#[test]
+fn edge_refuses_plaintext_to_a_remote_authd_naming_the_field() {
+    let dir = temp_dir();
+    let d = dir.path();
+    certs_init(d, &[]);
+    for (i, authd) in [
+        "endpoint = \"http://authd.invalid:50051\"",
+        "dns = \"authd-headless.invalid:50051\"",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let field = if authd.starts_with("dns") {
+            "authd.dns"
+        } else {
+            "authd.endpoint"
+        };
+        let cfg = write(
+            d,
+            &format!("edge{i}.toml"),
+            &format!(
+                "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{EDGE_TLS}\
+                 [authd]\n{authd}\n"
+            ),
+        );
+        let mut p = Proc::spawn(
+            &format!("edge-plaintext{i}"),
+            "authd-edge",
+            &["serve", "--config", cfg.to_str().unwrap()],
+            d,
+            &[],
+        );
+        assert_eq!(
+            p.wait_exit(Duration::from_secs(10)),
+            Some(1),
+            "{}",
+            p.stderr()
+        );
+        let err = p.stderr();
+        assert!(err.contains(field), "{err}");
+        assert!(err.contains("authd.allow_plaintext = true"), "{err}");
+        assert!(!p.stdout().contains("authd-edge ready"));
+    }
+    // The opt-out loads: the edge starts (its replica is unreachable, so it is not ready,
+    // but it serves).
+    let cfg = write(
+        d,
+        "edge-opt-out.toml",
+        &format!(
+            "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{EDGE_TLS}\
+             [authd]\nendpoint = \"http://authd.invalid:50051\"\nallow_plaintext = true\n"
+        ),
+    );
+    let _edge = Proc::start_named(
+        "edge-opt-out",
+        "authd-edge",
+        &["serve", "--config", cfg.to_str().unwrap()],
+        d,
+        "authd-edge ready",
+    );
+}
+
+/// `kube-authd token create` to a remote PostgreSQL without TLS is refused before it
+/// connects or reads anything, naming the flag and the opt-out, as the source's
+/// `database_url` is.
+#[test]
+fn token_create_refuses_a_plaintext_remote_database() {
+    let dir = temp_dir();
+    let d = dir.path();
+    let key = write(d, "token.key", &hex(&rand_bytes::<32>()));
+    for (command, url) in [
+        ("create", "postgres://kube_authd@db.invalid:5432/authd"),
+        (
+            "disable",
+            "postgres://kube_authd@db.invalid/authd?sslmode=prefer",
+        ),
+    ] {
+        let mut cmd = std::process::Command::new(bin("kube-authd"));
+        cmd.args(["token", command, "--database-url", url]);
+        if command == "create" {
+            cmd.arg("--secret-key-file")
+                .arg(&key)
+                .args(["--user", "alice"]);
+        } else {
+            cmd.args(["--id", "0123456789abcdef"]);
+        }
+        let out = cmd.output().expect("run kube-authd token");
+        assert!(!out.status.success(), "{command}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("--database-url") && err.contains("--allow-plaintext"),
+            "{command}: {err}"
+        );
+        assert!(err.contains("sslmode"), "{command}: {err}");
+        assert!(out.stdout.is_empty(), "{command}: no token was printed");
+    }
 }

@@ -204,6 +204,22 @@ async fn ldap_source_end_to_end() {
     assert!(env.review("mo:bob:bob-pw").await.groups().is_empty());
     let r = env.review("rdn:alice:alice-pw").await;
     assert_eq!(r.groups(), vec!["a,b team", "platform"], "{r:?}");
+    // The first_rdn opt-out merges same-named groups: authd says so at start-up, once per
+    // source that chose it.
+    let warned = env
+        .split
+        .authd
+        .stderr()
+        .lines()
+        .filter(|l| {
+            l.contains("member_of_group_name = \"first_rdn\"") && l.contains("dir-memberof-rdn")
+        })
+        .count();
+    assert!(
+        warned >= 1,
+        "no first_rdn warning:\n{}",
+        env.split.authd.stderr()
+    );
 
     // Wrong password, unknown user, a uid held by two entries.
     env.review("alice:alice-pw-wrong").await.assert_denied();

@@ -26,6 +26,7 @@ use tokio::time::Instant;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
 use crate::config::Config;
+use crate::layer::admission::ConnectionBytes;
 use crate::layer::{Admission, Admitted, Deadline, DeadlineLayer, FailFast, FailFastLayer};
 
 /// Why authd gave no verdict. Every variant becomes the retryable HTTP 500.
@@ -115,6 +116,9 @@ pub struct Limits {
     pub max_in_flight: usize,
     /// Request bytes held by the reviews in progress (`max_buffered_body_bytes`).
     pub max_buffered_bytes: usize,
+    /// Request bytes the reviews of one connection hold together
+    /// (`admission::connection_share`).
+    pub max_connection_bytes: usize,
 }
 
 impl From<&Config> for Limits {
@@ -123,6 +127,10 @@ impl From<&Config> for Limits {
             review_timeout: c.review_timeout,
             max_in_flight: c.max_in_flight_reviews,
             max_buffered_bytes: c.max_buffered_body_bytes,
+            max_connection_bytes: crate::layer::admission::connection_share(
+                c.max_buffered_body_bytes,
+                c.max_body_bytes,
+            ),
         }
     }
 }
@@ -146,15 +154,21 @@ impl Backend {
             admission: Arc::new(Admission::new(
                 limits.max_in_flight,
                 limits.max_buffered_bytes,
+                limits.max_connection_bytes,
             )),
             stack,
         }
     }
 
-    /// Admits one review holding `bytes` of request data so far, or refuses it at once
-    /// (`Overloaded`). Taken before the body is read; held until the review is answered.
-    pub fn admit(&self, bytes: usize) -> Result<Admitted<'_>, BackendError> {
-        self.admission.admit(bytes)
+    /// Admits one review of `connection` holding `bytes` of request data so far, or
+    /// refuses it at once (`Overloaded`). Taken before the body is read; held until the
+    /// review is answered.
+    pub fn admit<'a>(
+        &'a self,
+        connection: &'a ConnectionBytes,
+        bytes: usize,
+    ) -> Result<Admitted<'a>, BackendError> {
+        self.admission.admit(connection, bytes)
     }
 
     /// Starts one admitted review. Every layer is always ready (capacity was decided at
@@ -219,10 +233,12 @@ mod tests {
                 review_timeout: Duration::from_secs(5),
                 max_in_flight: 2,
                 max_buffered_bytes: 1024,
+                max_connection_bytes: 1024,
             },
             Reachability::always(),
         );
-        let admitted: Vec<_> = (0..2).map(|_| backend.admit(0).unwrap()).collect();
+        let conn = ConnectionBytes::default();
+        let admitted: Vec<_> = (0..2).map(|_| backend.admit(&conn, 0).unwrap()).collect();
         let held: Vec<_> = admitted
             .iter()
             .map(|a| tokio::spawn(backend.review(a, call())))
@@ -231,7 +247,7 @@ mod tests {
         while calls.load(Ordering::SeqCst) < 2 {
             tokio::task::yield_now().await;
         }
-        let shed = backend.admit(0).map(|_| ());
+        let shed = backend.admit(&conn, 0).map(|_| ());
         assert!(matches!(shed, Err(BackendError::Overloaded(_))), "{shed:?}");
         assert_eq!(calls.load(Ordering::SeqCst), 2);
         let _ = release.send(true);
@@ -239,7 +255,7 @@ mod tests {
             assert!(h.await.unwrap().is_ok());
         }
         drop(admitted);
-        let a = backend.admit(0).expect("permits come back");
+        let a = backend.admit(&conn, 0).expect("permits come back");
         assert!(backend.review(&a, call()).await.is_ok());
     }
 
@@ -253,10 +269,12 @@ mod tests {
                 review_timeout: Duration::from_secs(5),
                 max_in_flight: 1,
                 max_buffered_bytes: 1024,
+                max_connection_bytes: 1024,
             },
             Reachability::never(),
         );
-        let a = backend.admit(0).unwrap();
+        let conn = ConnectionBytes::default();
+        let a = backend.admit(&conn, 0).unwrap();
         let e = backend.review(&a, call()).await;
         assert!(matches!(e, Err(BackendError::Unavailable(_))), "{e:?}");
     }

@@ -109,6 +109,10 @@ struct AuthdFile {
     ca: Option<PathBuf>,
     client_cert: Option<PathBuf>,
     client_key: Option<PathBuf>,
+    /// Accept plaintext gRPC (`http://`, or `dns` without `ca`) to a host other than this
+    /// machine. The edge sends every raw token to authd, so it takes this explicit opt-out.
+    #[serde(default)]
+    allow_plaintext: bool,
 }
 
 /// Where authd is and how to reach it, checked at load: endpoints are parsed URIs, the DNS
@@ -168,8 +172,21 @@ impl std::fmt::Display for Replicas {
     }
 }
 
-/// A static endpoint (`http://host:port` or `https://host:port`), parsed.
-fn endpoint(field: &str, e: &str, ca: bool) -> Result<Target, FieldError> {
+/// The edge sends raw tokens to authd: plaintext gRPC to another machine is refused
+/// unless `authd.allow_plaintext` says otherwise (the same rule as authd's sources).
+fn check_plaintext(field: &str, host: &str, allowed: bool) -> Result<(), FieldError> {
+    authd_runtime::plaintext::check_plaintext(
+        field,
+        host,
+        "plaintext gRPC (tokens sent to authd without TLS; use https:// with authd.ca)",
+        "authd.allow_plaintext",
+        allowed,
+    )
+}
+
+/// A static endpoint (`http://host:port` or `https://host:port`), parsed; `http://` only
+/// to this machine unless `allow_plaintext`.
+fn endpoint(field: &str, e: &str, ca: bool, allow_plaintext: bool) -> Result<Target, FieldError> {
     let bad = |why: &str| FieldError::new(field, format!("{e:?} {why}"));
     let uri: http::Uri = e
         .parse()
@@ -191,6 +208,9 @@ fn endpoint(field: &str, e: &str, ca: bool) -> Result<Target, FieldError> {
     }
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
         return Err(bad("must not have a path or query"));
+    }
+    if !ca {
+        check_plaintext(field, authority.host(), allow_plaintext)?;
     }
     Ok(Target {
         addr: authority.as_str().to_owned(),
@@ -228,6 +248,9 @@ impl AuthdFile {
                     .ok_or_else(|| {
                         FieldError::new("authd.dns", format!("{d:?} must be host:port"))
                     })?;
+                if self.ca.is_none() {
+                    check_plaintext("authd.dns", host, self.allow_plaintext)?;
+                }
                 if self.dns_refresh.is_zero() {
                     return Err(FieldError::new(
                         "authd.dns_refresh",
@@ -243,7 +266,7 @@ impl AuthdFile {
             (false, None) => Replicas::Static(
                 endpoints
                     .iter()
-                    .map(|(field, e)| endpoint(field, e, self.ca.is_some()))
+                    .map(|(field, e)| endpoint(field, e, self.ca.is_some(), self.allow_plaintext))
                     .collect::<Result<_, _>>()?,
             ),
         };
@@ -427,10 +450,13 @@ mod tests {
             c.clusters["dev"].client_ca.as_deref(),
             Some(Path::new("/etc/edge/dev-ca.crt"))
         );
-        let d = parse("[authd]\ndns = \"authd-headless.ns.svc:50051\"\ndns_refresh = \"2s\"\n")
-            .unwrap()
-            .authd
-            .unwrap();
+        let d = parse(
+            "[authd]\ndns = \"authd-headless.ns.svc:50051\"\ndns_refresh = \"2s\"\n\
+             allow_plaintext = true\n",
+        )
+        .unwrap()
+        .authd
+        .unwrap();
         assert_eq!(
             d.replicas,
             Replicas::Dns {
@@ -485,6 +511,39 @@ mod tests {
         ] {
             let e = parse(toml).unwrap_err();
             assert!(e.contains(field), "{toml:?}: {e}");
+        }
+    }
+
+    /// The edge sends raw tokens to authd: plaintext gRPC to another machine is a start-up
+    /// error naming the field and the opt-out; loopback, TLS and the opt-out load.
+    #[test]
+    fn plaintext_to_a_remote_authd_needs_the_opt_out() {
+        for (authd, field) in [
+            ("endpoint = \"http://authd:50051\"", "authd.endpoint"),
+            (
+                "endpoints = [\"http://127.0.0.1:1\", \"http://10.0.0.7:50051\"]",
+                "authd.endpoints",
+            ),
+            ("dns = \"authd-headless.ns.svc:50051\"", "authd.dns"),
+            ("dns = \"[fe80::1]:50051\"", "authd.dns"),
+        ] {
+            let e = parse(&format!("[authd]\n{authd}\n")).unwrap_err();
+            assert!(e.starts_with(field), "{authd}: {e}");
+            assert!(e.contains("authd.allow_plaintext = true"), "{authd}: {e}");
+            assert!(
+                parse(&format!("[authd]\n{authd}\nallow_plaintext = true\n")).is_ok(),
+                "{authd}"
+            );
+        }
+        for ok in [
+            "endpoint = \"http://127.0.0.1:50051\"",
+            "endpoint = \"http://localhost:50051\"",
+            "endpoints = [\"http://[::1]:1\", \"http://127.0.0.2:2\"]",
+            "dns = \"localhost:50051\"",
+            "endpoint = \"https://authd:50051\"\nca = \"ca.crt\"",
+            "dns = \"authd-headless.ns.svc:50051\"\nca = \"ca.crt\"",
+        ] {
+            assert!(parse(&format!("[authd]\n{ok}\n")).is_ok(), "{ok}");
         }
     }
 

@@ -107,6 +107,9 @@ pub struct Peer {
     /// route): kube-apiserver keeps connections open, so each route's chain check runs
     /// once per connection rather than once per review.
     checked: std::sync::Mutex<Vec<(Option<String>, Option<String>)>>,
+    /// The request bytes this connection's reviews hold, against its share of the
+    /// admission budget (`layer/admission.rs`).
+    pub bytes: crate::layer::admission::ConnectionBytes,
 }
 
 impl Peer {
@@ -259,6 +262,7 @@ async fn connection(
         chain: tls.get_ref().1.peer_certificates().map(<[_]>::to_vec),
         tls: server_tls,
         checked: std::sync::Mutex::new(Vec::new()),
+        bytes: Default::default(),
     });
     let seen_request = Arc::new(AtomicBool::new(false));
     let seen = seen_request.clone();

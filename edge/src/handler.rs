@@ -156,7 +156,7 @@ impl Handler {
                     Answer::failure(StatusCode::FORBIDDEN, "Forbidden", "forbidden", &why)
                 }
                 None => {
-                    self.review(req, &endpoint.name.0, &request_id, started)
+                    self.review(req, peer, &endpoint.name.0, &request_id, started)
                         .await
                 }
             },
@@ -208,6 +208,7 @@ impl Handler {
     async fn review(
         &self,
         req: Request<Incoming>,
+        peer: &Peer,
         cluster: &str,
         request_id: &str,
         started: Instant,
@@ -223,7 +224,7 @@ impl Handler {
         }
         // Admission before the body: a review the edge has no room for costs no more
         // than its headers, already read by hyper.
-        let mut admitted = match self.backend.admit(request_bytes(&req)) {
+        let mut admitted = match self.backend.admit(&peer.bytes, request_bytes(&req)) {
             Ok(a) => a,
             Err(e) => return undecided("unknown", request_id, &e.to_string()),
         };

@@ -145,3 +145,187 @@ pub fn identity(kc: &Kubeconfig) -> Option<Vec<u8>> {
         _ => None,
     }
 }
+
+/// Issue 13: no token or password a test used appears in anything its processes wrote
+/// (stderr and stdout of edge, authd, `kube-authd up`). A secret may also be a random part
+/// that every password of the test shares: one search instead of thousands.
+pub fn assert_no_secret_logged(procs: &[&crate::common::Proc], secrets: &[&str]) {
+    for p in procs {
+        for (stream, text) in [("stderr", p.stderr()), ("stdout", p.stdout())] {
+            for secret in secrets {
+                assert!(!secret.is_empty(), "an empty secret matches everything");
+                if let Some(line) = text.lines().find(|l| l.contains(secret)) {
+                    panic!(
+                        "{}'s {stream} holds a token or password: {}",
+                        p.name,
+                        line.replace(secret, "<SECRET>")
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// kube-apiserver (or an internal client) while an attack runs: a review every `every`,
+/// each within `ANSWER_WITHIN`, until stopped. Every failure is kept, with when it happened.
+pub struct LegitCaller {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<(usize, Vec<String>)>,
+}
+
+/// A legitimate review that takes longer than this failed: kube-apiserver's own timeout is
+/// longer, but no attack here should slow a review down this much.
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(5);
+
+impl LegitCaller {
+    /// Starts the reviews; `review` makes one and says what was wrong with its answer.
+    /// Returns once the first review succeeded, so the caller is known to work before the
+    /// attack starts.
+    pub async fn start<F, Fut>(every: Duration, mut review: F) -> LegitCaller
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
+    {
+        match tokio::time::timeout(ANSWER_WITHIN, review()).await {
+            Ok(Ok(())) => {}
+            other => panic!("the legitimate caller fails before any attack: {other:?}"),
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let task = tokio::spawn(async move {
+            let (started, mut ok, mut failed) = (std::time::Instant::now(), 0usize, Vec::new());
+            while !stopped.load(Ordering::Relaxed) {
+                let at = started.elapsed();
+                match tokio::time::timeout(ANSWER_WITHIN, review()).await {
+                    Ok(Ok(())) => ok += 1,
+                    Ok(Err(e)) => failed.push(format!("at {at:?}: {e}")),
+                    Err(_) => failed.push(format!("at {at:?}: no answer within {ANSWER_WITHIN:?}")),
+                }
+                tokio::time::sleep(every).await;
+            }
+            (ok, failed)
+        });
+        LegitCaller { stop, task }
+    }
+
+    /// Stops the reviews and asserts that every one succeeded; returns how many there were.
+    pub async fn stop(self, what: &str) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        let (ok, failed) = self.task.await.expect("legitimate caller");
+        eprintln!(
+            "{what}: {ok} legitimate reviews during the attack, {} failed",
+            failed.len()
+        );
+        assert!(
+            failed.is_empty(),
+            "{what}: {} of {} legitimate reviews failed during the attack: {failed:#?}",
+            failed.len(),
+            ok + failed.len()
+        );
+        assert!(
+            ok >= 3,
+            "{what}: only {ok} legitimate reviews ran during the attack"
+        );
+        ok
+    }
+}
+
+/// kube-apiserver's reviews of `token` over its own keep-alive connection (`client` holds
+/// it), each of which must authenticate `user`.
+pub async fn edge_caller(
+    client: reqwest::Client,
+    url: String,
+    token: String,
+    user: &'static str,
+) -> LegitCaller {
+    LegitCaller::start(Duration::from_millis(75), move || {
+        let (client, url, token) = (client.clone(), url.clone(), token.clone());
+        async move {
+            let sent = client
+                .post(format!("{url}?timeout=30s"))
+                .header("content-type", "application/json")
+                .body(crate::common::review_body(V1, &token, &[]))
+                .send()
+                .await
+                .map_err(|e| format!("{e:?}"))?;
+            let a = crate::common::answer(sent).await;
+            if a.status == 200 && a.authenticated() && a.username() == user {
+                Ok(())
+            } else {
+                Err(format!("{a:?}"))
+            }
+        }
+    })
+    .await
+}
+
+/// A loopback TCP listener that stands in front of a real server: while it is a black hole
+/// it accepts connections and never answers them (it reads and drops what they send); once
+/// opened, new connections are forwarded to `target`. Connections keep the mode they were
+/// accepted in. Counts the connections it holds, so a test can see the client close them.
+pub struct BlackHole {
+    pub addr: std::net::SocketAddr,
+    forward: Arc<AtomicBool>,
+    held: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl BlackHole {
+    pub async fn start(target: std::net::SocketAddr) -> BlackHole {
+        use std::sync::atomic::AtomicUsize;
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let forward = Arc::new(AtomicBool::new(false));
+        let held = Arc::new(AtomicUsize::new(0));
+        let (fwd, count) = (forward.clone(), held.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let count = count.clone();
+                if fwd.load(Ordering::SeqCst) {
+                    tokio::spawn(async move {
+                        if let Ok(mut upstream) = TcpStream::connect(target).await {
+                            let _ = tokio::io::copy_bidirectional(&mut conn, &mut upstream).await;
+                        }
+                    });
+                } else {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    tokio::spawn(async move {
+                        let mut sink = [0u8; 4096];
+                        while let Ok(1..) = conn.read(&mut sink).await {}
+                        count.fetch_sub(1, Ordering::SeqCst);
+                    });
+                }
+            }
+        });
+        BlackHole {
+            addr,
+            forward,
+            held,
+            task,
+        }
+    }
+
+    /// From now on, new connections reach the real server.
+    pub fn open(&self) {
+        self.forward.store(true, Ordering::SeqCst);
+    }
+
+    /// From now on, new connections fall into the hole again.
+    pub fn close(&self) {
+        self.forward.store(false, Ordering::SeqCst);
+    }
+
+    /// Connections accepted as a black hole that the client has not closed yet.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for BlackHole {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -12,6 +12,7 @@
 
 pub mod basic_auth;
 pub mod fleet;
+pub mod grpc;
 pub mod hostile;
 pub mod jwks;
 pub mod ldap;

@@ -30,6 +30,10 @@ pub const MAX_USER_BYTES: usize = 256;
 pub const MAX_PASSWORD_BYTES: usize = 1024;
 /// Most response-body bytes read (and discarded) so the connection can be reused.
 const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Most idle keep-alive connections kept to the service. A burst of concurrent checks
+/// opens one connection each; past this many, those that finish are closed instead of
+/// kept, so the descriptors a burst leaves behind stay bounded.
+const MAX_IDLE_CONNECTIONS: usize = 32;
 
 /// `type = "basic_auth"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -165,7 +169,8 @@ impl BasicAuth {
             .no_proxy()
             .timeout(c.timeout)
             .connect_timeout(c.timeout)
-            .pool_idle_timeout(Duration::from_secs(90));
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(MAX_IDLE_CONNECTIONS);
         if let Some(path) = &c.ca_file {
             b = b.tls_certs_only(http_roots("ca_file", path)?);
         }
@@ -343,5 +348,66 @@ mod tests {
             encode_segment("a/b?c#d e*)(\\\0"),
             "a%2Fb%3Fc%23d%20e%2A%29%28%5C%00"
         );
+    }
+
+    /// A burst of concurrent checks opens one connection each; once they are answered the
+    /// source keeps at most `MAX_IDLE_CONNECTIONS` of them open (without the bound, every
+    /// one stayed open for the 90 s idle timeout).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_connections_to_the_service_are_bounded() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        const CALLS: usize = MAX_IDLE_CONNECTIONS * 2;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let open = Arc::new(AtomicUsize::new(0));
+        // Every first request waits for all the others: the burst needs CALLS connections.
+        let burst = Arc::new(tokio::sync::Barrier::new(CALLS));
+        let counter = open.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut conn, _) = listener.accept().await.unwrap();
+                let (open, burst) = (counter.clone(), burst.clone());
+                open.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let (mut buf, mut first) = (Vec::new(), true);
+                    let mut chunk = [0u8; 1024];
+                    while let Ok(n @ 1..) = conn.read(&mut chunk).await {
+                        buf.extend_from_slice(&chunk[..n]);
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            if std::mem::take(&mut first) {
+                                burst.wait().await;
+                            }
+                            let no = b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n";
+                            if conn.write_all(no).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    open.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        let mut c = config(&format!("http://{addr}/u/{{user}}"));
+        c.timeout = Duration::from_secs(10);
+        let b = Arc::new(BasicAuth::new(&c).unwrap());
+        let calls = (0..CALLS).map(|i| {
+            let b = b.clone();
+            tokio::spawn(async move { b.check(&format!("u{i}"), "pw").await })
+        });
+        for outcome in futures::future::join_all(calls).await {
+            assert!(matches!(outcome.unwrap(), Outcome::Rejected));
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while open.load(Ordering::SeqCst) > MAX_IDLE_CONNECTIONS {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} connections to the service still open after the burst (bound {MAX_IDLE_CONNECTIONS})",
+                open.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }

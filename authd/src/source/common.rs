@@ -9,6 +9,8 @@ use std::time::Duration;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 
+pub use authd_runtime::plaintext::{check_plaintext, is_loopback_host};
+
 use crate::field::FieldError;
 
 /// A file a source needs at build time could not be used; names the field and the file.
@@ -175,41 +177,6 @@ pub fn check_timeout(field: &str, timeout: Duration) -> Result<(), FieldError> {
     Ok(())
 }
 
-/// Whether `host` (a URL host: a name, an IPv4 address or a bracketed IPv6 address) is
-/// this machine: `localhost`, 127.0.0.0/8 or ::1 (also IPv4-mapped). Names other than
-/// `localhost` are remote: what they resolve to is not known at load.
-pub fn is_loopback_host(host: &str) -> bool {
-    let host = host.strip_prefix('[').unwrap_or(host);
-    let host = host.strip_suffix(']').unwrap_or(host);
-    let host = host.strip_suffix('.').unwrap_or(host);
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.to_canonical().is_loopback())
-}
-
-/// A plaintext connection to `host` (an on-path attacker reads and rewrites it) is refused
-/// at load unless `host` is loopback or the opt-out `allow_plaintext` is set; the error
-/// names `field` and the opt-out.
-pub fn check_plaintext(
-    field: &str,
-    host: &str,
-    why: &str,
-    opt_out: &str,
-    allowed: bool,
-) -> Result<(), FieldError> {
-    if allowed || is_loopback_host(host) {
-        return Ok(());
-    }
-    Err(FieldError::new(
-        field,
-        format!(
-            "{why} to the remote host {host:?}: use TLS, or set {opt_out} = true to accept \
-             plaintext (an on-path attacker can read and change the traffic)"
-        ),
-    ))
-}
-
 /// Anchors a relative path at the configuration file's folder.
 pub fn resolve(base: &Path, path: &mut PathBuf) {
     if path.is_relative() {
@@ -248,42 +215,6 @@ mod tests {
         assert!(LdapUrl::parse("https://dir")
             .unwrap_err()
             .contains("ldap:// or ldaps://"));
-    }
-
-    #[test]
-    fn only_this_machine_is_loopback() {
-        for local in [
-            "localhost",
-            "LOCALHOST",
-            "localhost.",
-            "127.0.0.1",
-            "127.3.2.1",
-            "[::1]",
-            "::1",
-            "[::ffff:127.0.0.1]",
-        ] {
-            assert!(is_loopback_host(local), "{local}");
-        }
-        for remote in [
-            "idp.example.com",
-            "localhost.example.com",
-            "10.0.0.1",
-            "[fe80::1]",
-            "0.0.0.0",
-            "",
-            "127.0.0.1.nip.io",
-        ] {
-            assert!(!is_loopback_host(remote), "{remote}");
-        }
-        let e = check_plaintext("url", "idp", "http://", "allow_plaintext", false)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.starts_with("url") && e.contains("allow_plaintext = true"),
-            "{e}"
-        );
-        assert!(check_plaintext("url", "idp", "http://", "allow_plaintext", true).is_ok());
-        assert!(check_plaintext("url", "127.0.0.1", "http://", "allow_plaintext", false).is_ok());
     }
 
     #[test]

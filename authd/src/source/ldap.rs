@@ -239,6 +239,17 @@ impl LdapVerifier {
     /// Reads the service password and CA; does not connect (the directory may come up later).
     pub fn new(config: &Config) -> Result<Self, FileError> {
         let bind_password = read_secret("bind_password_file", &config.bind_password_file)?;
+        if config.group_base.is_none() && config.member_of_group_name == MemberOfName::FirstRdn {
+            // The opt-out is allowed (some directories keep group names unique) but should
+            // not go unnoticed: a member of ou=a's `admins` would also be ou=b's.
+            tracing::warn!(
+                source = %config.name,
+                "member_of_group_name = \"first_rdn\": groups with the same first RDN in \
+                 different branches of the directory become one Kubernetes group; use it \
+                 only if group names are unique directory-wide (the default \"dn\" keeps \
+                 them apart)"
+            );
+        }
         let mut settings = LdapConnSettings::new()
             .set_conn_timeout(config.timeout)
             .set_starttls(config.starttls);

@@ -107,7 +107,12 @@ impl Kind for Config {
                 "must start with postgres:// or postgresql://",
             ));
         }
-        check_database_tls("database_url", &self.database_url, self.allow_plaintext)?;
+        check_database_tls(
+            "database_url",
+            &self.database_url,
+            "allow_plaintext",
+            self.allow_plaintext,
+        )?;
         // The id/secret split is at the first '.', and the prefix is matched literally.
         if self.prefix.is_empty() || self.prefix.contains('.') {
             return Err(FieldError::new(
@@ -201,8 +206,14 @@ pub fn connect_options(
 
 /// A connection that may fall back to plaintext (`sslmode` disable, allow or prefer, the
 /// default being prefer) is refused unless it goes to this machine (a loopback host or a
-/// unix socket) or `allow_plaintext` is set. `field` names the URL in the error.
-pub fn check_database_tls(field: &str, url: &str, allow_plaintext: bool) -> Result<(), FieldError> {
+/// unix socket) or `allow_plaintext` is set. `field` names the URL in the error and
+/// `opt_out` the setting (or flag) that allows plaintext.
+pub fn check_database_tls(
+    field: &str,
+    url: &str,
+    opt_out: &str,
+    allow_plaintext: bool,
+) -> Result<(), FieldError> {
     let options: PgConnectOptions = url
         .parse()
         .map_err(|e| FieldError::new(field, format!("not a valid database URL: {e}")))?;
@@ -220,7 +231,7 @@ pub fn check_database_tls(field: &str, url: &str, allow_plaintext: bool) -> Resu
         field,
         host,
         "sslmode allows plaintext (set sslmode=verify-full)",
-        "allow_plaintext",
+        opt_out,
         allow_plaintext,
     )
 }
