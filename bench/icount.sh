@@ -5,7 +5,8 @@
 #   bench/icount.sh            # both; needs valgrind (apt-get install valgrind)
 #   bench/icount.sh split 8    # one side, 8 s of load
 #   ICOUNT_KEEP=/tmp/cg bench/icount.sh split   # and keep the callgrind profiles
-#   ICOUNT_BIN=/tmp/old bench/icount.sh split    # binaries from elsewhere (an A/B)
+#   ICOUNT_BIN=/tmp/old bench/icount.sh split    # servers from elsewhere (an A/B); the
+#                                                set-up and load from ICOUNT_BENCH
 #
 # Fixed background work (timers, health checks, cache housekeeping) is spread over the
 # reviews of the run, so a loaded machine (fewer reviews) reads a little higher: compare
@@ -20,12 +21,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null || { echo "icount.sh: needs valgrind (apt-get install valgrind)" >&2; exit 1; }
 B=${ICOUNT_BIN:-target/release}
-[ -x $B/authd ] && [ -x $B/authd-edge ] && [ -x $B/kube-authd-bench ] ||
+# The set-up (certificates, tokens, configuration) and the load come from this build's
+# load generator, whatever binaries are measured.
+G=${ICOUNT_BENCH:-target/release/kube-authd-bench}
+[ -x $B/authd ] && [ -x $B/authd-edge ] && [ -x $G ] ||
   { echo "icount.sh: build first: cargo build --release --workspace --bins" >&2; exit 1; }
 W=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$W"' EXIT
 # Certificates, tokens and an authd configuration, as the suite makes them.
-$B/kube-authd-bench suite --only split-local/warm/h1 --duration 1s --warmup 0s \
+$G suite --only split-local/warm/h1 --duration 1s --warmup 0s \
   --cold-tokens 1000 --rounds 0 --keep --out "$W/r.md" 2> "$W/suite.err" >/dev/null
 D=$(sed -n 's/^bench: kept //p' "$W/suite.err")
 head -100 "$D/tokens.csv" | cut -d, -f1 | sed 's/$/,true/' > "$W/hot.txt"
@@ -49,7 +53,7 @@ handshakes() {
 # connection set-up, not per-review work, and is subtracted the same way.
 route_checks() {
   callgrind_annotate --inclusive=yes --auto=no --threshold=100 $(ls "$W"/cg.$1.* | sort | tail -1) 2>/dev/null |
-    grep -E "authd_edge::conn::Peer::refusal \[" | head -1 | awk '{gsub(",","",$1); print $1}'
+    grep -E "authd_edge::conn::Peer::refusal \[" | head -1 | awk '{gsub(",","",$1); print $1}' || true
 }
 
 measure() {
@@ -70,7 +74,7 @@ measure() {
   fi
   # kube-apiserver's client certificate, which the edge requires (the ceiling ignores it).
   cat "$D/apiserver-default.crt" "$D/apiserver-default.key" > "$W/identity.pem"
-  run() { $B/kube-authd-bench run --url "$url" --ca "$D/ca.crt" --identity "$W/identity.pem" --tokens "$W/hot.txt" --connections 16 --warmup 0s --duration "$1"; }
+  run() { $G run --url "$url" --ca "$D/ca.crt" --identity "$W/identity.pem" --tokens "$W/hot.txt" --connections 16 --warmup 0s --duration "$1"; }
   # Warm-up long enough for the 16 TLS handshakes (client certificates verified under
   # valgrind take seconds) and the first lookup of every hot token.
   run 15s > /dev/null 2>&1
