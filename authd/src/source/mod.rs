@@ -39,6 +39,13 @@ pub trait Verifier: Send + Sync {
 
     /// Checks a token this source owns.
     fn verify<'a>(&'a self, token: &'a str, audiences: &'a [String]) -> BoxFuture<'a, Outcome>;
+
+    /// The id this source gives the credential, if it names its credentials (PostgreSQL's
+    /// token id): a revocation by that id (`kube-authd token disable`) then matches the
+    /// token without anyone holding it. Not a secret.
+    fn credential_id<'t>(&self, _token: &'t str) -> Option<&'t str> {
+        None
+    }
 }
 
 /// A build-time failure of one source (a file that cannot be read, a bad key).
