@@ -280,9 +280,10 @@ impl DenyList {
     /// writes back what this replica knows first.
     pub async fn resync<S: SharedStore>(&self, store: &S) -> Result<usize, S::Error> {
         let stored = store.denials().await?;
-        let lost = {
+        let (lost, seen_before) = {
             let last = lock(&self.marker);
-            stored.marker.is_none() || (last.is_some() && *last != stored.marker)
+            let lost = stored.marker.is_none() || (last.is_some() && *last != stored.marker);
+            (lost, last.is_some())
         };
         let pending: Vec<Denial> = lock(&self.pending).values().copied().collect();
         let now = SystemTime::now();
@@ -297,7 +298,8 @@ impl DenyList {
         };
         if lost || !write.is_empty() {
             store.add_denials(&write, &marker).await?;
-            if lost {
+            // A first start on an empty Redis writes the marker: nothing was lost then.
+            if lost && (seen_before || !write.is_empty()) {
                 tracing::warn!(
                     written = write.len(),
                     "the shared revocation list was lost (Redis restarted without its data?); wrote back this replica's revocations"

@@ -643,11 +643,17 @@ impl<S: SharedStore> VerdictCache<S> {
                 self.purge_local(&denial).await;
                 return Err(e);
             }
-            removed = match denial.kind {
-                Kind::Token => s.cache.revoke_token(&denial.id).await?,
-                Kind::User => s.cache.revoke_user(&denial.id).await?,
-                Kind::Credential => 0,
+            // The revocation is durable now: a purge that fails leaves entries the
+            // deny-list refuses until they expire.
+            let purged = match denial.kind {
+                Kind::Token => s.cache.revoke_token(&denial.id).await,
+                Kind::User => s.cache.revoke_user(&denial.id).await,
+                Kind::Credential => Ok(0),
             };
+            removed = purged.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "revoked, but its cached verdicts stay in Redis until they expire (refused meanwhile)");
+                0
+            });
         }
         self.purge_local(&denial).await;
         Ok(Revoked { denial, removed })
