@@ -16,6 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .skip_debug([
             "kubeauthd.v1.AuthenticateRequest",
             "kubeauthd.v1.RevokeTokenRequest",
+            "kubeauthd.v1.UnrevokeRequest",
         ])
         .compile_fds(fds)?;
     Ok(())

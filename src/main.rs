@@ -79,29 +79,20 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
-    /// Drop cached verdicts for one token (read from stdin) or one user on every authd
-    /// replica, through authd's Admin gRPC service.
+    /// Revoke one token (read from stdin), one user or one credential id on every authd
+    /// replica, through authd's Admin gRPC service: refused until it would have expired
+    /// (a token), until lifted (a user) or until --until. `revoke lift` lifts one,
+    /// `revoke list` lists them (keyed ids only).
     Revoke {
-        /// authd's gRPC URL, e.g. https://authd.example:50051 with --ca; http:// only to
-        /// this machine (loopback) unless --allow-plaintext.
+        #[command(flatten)]
+        conn: revoke::AdminConn,
+        #[command(flatten)]
+        target: revoke::Target,
+        /// End of the revocation: an RFC 3339 time or a duration from now (e.g. 2h).
         #[arg(long)]
-        authd: String,
-        /// Read the token to revoke from stdin (never from argv).
-        #[arg(long, conflicts_with = "user", required_unless_present = "user")]
-        token_stdin: bool,
-        /// Revoke everything cached for this username.
-        #[arg(long)]
-        user: Option<String>,
-        /// File holding the admin secret (authd's admin.token_file).
-        #[arg(long)]
-        admin_token_file: PathBuf,
-        /// PEM CA that signed authd's certificate, for https://.
-        #[arg(long)]
-        ca: Option<PathBuf>,
-        /// Allow http:// to a host other than this machine: the admin secret then crosses
-        /// the network without TLS.
-        #[arg(long)]
-        allow_plaintext: bool,
+        until: Option<String>,
+        #[command(subcommand)]
+        action: Option<RevokeCommand>,
     },
     /// Certificate management.
     Certs {
@@ -157,13 +148,42 @@ enum TokenCommand {
         #[arg(long, value_parser = authd::source::postgres::parse_duration)]
         ttl: Option<std::time::Duration>,
     },
-    /// Disable a token by its id (the 16 hex digits after the prefix).
+    /// Disable a token by its id (the 16 hex digits after the prefix). With --authd, also
+    /// revokes it on every authd replica at once (cached verdicts included); without, a
+    /// replica may serve a cached verdict of it for up to its cache TTL.
     Disable {
         #[command(flatten)]
         db: TokenDb,
         #[arg(long)]
         id: String,
+        /// authd's gRPC URL, to revoke the token id there too.
+        #[arg(long, requires = "admin_token_file")]
+        authd: Option<String>,
+        /// File holding the admin secret (authd's admin.token_file).
+        #[arg(long, requires = "authd")]
+        admin_token_file: Option<PathBuf>,
+        /// PEM CA that signed authd's certificate, for https://.
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// Allow http:// to a host other than this machine.
+        #[arg(long)]
+        allow_plaintext: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum RevokeCommand {
+    /// Lift one revocation (by --id from `revoke list`, --user, --token-stdin or
+    /// --credential-id), on every replica.
+    Lift {
+        #[command(flatten)]
+        target: revoke::Target,
+        /// A keyed id as `revoke` and `revoke list` print it.
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// List the revocations in force: kind, keyed id, end.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -246,22 +266,17 @@ async fn run(command: Command) -> anyhow::Result<()> {
             .await
         }
         Command::Revoke {
-            authd,
-            token_stdin,
-            user,
-            admin_token_file,
-            ca,
-            allow_plaintext,
+            conn,
+            target,
+            until,
+            action,
         } => {
-            revoke::run(revoke::RevokeArgs {
-                authd,
-                token_stdin,
-                user,
-                admin_token_file,
-                ca,
-                allow_plaintext,
-            })
-            .await
+            let action = match action {
+                None => revoke::Action::Revoke { target, until },
+                Some(RevokeCommand::Lift { target, id }) => revoke::Action::Lift { target, id },
+                Some(RevokeCommand::List) => revoke::Action::List,
+            };
+            revoke::run(conn, action).await
         }
         Command::WebhookConfig {
             server,
@@ -400,12 +415,39 @@ async fn token(command: TokenCommand) -> anyhow::Result<()> {
             println!("{token}");
             Ok(())
         }
-        TokenCommand::Disable { db, id } => {
+        TokenCommand::Disable {
+            db,
+            id,
+            authd,
+            admin_token_file,
+            ca,
+            allow_plaintext,
+        } => {
             let pool = token_pool(&db)?;
             if !postgres::disable_token(&pool, &id).await? {
                 anyhow::bail!("--id {id:?}: no such token");
             }
             eprintln!("disabled token id {id}");
+            match (authd, admin_token_file) {
+                (Some(authd), Some(admin_token_file)) => {
+                    let conn = revoke::AdminConn {
+                        authd,
+                        admin_token_file,
+                        ca,
+                        allow_plaintext,
+                    };
+                    let mut admin = revoke::Admin::connect(&conn).await?;
+                    let line = admin.revoke_credential(&id, 0).await.context(
+                        "the token is disabled in the database, but revoking it in authd failed; \
+                         run `kube-authd revoke --credential-id` again",
+                    )?;
+                    println!("{line}");
+                }
+                _ => eprintln!(
+                    "not revoked in authd (no --authd): a replica may answer from a cached \
+                     verdict until it expires"
+                ),
+            }
             Ok(())
         }
     }

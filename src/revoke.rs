@@ -1,24 +1,67 @@
-//! `kube-authd revoke`: calls authd's Admin service to drop cached verdicts for one token
-//! (read from stdin, so it never appears in argv or shell history) or one user. The call
+//! `kube-authd revoke`: calls authd's Admin service to revoke one token (read from stdin,
+//! so it never appears in argv or shell history), one user or one credential id on every
+//! replica, to lift a revocation (`revoke lift`) or to list them (`revoke list`). The call
 //! carries the admin secret, so `http://` is refused to anything but this machine unless
 //! `--allow-plaintext` says otherwise.
 
 use std::io::Read;
 use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use authd_proto::v1::admin_client::AdminClient;
-use authd_proto::v1::{RevokeTokenRequest, RevokeUserRequest};
-use tonic::metadata::MetadataValue;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+use authd_proto::v1::{
+    ListRevocationsRequest, RevokeCredentialRequest, RevokeTokenRequest, RevokeUserRequest,
+    UnrevokeRequest,
+};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
-pub struct RevokeArgs {
+/// How to reach authd's Admin service.
+#[derive(clap::Args, Clone)]
+pub struct AdminConn {
+    /// authd's gRPC URL, e.g. https://authd.example:50051 with --ca; http:// only to
+    /// this machine (loopback) unless --allow-plaintext.
+    #[arg(long)]
     pub authd: String,
-    pub token_stdin: bool,
-    pub user: Option<String>,
+    /// File holding the admin secret (authd's admin.token_file).
+    #[arg(long)]
     pub admin_token_file: PathBuf,
+    /// PEM CA that signed authd's certificate, for https://.
+    #[arg(long)]
     pub ca: Option<PathBuf>,
+    /// Allow http:// to a host other than this machine: the admin secret then crosses
+    /// the network without TLS.
+    #[arg(long)]
     pub allow_plaintext: bool,
+}
+
+/// What to revoke (exactly one), or what to lift.
+#[derive(clap::Args, Clone, Default)]
+pub struct Target {
+    /// Read the token from stdin (never from argv).
+    #[arg(long)]
+    pub token_stdin: bool,
+    /// A username (as authd maps it): every credential of this user.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// A source's credential id (the PostgreSQL source's token id).
+    #[arg(long)]
+    pub credential_id: Option<String>,
+}
+
+pub enum Action {
+    Revoke {
+        target: Target,
+        /// RFC 3339 time or a duration from now (e.g. 2h).
+        until: Option<String>,
+    },
+    Lift {
+        target: Target,
+        /// A keyed id from `revoke` or `revoke list`.
+        id: Option<String>,
+    },
+    List,
 }
 
 /// The admin secret and the token travel in the request: a plaintext `--authd` must be
@@ -40,62 +83,219 @@ fn check_transport(authd: &str, allow_plaintext: bool) -> anyhow::Result<()> {
     )
 }
 
-pub async fn run(args: RevokeArgs) -> anyhow::Result<()> {
-    check_transport(&args.authd, args.allow_plaintext)?;
-    let secret = authd::authz::read_secret(&args.admin_token_file)
-        .map_err(|e| anyhow::anyhow!("--admin-token-file: {e}"))?;
-    let mut bearer = b"Bearer ".to_vec();
-    bearer.extend_from_slice(&secret);
-    let mut auth = MetadataValue::try_from(bearer.as_slice()).map_err(|_| {
-        anyhow::anyhow!("--admin-token-file: the secret is not a valid header value")
+/// `--until`: an RFC 3339 time, or a duration from now.
+pub fn parse_until(text: &str) -> anyhow::Result<SystemTime> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(text) {
+        return Ok(t);
+    }
+    let d = humantime::parse_duration(text).map_err(|_| {
+        anyhow::anyhow!("--until {text:?}: expected an RFC 3339 time or a duration such as 2h")
     })?;
-    auth.set_sensitive(true);
+    Ok(SystemTime::now() + d)
+}
 
-    let mut endpoint = Endpoint::from_shared(args.authd.clone())
-        .with_context(|| format!("--authd {:?}: not a URL", args.authd))?
-        .connect_timeout(std::time::Duration::from_secs(5))
-        .timeout(std::time::Duration::from_secs(30));
-    if let Some(ca) = &args.ca {
-        let pem =
-            std::fs::read(ca).with_context(|| format!("--ca {}: cannot read", ca.display()))?;
-        endpoint = endpoint
-            .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
-            .context("--ca: TLS configuration")?;
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(1, |d| {
+        u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+    })
+}
+
+fn shown(ms: u64) -> String {
+    if ms == 0 {
+        return "until lifted".into();
     }
-    let channel = endpoint
-        .connect()
-        .await
-        .with_context(|| format!("cannot connect to authd at {}", args.authd))?;
-    let mut client = AdminClient::new(channel);
+    let t = UNIX_EPOCH + Duration::from_millis(ms);
+    format!("until {}", humantime::format_rfc3339_seconds(t))
+}
 
-    let removed = if args.token_stdin {
-        let mut token = String::new();
-        std::io::stdin()
-            .read_to_string(&mut token)
-            .context("reading the token from stdin")?;
-        let token = token.trim_end_matches(['\r', '\n']).to_owned();
-        if token.is_empty() {
-            anyhow::bail!("--token-stdin: no token on stdin");
+/// A connected Admin client and the request metadata carrying the admin secret.
+pub struct Admin {
+    pub client: AdminClient<Channel>,
+    auth: MetadataValue<Ascii>,
+}
+
+impl Admin {
+    pub async fn connect(conn: &AdminConn) -> anyhow::Result<Self> {
+        check_transport(&conn.authd, conn.allow_plaintext)?;
+        let secret = authd::authz::read_secret(&conn.admin_token_file)
+            .map_err(|e| anyhow::anyhow!("--admin-token-file: {e}"))?;
+        let mut bearer = b"Bearer ".to_vec();
+        bearer.extend_from_slice(&secret);
+        let mut auth = MetadataValue::try_from(bearer.as_slice()).map_err(|_| {
+            anyhow::anyhow!("--admin-token-file: the secret is not a valid header value")
+        })?;
+        auth.set_sensitive(true);
+        let mut endpoint = Endpoint::from_shared(conn.authd.clone())
+            .with_context(|| format!("--authd {:?}: not a URL", conn.authd))?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30));
+        if let Some(ca) = &conn.ca {
+            let pem =
+                std::fs::read(ca).with_context(|| format!("--ca {}: cannot read", ca.display()))?;
+            endpoint = endpoint
+                .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
+                .context("--ca: TLS configuration")?;
         }
-        let mut req = tonic::Request::new(RevokeTokenRequest { token });
-        req.metadata_mut().insert("authorization", auth);
-        client.revoke_token(req).await
-    } else {
-        let username = args.user.context("--user or --token-stdin is required")?;
-        let mut req = tonic::Request::new(RevokeUserRequest { username });
-        req.metadata_mut().insert("authorization", auth);
-        client.revoke_user(req).await
+        let channel = endpoint
+            .connect()
+            .await
+            .with_context(|| format!("cannot connect to authd at {}", conn.authd))?;
+        Ok(Self {
+            client: AdminClient::new(channel),
+            auth,
+        })
     }
-    .map_err(|s| anyhow::anyhow!("authd refused: {:?}: {}", s.code(), s.message()))?
-    .into_inner()
-    .removed;
-    println!("revoked: {removed} shared cache entries removed");
+
+    /// A request carrying the admin secret.
+    pub fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(message);
+        req.metadata_mut()
+            .insert("authorization", self.auth.clone());
+        req
+    }
+
+    /// Revokes one credential id; returns the line to print.
+    pub async fn revoke_credential(
+        &mut self,
+        credential_id: &str,
+        until_unix_ms: u64,
+    ) -> anyhow::Result<String> {
+        let req = self.request(RevokeCredentialRequest {
+            credential_id: credential_id.to_owned(),
+            until_unix_ms,
+        });
+        let r = self
+            .client
+            .revoke_credential(req)
+            .await
+            .map_err(refused)?
+            .into_inner();
+        Ok(format!(
+            "revoked: {} shared cache entries removed; id {} {}",
+            r.removed,
+            r.id,
+            shown(r.until_unix_ms)
+        ))
+    }
+}
+
+fn refused(s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("authd refused: {:?}: {}", s.code(), s.message())
+}
+
+fn read_token() -> anyhow::Result<String> {
+    let mut token = String::new();
+    std::io::stdin()
+        .read_to_string(&mut token)
+        .context("reading the token from stdin")?;
+    let token = token.trim_end_matches(['\r', '\n']).to_owned();
+    if token.is_empty() {
+        anyhow::bail!("--token-stdin: no token on stdin");
+    }
+    Ok(token)
+}
+
+/// Exactly one of the target's options.
+fn one_of(target: &Target, id: bool) -> anyhow::Result<()> {
+    let given = [
+        target.token_stdin,
+        target.user.is_some(),
+        target.credential_id.is_some(),
+        id,
+    ];
+    if given.iter().filter(|g| **g).count() != 1 {
+        let with_id = if id { ", --id" } else { "" };
+        anyhow::bail!("give exactly one of --token-stdin, --user, --credential-id{with_id}");
+    }
+    Ok(())
+}
+
+pub async fn run(conn: AdminConn, action: Action) -> anyhow::Result<()> {
+    // Checked before anything is read or sent.
+    check_transport(&conn.authd, conn.allow_plaintext)?;
+    match &action {
+        Action::Revoke { target, until } => {
+            one_of(target, false)?;
+            if let Some(u) = until {
+                parse_until(u)?;
+            }
+        }
+        Action::Lift { target, id } => one_of(target, id.is_some())?,
+        Action::List => {}
+    }
+    let mut admin = Admin::connect(&conn).await?;
+    match action {
+        Action::Revoke { target, until } => {
+            let until_unix_ms = until
+                .as_deref()
+                .map(parse_until)
+                .transpose()?
+                .map_or(0, unix_ms);
+            let r = if target.token_stdin {
+                let token = read_token()?;
+                let req = admin.request(RevokeTokenRequest {
+                    token,
+                    until_unix_ms,
+                });
+                admin.client.revoke_token(req).await
+            } else if let Some(username) = target.user {
+                let req = admin.request(RevokeUserRequest {
+                    username,
+                    until_unix_ms,
+                });
+                admin.client.revoke_user(req).await
+            } else {
+                let id = target.credential_id.unwrap_or_default();
+                println!("{}", admin.revoke_credential(&id, until_unix_ms).await?);
+                return Ok(());
+            }
+            .map_err(refused)?
+            .into_inner();
+            println!(
+                "revoked: {} shared cache entries removed; id {} {}",
+                r.removed,
+                r.id,
+                shown(r.until_unix_ms)
+            );
+        }
+        Action::Lift { target, id } => {
+            let mut req = UnrevokeRequest {
+                id: id.unwrap_or_default(),
+                username: target.user.unwrap_or_default(),
+                credential_id: target.credential_id.unwrap_or_default(),
+                ..Default::default()
+            };
+            if target.token_stdin {
+                req.token = read_token()?;
+            }
+            let req = admin.request(req);
+            let r = admin
+                .client
+                .unrevoke(req)
+                .await
+                .map_err(refused)?
+                .into_inner();
+            println!("{}", if r.lifted { "lifted" } else { "not revoked" });
+        }
+        Action::List => {
+            let req = admin.request(ListRevocationsRequest {});
+            let r = admin
+                .client
+                .list_revocations(req)
+                .await
+                .map_err(refused)?
+                .into_inner();
+            for d in r.revocations {
+                println!("{} {} {}", d.kind, d.id, shown(d.until_unix_ms));
+            }
+        }
+    }
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::check_transport;
+    use super::*;
 
     #[test]
     fn plaintext_is_for_this_machine_or_the_flag() {
@@ -116,5 +316,15 @@ mod tests {
         );
         assert!(check_transport("http://10.0.0.5:50051", false).is_err());
         assert!(check_transport("http://authd.example:50051", true).is_ok());
+    }
+
+    #[test]
+    fn until_is_a_time_or_a_duration() {
+        let t = parse_until("2030-01-02T03:04:05Z").unwrap();
+        assert_eq!(unix_ms(t), 1_893_553_445_000);
+        let soon = parse_until("2h").unwrap();
+        let d = soon.duration_since(SystemTime::now()).unwrap();
+        assert!(d > Duration::from_secs(7100) && d <= Duration::from_secs(7200));
+        assert!(parse_until("tomorrow-ish").is_err());
     }
 }

@@ -175,6 +175,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     };
     let authd_cfg = authd_config(args.authd_config.as_deref(), args.grpc_listen, &token_file)?;
     let authd = authd::server::build(&authd_cfg)?;
+    authd::server::load_revocations(&authd).await;
     {
         let (config, grpc_listen, tokens) = (
             args.authd_config.clone(),

@@ -84,6 +84,33 @@ pub struct Config {
     /// Who may call the Admin gRPC service (revocation).
     #[serde(default)]
     pub admin: AdminConfig,
+    /// How revocations behave.
+    #[serde(default)]
+    pub revocation: RevocationConfig,
+}
+
+/// `[revocation]`: the deny-list (see `cache/revocations.rs`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevocationConfig {
+    /// How long `RevokeToken` denies a token whose own expiry authd cannot read (anything
+    /// but a JWT), unless the call says until when. Remove the token from its source
+    /// within this time, or revoke it again.
+    #[serde(default = "secs::<604800>", with = "humantime_serde")]
+    pub max_token_ttl: Duration,
+    /// Between full reloads of the revocation list from Redis on every replica: the
+    /// backstop for a lost pub/sub message.
+    #[serde(default = "secs::<10>", with = "humantime_serde")]
+    pub resync_every: Duration,
+}
+
+impl Default for RevocationConfig {
+    fn default() -> Self {
+        Self {
+            max_token_ttl: secs::<604800>(),
+            resync_every: secs::<10>(),
+        }
+    }
 }
 
 impl Config {
@@ -103,6 +130,7 @@ impl Config {
             max_concurrent_calls: default_max_concurrent_calls(),
             max_concurrent_calls_per_connection: default_max_calls_per_connection(),
             admin: AdminConfig::default(),
+            revocation: RevocationConfig::default(),
         }
     }
 }
@@ -127,6 +155,9 @@ pub const KNOWN_METHODS: &[&str] = &[
     "Authenticate",
     "RevokeToken",
     "RevokeUser",
+    "RevokeCredential",
+    "Unrevoke",
+    "ListRevocations",
     "ServerReflectionInfo",
 ];
 
@@ -227,6 +258,11 @@ fn removed_allowed_clients<'de, D: serde::Deserializer<'de>>(_: D) -> Result<Rem
     ))
 }
 
+/// The Admin service's methods.
+fn is_admin_method(method: &str) -> bool {
+    method.starts_with("Revoke") || method == "Unrevoke" || method == "ListRevocations"
+}
+
 impl Config {
     /// Admin callers by certificate: every `[clients.NAME]` whose `methods` list a Revoke
     /// RPC (the access layer has already checked the exact method).
@@ -234,7 +270,7 @@ impl Config {
         self.admin.allowed_clients = self
             .clients
             .iter()
-            .filter(|(_, access)| access.methods.iter().any(|m| m.starts_with("Revoke")))
+            .filter(|(_, access)| access.methods.iter().any(|m| is_admin_method(m)))
             .map(|(name, _)| name.clone())
             .collect();
     }
@@ -373,6 +409,14 @@ impl Config {
         }
         if let Some(r) = &self.cache.redis {
             self.validate_redis(r)?;
+        }
+        for (field, value) in [
+            ("revocation.max_token_ttl", self.revocation.max_token_ttl),
+            ("revocation.resync_every", self.revocation.resync_every),
+        ] {
+            if value.is_zero() {
+                return Err(FieldError::new(field, "must be more than zero"));
+            }
         }
         self.validate_access()
     }

@@ -20,6 +20,16 @@ impl Fingerprint {
         hex::encode(self.0)
     }
 
+    /// The same key in another namespace (the pipeline's digest): entries written under one
+    /// are never found under another. A keyed hash XOR a public value is still unguessable.
+    pub fn within(&self, namespace: &[u8; 32]) -> Fingerprint {
+        let mut out = self.0;
+        for (b, n) in out.iter_mut().zip(namespace) {
+            *b ^= n;
+        }
+        Fingerprint(out)
+    }
+
     /// A short, non-reversible id for log lines (first 8 bytes of the fingerprint).
     pub fn short(&self) -> String {
         hex::encode(&self.0[..8])
@@ -70,6 +80,14 @@ impl Fingerprinter {
         let mut mac = self.keyed.clone();
         mac.update(b"token-id\0");
         write_prefixed(&mut mac, token.as_bytes());
+        Fingerprint(mac.finalize().into_bytes().into())
+    }
+
+    /// A keyed hash of a source's credential id (PostgreSQL's token id), for revocation by id.
+    pub fn credential(&self, id: &str) -> Fingerprint {
+        let mut mac = self.keyed.clone();
+        mac.update(b"credential\0");
+        write_prefixed(&mut mac, id.as_bytes());
         Fingerprint(mac.finalize().into_bytes().into())
     }
 
@@ -124,5 +142,7 @@ mod tests {
         assert_ne!(f.token_id("t"), f.username("t"));
         assert_ne!(f.derive_key("t"), f.username("t").0);
         assert_ne!(f.derive_key("t"), f.derive_key("u"));
+        assert_ne!(f.credential("t"), f.username("t"));
+        assert_ne!(f.credential("t"), f.token_id("t"));
     }
 }

@@ -18,6 +18,7 @@ authd_runtime::server_main!(
 async fn serve(config: PathBuf) -> anyhow::Result<()> {
     let cfg = authd::config::Config::load(&config)?;
     let service = authd::server::build(&cfg)?;
+    authd::server::load_revocations(&service).await;
     let path = config.clone();
     authd::reload::spawn(
         service.clone(),

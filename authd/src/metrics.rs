@@ -58,7 +58,7 @@ pub struct ReloadLabels {
 
 /// How many results (`Decision` in service.rs) and cache outcomes (`CacheOutcome`) a
 /// verdict is counted under.
-pub const RESULTS: usize = 5;
+pub const RESULTS: usize = 6;
 pub const CACHE_OUTCOMES: usize = 5;
 
 /// The `authd_verdicts` counters of one cluster label, each resolved on its first use:

@@ -44,6 +44,10 @@ pub struct Pipeline {
     pub clusters: Clusters,
     /// When a walk through the sources gives up: "could not decide".
     pub deadline: Duration,
+    /// What the sources are: a hash of their configuration and of the files they read. The
+    /// verdict cache keys every entry under it (`Fingerprint::within`), so after a reload no
+    /// replica with the new content is answered from entries the old content wrote.
+    pub digest: [u8; 32],
 }
 
 impl Pipeline {
@@ -55,7 +59,16 @@ impl Pipeline {
             clusters: Clusters::new(&config.clusters),
             deadline: config.sources.iter().map(source_deadline).sum::<Duration>()
                 + DEADLINE_MARGIN,
+            digest: digest(&config.sources),
         })
+    }
+
+    /// The first owning source's id for the token's credential, if it names one.
+    pub fn credential_id<'t>(&self, token: &'t str) -> Option<&'t str> {
+        self.sources
+            .iter()
+            .filter(|s| s.owns(token))
+            .find_map(|s| s.credential_id(token))
     }
 
     /// Asks, in order, only the sources that own the token; the first definitive answer
@@ -137,6 +150,29 @@ impl Pipeline {
             None => check_reserved(DEFAULT_RESERVED, identity),
         }
     }
+}
+
+/// The sources' configuration (in order) and the content of every file they read, hashed.
+/// Replicas with the same configuration and files agree on it; a file that cannot be read
+/// counts as its own content.
+fn digest(sources: &[SourceConfig]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for s in sources {
+        let config = format!("{s:?}");
+        hash.update((config.len() as u64).to_be_bytes());
+        hash.update(config.as_bytes());
+        for file in s.files() {
+            match std::fs::read(file) {
+                Ok(bytes) => {
+                    hash.update((bytes.len() as u64).to_be_bytes());
+                    hash.update(&bytes);
+                }
+                Err(_) => hash.update(u64::MAX.to_be_bytes()),
+            }
+        }
+    }
+    hash.finalize().into()
 }
 
 /// The `outcome` label of a source call.

@@ -1,12 +1,23 @@
-//! The Admin gRPC service: revoke one token or everything cached for one user, on every
-//! replica. Only callers the Admin gate (`authz::AdminAuthz`) lets through get here.
+//! The Admin gRPC service: revoke a token, a user or a credential id on every replica
+//! (a deny-list entry, see `cache/revocations.rs`), lift a revocation, list them. Only
+//! callers the Admin gate (`authz::AdminAuthz`) lets through get here. Every revocation and
+//! lifting is one log line naming the caller, the kind, the keyed id and the end; never a
+//! token.
+
+use std::time::SystemTime;
 
 use authd_proto::v1::admin_server::{Admin, AdminServer};
-use authd_proto::v1::{RevokeResponse, RevokeTokenRequest, RevokeUserRequest};
+use authd_proto::v1::{
+    ListRevocationsRequest, ListRevocationsResponse, Revocation, RevokeCredentialRequest,
+    RevokeResponse, RevokeTokenRequest, RevokeUserRequest, UnrevokeRequest, UnrevokeResponse,
+};
 use tonic::{Request, Response, Status};
 
 use crate::authz::AdminAuthz;
-use crate::metrics::ClientLabels;
+use crate::cache::redis::SharedCacheError;
+use crate::cache::revocations::{self, Kind};
+use crate::cache::verdict::Revoked;
+use crate::metrics::{ClientLabels, Name};
 use crate::service::Authd;
 use crate::service::MAX_TOKEN_BYTES;
 
@@ -21,25 +32,49 @@ impl AdminGrpc {
         AdminServer::new(Self { authd, authz })
     }
 
-    fn authorize<T>(&self, request: &Request<T>, method: &'static str) -> Result<(), Status> {
+    fn authorize<T>(&self, request: &Request<T>, method: &'static str) -> Result<Name, Status> {
         let client = self.authz.check(request)?;
         self.authd
             .metrics()
             .grpc_requests
-            .get_or_create(&ClientLabels { client, method })
+            .get_or_create(&ClientLabels {
+                client: client.clone(),
+                method,
+            })
             .inc();
-        Ok(())
+        Ok(client)
     }
 }
 
+/// `0` is "not said"; a time in the past is allowed (the revocation has already ended).
+fn until(ms: u64) -> Option<SystemTime> {
+    (ms != 0).then(|| revocations::from_ms(ms))
+}
+
+/// Logs the revocation (one line, keyed id only) and answers.
 fn answer(
-    result: Result<u64, crate::cache::redis::SharedCacheError>,
+    caller: &Name,
+    result: Result<Revoked, SharedCacheError>,
+    requested: Kind,
 ) -> Result<Response<RevokeResponse>, Status> {
     match result {
-        Ok(removed) => Ok(Response::new(RevokeResponse { removed })),
-        Err(e) => Err(Status::unavailable(format!(
-            "{e}; this replica dropped its own copies, but others may still hold theirs: retry"
-        ))),
+        Ok(r) => {
+            tracing::info!(caller = %caller.0, kind = r.denial.kind.label(), id = %r.denial.id.to_hex(),
+                until_unix_ms = r.denial.until_ms(), removed = r.removed, "revoked");
+            Ok(Response::new(RevokeResponse {
+                removed: r.removed,
+                id: r.denial.id.to_hex(),
+                until_unix_ms: r.denial.until_ms(),
+            }))
+        }
+        Err(e) => {
+            tracing::warn!(caller = %caller.0, kind = requested.label(), error = %e,
+                "revocation in force on this replica only: the shared level did not take it");
+            Err(Status::unavailable(format!(
+                "{e}; the revocation holds on this replica and is written to Redis when it is \
+                 back, but other replicas may not refuse yet: retry"
+            )))
+        }
     }
 }
 
@@ -49,25 +84,124 @@ impl Admin for AdminGrpc {
         &self,
         request: Request<RevokeTokenRequest>,
     ) -> Result<Response<RevokeResponse>, Status> {
-        self.authorize(&request, "RevokeToken")?;
-        let token = request.into_inner().token;
-        if token.is_empty() || token.len() > MAX_TOKEN_BYTES {
+        let caller = self.authorize(&request, "RevokeToken")?;
+        let req = request.into_inner();
+        if req.token.is_empty() || req.token.len() > MAX_TOKEN_BYTES {
             return Err(Status::invalid_argument(format!(
                 "token must be 1 to {MAX_TOKEN_BYTES} bytes"
             )));
         }
-        answer(self.authd.revoke_token(&token).await)
+        let result = self
+            .authd
+            .revoke_token(&req.token, until(req.until_unix_ms))
+            .await;
+        answer(&caller, result, Kind::Token)
     }
 
     async fn revoke_user(
         &self,
         request: Request<RevokeUserRequest>,
     ) -> Result<Response<RevokeResponse>, Status> {
-        self.authorize(&request, "RevokeUser")?;
-        let username = request.into_inner().username;
-        if username.is_empty() {
+        let caller = self.authorize(&request, "RevokeUser")?;
+        let req = request.into_inner();
+        if req.username.is_empty() {
             return Err(Status::invalid_argument("username is empty"));
         }
-        answer(self.authd.revoke_user(&username).await)
+        let result = self
+            .authd
+            .revoke_user(&req.username, until(req.until_unix_ms))
+            .await;
+        answer(&caller, result, Kind::User)
+    }
+
+    async fn revoke_credential(
+        &self,
+        request: Request<RevokeCredentialRequest>,
+    ) -> Result<Response<RevokeResponse>, Status> {
+        let caller = self.authorize(&request, "RevokeCredential")?;
+        let req = request.into_inner();
+        if req.credential_id.is_empty() || req.credential_id.len() > 256 {
+            return Err(Status::invalid_argument(
+                "credential_id must be 1 to 256 bytes",
+            ));
+        }
+        let result = self
+            .authd
+            .revoke_credential(&req.credential_id, until(req.until_unix_ms))
+            .await;
+        answer(&caller, result, Kind::Credential)
+    }
+
+    async fn unrevoke(
+        &self,
+        request: Request<UnrevokeRequest>,
+    ) -> Result<Response<UnrevokeResponse>, Status> {
+        let caller = self.authorize(&request, "Unrevoke")?;
+        let req = request.into_inner();
+        let f = self.authd.fingerprinter();
+        let given = [
+            !req.id.is_empty(),
+            !req.username.is_empty(),
+            !req.token.is_empty(),
+            !req.credential_id.is_empty(),
+        ];
+        if given.iter().filter(|g| **g).count() != 1 {
+            return Err(Status::invalid_argument(
+                "give exactly one of id, username, token, credential_id",
+            ));
+        }
+        let (kind, id) = if !req.id.is_empty() {
+            let id = revocations::parse_id(&req.id)
+                .ok_or_else(|| Status::invalid_argument("id: expected 64 hex digits"))?;
+            // The kind is only for the log line and the channel: ids never collide.
+            let kind = self
+                .authd
+                .revocations()
+                .iter()
+                .find(|d| d.id == id)
+                .map_or(Kind::Token, |d| d.kind);
+            (kind, id)
+        } else if !req.username.is_empty() {
+            (Kind::User, f.username(&req.username))
+        } else if !req.token.is_empty() {
+            if req.token.len() > MAX_TOKEN_BYTES {
+                return Err(Status::invalid_argument("token too long"));
+            }
+            (Kind::Token, f.token_id(&req.token))
+        } else {
+            (Kind::Credential, f.credential(&req.credential_id))
+        };
+        match self.authd.unrevoke(kind, id).await {
+            Ok(lifted) => {
+                tracing::info!(caller = %caller.0, kind = kind.label(), id = %id.to_hex(), lifted,
+                    "revocation lifted");
+                Ok(Response::new(UnrevokeResponse { lifted }))
+            }
+            Err(e) => {
+                tracing::warn!(caller = %caller.0, kind = kind.label(), id = %id.to_hex(), error = %e,
+                    "revocation lifted on this replica only");
+                Err(Status::unavailable(format!(
+                    "{e}; lifted on this replica only, the next resync may bring it back: retry"
+                )))
+            }
+        }
+    }
+
+    async fn list_revocations(
+        &self,
+        request: Request<ListRevocationsRequest>,
+    ) -> Result<Response<ListRevocationsResponse>, Status> {
+        self.authorize(&request, "ListRevocations")?;
+        let revocations = self
+            .authd
+            .revocations()
+            .into_iter()
+            .map(|d| Revocation {
+                kind: d.kind.label().into(),
+                id: d.id.to_hex(),
+                until_unix_ms: d.until_ms(),
+            })
+            .collect();
+        Ok(Response::new(ListRevocationsResponse { revocations }))
     }
 }

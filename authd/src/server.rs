@@ -17,7 +17,7 @@ use crate::access::{AccessLayer, AccessPolicy};
 use crate::authz::AdminAuthz;
 use crate::cache::redis::SharedCache;
 use crate::cache::seal::Sealer;
-use crate::cache::verdict::SharedLevel;
+use crate::cache::verdict::{RevocationSettings, SharedLevel};
 use crate::cache::Ttls;
 use crate::config::Config;
 use crate::fingerprint::Fingerprinter;
@@ -74,7 +74,22 @@ pub fn build(config: &Config) -> anyhow::Result<Authd> {
         config.cache.max_entries,
         metrics,
         shared,
+        RevocationSettings {
+            max_token_ttl: config.revocation.max_token_ttl,
+            resync_every: config.revocation.resync_every,
+        },
     ))
+}
+
+/// Loads the revocations from Redis before the first review is served, so a restarted
+/// replica refuses what was revoked from its first answer. Redis down: logged, and the
+/// periodic resync loads them when it is back.
+pub async fn load_revocations(authd: &Authd) {
+    match authd.load_revocations().await {
+        Ok(n) => tracing::info!(revocations = n, "revocation list loaded"),
+        Err(e) => tracing::warn!(error = %e,
+            "cannot load the revocation list from Redis; serving, and retrying every resync interval"),
+    }
 }
 
 /// Bound listeners, so callers learn the real ports before serving starts, and how the gRPC

@@ -10,13 +10,16 @@
 use std::convert::Infallible;
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use authd_proto::v1::{AuthenticateRequest, AuthenticateResponse, StringList, User};
 use futures::future::BoxFuture;
 
 use crate::cache::redis::SharedCacheError;
-use crate::cache::verdict::{Answer, CacheOutcome, SharedLevel, VerdictCache};
+use crate::cache::revocations::{Denial, Kind};
+use crate::cache::verdict::{
+    Answer, CacheOutcome, RevocationSettings, Revoked, SharedLevel, VerdictCache,
+};
 use crate::cache::Ttls;
 use crate::fingerprint::{Fingerprint, Fingerprinter};
 use crate::identity::Verdict;
@@ -33,6 +36,8 @@ enum Decision {
     Authenticated,
     Rejected,
     DeniedByPolicy,
+    /// A revocation in force denies the verdict.
+    Revoked,
     /// The cluster asked for is not configured: refused before any lookup.
     UnknownCluster,
     Undecided,
@@ -44,6 +49,7 @@ impl Decision {
             Decision::Authenticated => "authenticated",
             Decision::Rejected => "rejected",
             Decision::DeniedByPolicy => "denied_by_policy",
+            Decision::Revoked => "revoked",
             Decision::UnknownCluster => "unknown_cluster",
             Decision::Undecided => "undecided",
         }
@@ -54,6 +60,13 @@ struct Inner {
     cache: Arc<VerdictCache>,
     pipeline: RwLock<Arc<Pipeline>>,
     metrics: Arc<Metrics>,
+}
+
+/// What `Authd::prepare` read from the pipeline for one review.
+struct Prepared {
+    cluster: Arc<Cluster>,
+    digest: [u8; 32],
+    credential: Option<Fingerprint>,
 }
 
 /// Longest token looked up; longer ones are rejected without touching caches or sources.
@@ -100,7 +113,15 @@ impl Authd {
         max_entries: u64,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Self::with_levels(fingerprinter, pipeline, ttls, max_entries, metrics, None)
+        Self::with_levels(
+            fingerprinter,
+            pipeline,
+            ttls,
+            max_entries,
+            metrics,
+            None,
+            RevocationSettings::default(),
+        )
     }
 
     /// Like `new`, with a shared cache level behind the local one. With a shared level this
@@ -112,8 +133,16 @@ impl Authd {
         max_entries: u64,
         metrics: Arc<Metrics>,
         shared: Option<SharedLevel>,
+        revocation: RevocationSettings,
     ) -> Self {
-        let cache = VerdictCache::new(fingerprinter, ttls, max_entries, shared, metrics.clone());
+        let cache = VerdictCache::new(
+            fingerprinter,
+            ttls,
+            max_entries,
+            shared,
+            metrics.clone(),
+            revocation,
+        );
         Self {
             inner: Arc::new(Inner {
                 cache: Arc::new(cache),
@@ -153,28 +182,80 @@ impl Authd {
             .clone()
     }
 
-    /// Drops every cached verdict for this token, whatever the audiences, on every replica
-    /// (see `VerdictCache::revoke_token`).
-    pub async fn revoke_token(&self, token: &str) -> Result<u64, SharedCacheError> {
-        self.inner.cache.revoke_token(token).await
+    /// Denies this token on every replica (see `VerdictCache::revoke_token`).
+    pub async fn revoke_token(
+        &self,
+        token: &str,
+        until: Option<SystemTime>,
+    ) -> Result<Revoked, SharedCacheError> {
+        self.inner.cache.revoke_token(token, until).await
     }
 
-    /// Drops every cached verdict naming this user, on every replica.
-    pub async fn revoke_user(&self, username: &str) -> Result<u64, SharedCacheError> {
-        self.inner.cache.revoke_user(username).await
+    /// Denies every credential of this (mapped) username on every replica.
+    pub async fn revoke_user(
+        &self,
+        username: &str,
+        until: Option<SystemTime>,
+    ) -> Result<Revoked, SharedCacheError> {
+        self.inner.cache.revoke_user(username, until).await
     }
 
-    /// The cluster asked for, or `Err` with the metric label of a refused one.
-    fn cluster(&self, name: &str) -> Result<Arc<Cluster>, Name> {
+    /// Denies one credential by its source's id on every replica.
+    pub async fn revoke_credential(
+        &self,
+        credential_id: &str,
+        until: Option<SystemTime>,
+    ) -> Result<Revoked, SharedCacheError> {
+        self.inner
+            .cache
+            .revoke_credential(credential_id, until)
+            .await
+    }
+
+    /// Lifts a revocation on every replica; whether one was in force.
+    pub async fn unrevoke(&self, kind: Kind, id: Fingerprint) -> Result<bool, SharedCacheError> {
+        self.inner.cache.unrevoke(kind, id).await
+    }
+
+    /// The revocations in force.
+    pub fn revocations(&self) -> Vec<Denial> {
+        self.inner.cache.revocations()
+    }
+
+    /// Loads the revocations from the shared level before serving.
+    pub async fn load_revocations(&self) -> Result<usize, SharedCacheError> {
+        self.inner.cache.load_revocations().await
+    }
+
+    pub fn fingerprinter(&self) -> &Fingerprinter {
+        self.inner.cache.fingerprinter()
+    }
+
+    /// What a review needs from the current pipeline before its lookup: the metric label of
+    /// the cluster asked for (`Err` with the label of a refused one), the pipeline's digest
+    /// (the cache namespace), and the token's keyed credential id when a credential
+    /// revocation is in force (one read of the lock for all three).
+    fn prepare(&self, req: &AuthenticateRequest) -> Result<Prepared, Name> {
         let pipeline = self
             .inner
             .pipeline
             .read()
             .unwrap_or_else(|e| e.into_inner());
-        match pipeline.clusters.get(name) {
-            Some(c) => Ok(c.clone()),
-            None => Err(pipeline.clusters.label(name)),
-        }
+        let cluster = match pipeline.clusters.get(&req.cluster) {
+            Some(c) => c.clone(),
+            None => return Err(pipeline.clusters.label(&req.cluster)),
+        };
+        let cache = &self.inner.cache;
+        let credential = cache
+            .denies_credentials()
+            .then(|| pipeline.credential_id(&req.token))
+            .flatten()
+            .map(|id| cache.fingerprinter().credential(id));
+        Ok(Prepared {
+            cluster,
+            digest: pipeline.digest,
+            credential,
+        })
     }
 
     pub async fn authenticate(&self, req: AuthenticateRequest) -> AuthenticateResponse {
@@ -182,8 +263,8 @@ impl Authd {
         // An unknown cluster is a definitive "no" (kube-apiserver: not authenticated), before
         // any cache or source sees the token: the set of clusters is the configured one. The
         // review keeps the cluster it found here to the end, policy and counters alike.
-        let cluster = match self.cluster(&req.cluster) {
-            Ok(cluster) => cluster,
+        let prepared = match self.prepare(&req) {
+            Ok(p) => p,
             Err(other) => {
                 tracing::debug!(request_id = %req.request_id, cluster = %req.cluster.escape_debug(),
                     "cluster not configured: refused without a lookup");
@@ -204,13 +285,13 @@ impl Authd {
                 "token empty or longer than the limit: rejected without a lookup");
             count(
                 &self.inner.metrics,
-                &cluster,
+                &prepared.cluster,
                 Decision::Rejected,
                 CacheOutcome::None,
             );
             return AuthenticateResponse::default();
         }
-        let response = self.decide(&req, &cluster).await;
+        let response = self.decide(&req, prepared).await;
         self.inner
             .metrics
             .latency
@@ -218,9 +299,17 @@ impl Authd {
         response
     }
 
-    async fn decide(&self, req: &AuthenticateRequest, cluster: &Cluster) -> AuthenticateResponse {
+    async fn decide(&self, req: &AuthenticateRequest, prepared: Prepared) -> AuthenticateResponse {
+        let Prepared {
+            cluster,
+            digest,
+            credential,
+        } = prepared;
         let cache = &self.inner.cache;
-        let fp = cache.fingerprinter().token(&req.token, &req.audiences);
+        let fp = cache
+            .fingerprinter()
+            .token(&req.token, &req.audiences)
+            .within(&digest);
         // Runs only for the caller that starts a lookup; reads the pipeline when it runs.
         let ask = || {
             let this = self.clone();
@@ -233,12 +322,12 @@ impl Authd {
                     .await
             }
         };
-        let answer = cache.lookup(fp, &req.token, ask).await;
+        let answer = cache.lookup(fp, &req.token, credential, ask).await;
         let outcome = answer.outcome();
         let cached = outcome.cached();
         let (response, result) = match answer {
             Answer::Hit(entry, _) | Answer::Miss(entry) => {
-                self.finish(req, cluster, &fp, &entry.verdict, cached)
+                self.finish(req, &cluster, &fp, &entry.verdict, cached)
             }
             Answer::Stale {
                 verdict,
@@ -252,7 +341,16 @@ impl Authd {
                     error = %error,
                     "source could not decide; serving a stale positive verdict (stale-if-error)"
                 );
-                self.finish(req, cluster, &fp, &verdict.verdict, cached)
+                self.finish(req, &cluster, &fp, &verdict.verdict, cached)
+            }
+            Answer::Revoked(_) => {
+                tracing::debug!(request_id = %req.request_id, cluster = %req.cluster,
+                    fingerprint = %fp.short(), cached, "refused: revoked");
+                let response = AuthenticateResponse {
+                    cached,
+                    ..Default::default()
+                };
+                (response, Decision::Revoked)
             }
             Answer::Undecided(err) => {
                 tracing::warn!(
@@ -269,7 +367,7 @@ impl Authd {
                 (response, Decision::Undecided)
             }
         };
-        count(&self.inner.metrics, cluster, result, outcome);
+        count(&self.inner.metrics, &cluster, result, outcome);
         response
     }
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use authd::cache::redis::SharedCache;
 use authd::cache::seal::Sealer;
-use authd::cache::verdict::SharedLevel;
+use authd::cache::verdict::{RevocationSettings, SharedLevel};
 use authd::cache::Ttls;
 use authd::config::RedisConfig;
 use authd::fingerprint::Fingerprinter;
@@ -170,6 +170,7 @@ fn replica(redis: &Redis, source: &Arc<Switch>, grace: Duration) -> Authd {
             sources: vec![source.clone() as Arc<dyn Verifier>],
             clusters: any_cluster(),
             deadline: Duration::from_secs(5),
+            digest: [0; 32],
         },
         Ttls {
             positive: Duration::from_secs(1),
@@ -182,6 +183,7 @@ fn replica(redis: &Redis, source: &Arc<Switch>, grace: Duration) -> Authd {
             cache: Arc::new(shared),
             local_ttl: Duration::from_secs(10),
         }),
+        RevocationSettings::default(),
     )
 }
 
@@ -319,7 +321,7 @@ async fn concurrent_misses_make_one_source_call() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lookup_racing_a_revocation_caches_nothing() {
+async fn a_lookup_racing_a_revocation_is_refused_and_caches_nothing() {
     let redis = Redis::start();
     let source = Switch::new(alice());
     let a = replica(&redis, &source, Duration::ZERO);
@@ -332,21 +334,18 @@ async fn a_lookup_racing_a_revocation_caches_nothing() {
     while source.calls() == 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    a.revoke_token("a-token").await.unwrap();
+    a.revoke_token("a-token", None).await.unwrap();
     source.open();
     let r = pending.await.unwrap();
-    assert!(r.authenticated && !r.cached, "answered, {r:?}");
-    // Neither level kept it: both replicas ask the source again.
-    assert!(!review(&b).await.cached);
+    assert!(!r.authenticated && r.error.is_empty(), "refused, {r:?}");
+    // Neither level kept it: B asks the source again, and refuses what it says.
+    let r = review(&b).await;
+    assert!(!r.authenticated && !r.cached, "{r:?}");
     assert_eq!(source.calls(), 2);
-    assert!(
-        review(&a).await.cached,
-        "cached again once no revocation races it"
-    );
 }
 
 #[tokio::test]
-async fn without_redis_revocation_empties_the_local_cache() {
+async fn without_redis_a_revocation_holds_in_this_process() {
     let source = Switch::new(alice());
     let a = Authd::new(
         Fingerprinter::random(),
@@ -354,6 +353,7 @@ async fn without_redis_revocation_empties_the_local_cache() {
             sources: vec![source.clone() as Arc<dyn Verifier>],
             clusters: any_cluster(),
             deadline: Duration::from_secs(5),
+            digest: [0; 32],
         },
         Ttls {
             positive: Duration::from_secs(60),
@@ -377,14 +377,16 @@ async fn without_redis_revocation_empties_the_local_cache() {
     review(&a).await;
     with_audience(&a).await;
     assert!(review(&a).await.cached && with_audience(&a).await.cached);
-    assert_eq!(
-        a.revoke_token("a-token").await.unwrap(),
-        0,
-        "no shared level"
+    let r = a.revoke_token("a-token", None).await.unwrap();
+    assert_eq!(r.removed, 0, "no shared level");
+    assert!(
+        !review(&a).await.authenticated,
+        "refused, with no audiences"
     );
-    assert!(!review(&a).await.cached, "gone, with no audiences");
-    assert!(!with_audience(&a).await.cached, "and with audiences");
-    assert_eq!(a.revoke_user("alice").await.unwrap(), 0);
-    assert!(!review(&a).await.cached);
-    assert_eq!(source.calls(), 5);
+    assert!(!with_audience(&a).await.authenticated, "and with audiences");
+    assert!(a.unrevoke(r.denial.kind, r.denial.id).await.unwrap());
+    assert!(review(&a).await.authenticated, "lifted");
+    assert_eq!(a.revoke_user("alice", None).await.unwrap().removed, 0);
+    assert!(!review(&a).await.authenticated);
+    assert!(!with_audience(&a).await.authenticated);
 }

@@ -6,6 +6,7 @@ mod load;
 mod servers;
 mod suite;
 mod tokens;
+mod window;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -41,6 +42,9 @@ enum ProtoArg {
 enum Command {
     /// Start every server, run every scenario and baseline, write the Markdown report.
     Suite(suite::Args),
+    /// Measure how long after a revocation returns on one authd replica another one still
+    /// authenticates the token (two replicas, one Redis).
+    RevocationWindow(window::Args),
     /// Load one TokenReview endpoint (or authd's gRPC port) and print what was measured.
     Run {
         /// `https://host:port/path` of a TokenReview endpoint, or `http://host:port` with --grpc.
@@ -135,6 +139,7 @@ fn read_tokens(path: &PathBuf) -> anyhow::Result<Vec<tokens::Item>> {
 async fn run(cli: Cli) -> anyhow::Result<bool> {
     match cli.command {
         Command::Suite(args) => suite::run(args).await,
+        Command::RevocationWindow(args) => window::run(args).await,
         Command::Run {
             url,
             ca,

@@ -69,7 +69,7 @@ pub struct Args {
 }
 
 /// A child process killed (with its process group) on drop.
-struct Proc {
+pub(crate) struct Proc {
     name: String,
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
@@ -77,7 +77,7 @@ struct Proc {
 }
 
 impl Proc {
-    fn spawn(name: &str, mut cmd: Command, dir: &Path) -> anyhow::Result<Proc> {
+    pub(crate) fn spawn(name: &str, mut cmd: Command, dir: &Path) -> anyhow::Result<Proc> {
         use std::os::unix::process::CommandExt;
         let stderr_path = dir.join(format!("{name}.stderr"));
         let stderr = std::fs::File::create(&stderr_path)?;
@@ -117,7 +117,7 @@ impl Proc {
 
     /// Waits for a stdout line starting with `prefix`; Err(stderr tail) if the process
     /// exits first.
-    fn ready(&mut self, prefix: &str) -> Result<String, String> {
+    pub(crate) fn ready(&mut self, prefix: &str) -> Result<String, String> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(l) = self
@@ -144,7 +144,7 @@ impl Proc {
     }
 
     /// Waits until `addr` accepts TCP connections (servers without a ready line).
-    fn listening(&mut self, addr: &str) -> Result<(), String> {
+    pub(crate) fn listening(&mut self, addr: &str) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if std::net::TcpStream::connect(addr).is_ok() {
@@ -176,13 +176,13 @@ impl Drop for Proc {
     }
 }
 
-fn field(line: &str, key: &str) -> Option<String> {
+pub(crate) fn field(line: &str, key: &str) -> Option<String> {
     line.split_whitespace()
         .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
         .map(str::to_owned)
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
@@ -398,7 +398,7 @@ fn repo_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-fn bin(env_bins: &Path, name: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn bin(env_bins: &Path, name: &str) -> anyhow::Result<PathBuf> {
     let p = env_bins.join(name);
     anyhow::ensure!(
         p.exists(),

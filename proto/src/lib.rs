@@ -37,6 +37,19 @@ pub mod v1 {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
             f.debug_struct("RevokeTokenRequest")
                 .field("token", &Redacted(self.token.len()))
+                .field("until_unix_ms", &self.until_unix_ms)
+                .finish()
+        }
+    }
+
+    /// Never prints the token, like [`AuthenticateRequest`]'s.
+    impl std::fmt::Debug for UnrevokeRequest {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("UnrevokeRequest")
+                .field("id", &self.id)
+                .field("username", &self.username)
+                .field("token", &Redacted(self.token.len()))
+                .field("credential_id", &self.credential_id)
                 .finish()
         }
     }
@@ -44,7 +57,7 @@ pub mod v1 {
 
 #[cfg(test)]
 mod tests {
-    use super::v1::{AuthenticateRequest, RevokeTokenRequest};
+    use super::v1::{AuthenticateRequest, RevokeTokenRequest, UnrevokeRequest};
 
     #[test]
     fn debug_never_prints_the_token() {
@@ -61,8 +74,14 @@ mod tests {
         }
         let revoke = RevokeTokenRequest {
             token: "s3cr3t-token-value".into(),
+            until_unix_ms: 0,
         };
         assert!(!format!("{revoke:?}").contains("s3cr3t"));
+        let unrevoke = UnrevokeRequest {
+            token: "s3cr3t-token-value".into(),
+            ..Default::default()
+        };
+        assert!(!format!("{unrevoke:?}").contains("s3cr3t"));
         // Wrapped in a tonic request, as a handler would log it.
         let wrapped = tonic::Request::new(req);
         assert!(!format!("{wrapped:?}").contains("s3cr3t"));

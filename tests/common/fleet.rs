@@ -51,6 +51,16 @@ impl Replica {
         r
     }
 
+    /// The same address and name without the process: for addressing it from another task.
+    pub fn handle(&self) -> Replica {
+        Replica {
+            name: self.name.clone(),
+            addr: self.addr.clone(),
+            proc: None,
+            toml: self.toml.clone(),
+        }
+    }
+
     pub fn restart(&mut self, dir: &Path) {
         self.proc = Some(super::start_authd(dir, &self.name, &self.addr, &self.toml));
     }

@@ -247,6 +247,16 @@ impl RedisServer {
                             redis::cmd("SMEMBERS").arg(&k).query(&mut con).unwrap();
                         v.join(" ")
                     }
+                    "zset" => {
+                        let v: Vec<String> = redis::cmd("ZRANGE")
+                            .arg(&k)
+                            .arg(0)
+                            .arg(-1)
+                            .arg("WITHSCORES")
+                            .query(&mut con)
+                            .unwrap();
+                        v.join(" ")
+                    }
                     "none" => String::new(),
                     other => panic!("unexpected key type {other} for {k}"),
                 };

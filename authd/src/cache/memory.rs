@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use super::local::LocalCache;
 use super::redis::Revocation;
+use super::revocations::{Denial, DenyList, Kind, Message, Stored};
 use super::{CachedVerdict, SharedStore};
 use crate::fingerprint::Fingerprint;
 
@@ -17,8 +18,11 @@ pub struct MemoryShared {
     entries: Mutex<HashMap<Fingerprint, CachedVerdict>>,
     by_token: Mutex<HashMap<Fingerprint, Vec<Fingerprint>>>,
     by_user: Mutex<HashMap<Fingerprint, Vec<Fingerprint>>>,
-    /// Every replica's local level, as the revocation channel reaches them.
-    subscribers: Mutex<Vec<LocalCache>>,
+    /// The deny-list set and its marker.
+    denials: Mutex<HashMap<Fingerprint, Denial>>,
+    marker: Mutex<Option<String>>,
+    /// Every replica's local level and deny-list, as the revocation channel reaches them.
+    subscribers: Mutex<Vec<(LocalCache, Arc<DenyList>)>>,
 }
 
 impl MemoryShared {
@@ -30,6 +34,17 @@ impl MemoryShared {
     /// Stores an entry directly, as another replica would have.
     pub fn insert(&self, fp: Fingerprint, entry: CachedVerdict) {
         lock(&self.entries).insert(fp, entry);
+    }
+
+    /// Drops every verdict (they expired).
+    pub fn clear(&self) {
+        lock(&self.entries).clear();
+    }
+
+    /// Loses the deny-list set and its marker, as a Redis restarted without its data.
+    pub fn forget_denials(&self) {
+        lock(&self.denials).clear();
+        *lock(&self.marker) = None;
     }
 
     /// How many verdicts it holds.
@@ -51,10 +66,17 @@ impl MemoryShared {
         };
         let message = message(keys);
         let subscribers = lock(&self.subscribers).clone();
-        for local in &subscribers {
+        for (local, _) in &subscribers {
             message.apply(local).await;
         }
         removed as u64
+    }
+
+    /// Tells every replica's deny-list, as the channel would.
+    fn publish(&self, message: Message) {
+        for (_, deny) in lock(&self.subscribers).iter() {
+            deny.apply(message);
+        }
     }
 }
 
@@ -107,7 +129,44 @@ impl SharedStore for MemoryShared {
         }
     }
 
-    fn subscribe(self: &Arc<Self>, local: LocalCache) {
-        lock(&self.subscribers).push(local);
+    fn deny(&self, denial: &Denial) -> impl Future<Output = Result<(), Infallible>> + Send {
+        lock(&self.denials).insert(denial.id, *denial);
+        self.publish(Message::Deny(*denial));
+        async { Ok(()) }
+    }
+
+    fn lift(
+        &self,
+        kind: Kind,
+        id: &Fingerprint,
+    ) -> impl Future<Output = Result<bool, Infallible>> + Send {
+        let was = lock(&self.denials).remove(id).is_some();
+        self.publish(Message::Lift(kind, *id));
+        async move { Ok(was) }
+    }
+
+    fn denials(&self) -> impl Future<Output = Result<Stored, Infallible>> + Send {
+        let stored = Stored {
+            denials: lock(&self.denials).values().copied().collect(),
+            marker: lock(&self.marker).clone(),
+        };
+        async { Ok(stored) }
+    }
+
+    fn add_denials(
+        &self,
+        denials: &[Denial],
+        marker: &str,
+    ) -> impl Future<Output = Result<(), Infallible>> + Send {
+        let mut stored = lock(&self.denials);
+        for d in denials {
+            stored.insert(d.id, *d);
+        }
+        *lock(&self.marker) = Some(marker.to_owned());
+        async { Ok(()) }
+    }
+
+    fn subscribe(self: &Arc<Self>, local: LocalCache, deny: Arc<DenyList>) {
+        lock(&self.subscribers).push((local, deny));
     }
 }

@@ -8,6 +8,7 @@ pub mod local;
 #[cfg(test)]
 pub mod memory;
 pub mod redis;
+pub mod revocations;
 pub mod seal;
 pub mod verdict;
 
@@ -18,6 +19,7 @@ use std::time::{Duration, SystemTime};
 use crate::fingerprint::Fingerprint;
 use crate::identity::Verdict;
 use local::LocalCache;
+use revocations::{Denial, DenyList, Kind, Stored};
 
 /// The shared level behind the in-process one, as the verdict cache uses it. Lookups never
 /// fail (a failure is a miss); revocations report their failure, because the operator must
@@ -49,8 +51,30 @@ pub trait SharedStore: Send + Sync + 'static {
         user_id: &Fingerprint,
     ) -> impl Future<Output = Result<u64, Self::Error>> + Send;
 
-    /// Starts applying every replica's revocations to `local`.
-    fn subscribe(self: &Arc<Self>, local: LocalCache);
+    /// Records a revocation durably and tells every replica; returns once it is stored.
+    fn deny(&self, denial: &Denial) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Lifts a revocation and tells every replica; whether it was there.
+    fn lift(
+        &self,
+        kind: Kind,
+        id: &Fingerprint,
+    ) -> impl Future<Output = Result<bool, Self::Error>> + Send;
+
+    /// Every stored revocation (ended ones may be dropped) and the set's marker.
+    fn denials(&self) -> impl Future<Output = Result<Stored, Self::Error>> + Send;
+
+    /// Adds revocations (a resync writing back what this replica knows) and sets the
+    /// marker; drops ended ones.
+    fn add_denials(
+        &self,
+        denials: &[Denial],
+        marker: &str,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Starts applying every replica's revocations to `local` (purges) and `deny` (the
+    /// deny-list), asking `deny` for a resync whenever messages may have been lost.
+    fn subscribe(self: &Arc<Self>, local: LocalCache, deny: Arc<DenyList>);
 }
 
 /// A cached verdict with its deadlines (wall-clock, so replicas sharing a cache agree).

@@ -14,8 +14,9 @@
 //!   miss, counted in `authd_cache_integrity_failures_total` and logged once per minute;
 //! - `t:<token id>` — set of fingerprints cached for one token (any audiences);
 //! - `u:<user id>` — set of fingerprints of positive verdicts for one user;
+//! - `revoked` — the deny-list, a sorted set (see `revocations.rs`);
 //! - channel `revocations` — `t|u <id> <fingerprint>…`, telling every replica what to drop
-//!   from its in-process level.
+//!   from its in-process level, and `d|l <kind>:<id> …`, a revocation added or lifted.
 //!
 //! A value and its index entries are written in one MULTI/EXEC on a single server. A Redis
 //! Cluster spreads them over slots, where no transaction reaches: there the index entries
@@ -35,6 +36,7 @@ use redis::{Client, FromRedisValue, IntoConnectionInfo, RedisResult, TlsCertific
 use serde::{Deserialize, Serialize};
 
 use super::local::LocalCache;
+use super::revocations::{self, Denial, DenyList, Kind, Message, Stored};
 use super::seal::Sealer;
 use super::{CachedVerdict, SharedStore};
 use crate::config::RedisConfig;
@@ -586,19 +588,132 @@ impl SharedCache {
         .await
     }
 
-    /// Starts the task that applies every replica's revocations to `local`, reconnecting
-    /// (and trying the next cluster node) whenever the subscription is lost.
-    pub fn spawn_subscriber(self: &Arc<Self>, local: LocalCache) {
-        let this = self.clone();
-        tokio::spawn(async move { this.subscribe_forever(local).await });
+    fn revoked_key(&self) -> String {
+        format!("{}revoked", self.prefix)
     }
 
-    async fn subscribe_forever(&self, local: LocalCache) {
+    /// Stores a revocation in the deny-list set, then tells every replica. Not skipped while
+    /// Redis seems down: an operator's revocation always tries.
+    pub async fn deny(&self, d: &Denial) -> Result<(), SharedCacheError> {
+        let add = redis::cmd("ZADD")
+            .arg(self.revoked_key())
+            .arg(d.score())
+            .arg(d.member())
+            .clone();
+        let publish = redis::cmd("PUBLISH")
+            .arg(self.channel())
+            .arg(Message::Deny(*d).encode())
+            .clone();
+        let work = async {
+            self.query::<()>(&add).await?;
+            self.query::<()>(&publish).await
+        };
+        self.timed("deny", self.admin_timeout, false, work).await
+    }
+
+    /// Lifts a revocation and tells every replica; whether it was stored. `kind` only
+    /// labels the message.
+    pub async fn lift(&self, kind: Kind, id: &Fingerprint) -> Result<bool, SharedCacheError> {
+        // Every kind's member: ids never collide, and a caller lifting by id alone may
+        // not know the kind.
+        let members: Vec<String> = [Kind::Token, Kind::User, Kind::Credential]
+            .into_iter()
+            .map(|kind| {
+                Denial {
+                    kind,
+                    id: *id,
+                    until: None,
+                }
+                .member()
+            })
+            .collect();
+        let rem = redis::cmd("ZREM")
+            .arg(self.revoked_key())
+            .arg(members)
+            .clone();
+        let publish = redis::cmd("PUBLISH")
+            .arg(self.channel())
+            .arg(Message::Lift(kind, *id).encode())
+            .clone();
+        let work = async {
+            let n: u64 = self.query(&rem).await?;
+            self.query::<()>(&publish).await?;
+            Ok(n > 0)
+        };
+        self.timed("lift", self.admin_timeout, false, work).await
+    }
+
+    /// The whole deny-list set, ended revocations dropped first.
+    pub async fn denials(&self) -> Result<Stored, SharedCacheError> {
+        let key = self.revoked_key();
+        let now = revocations::to_ms(SystemTime::now());
+        let prune = redis::cmd("ZREMRANGEBYSCORE")
+            .arg(&key)
+            .arg("-inf")
+            .arg(format!("({now}"))
+            .clone();
+        let read = redis::cmd("ZRANGE")
+            .arg(&key)
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES")
+            .clone();
+        let work = async {
+            self.query::<()>(&prune).await?;
+            self.query::<Vec<(String, f64)>>(&read).await
+        };
+        let members = self
+            .timed("denials", self.admin_timeout, false, work)
+            .await?;
+        let mut stored = Stored::default();
+        for (member, score) in members {
+            match member.strip_prefix("m:") {
+                Some(marker) => stored.marker = Some(marker.to_owned()),
+                None => stored.denials.extend(Denial::parse(&member, score)),
+            }
+        }
+        Ok(stored)
+    }
+
+    /// Adds revocations and replaces the marker, in one ZADD.
+    pub async fn add_denials(&self, ds: &[Denial], marker: &str) -> Result<(), SharedCacheError> {
+        let key = self.revoked_key();
+        let stored = self.denials().await?;
+        let mut zadd = redis::cmd("ZADD");
+        zadd.arg(&key).arg("+inf").arg(format!("m:{marker}"));
+        for d in ds {
+            zadd.arg(d.score()).arg(d.member());
+        }
+        let old_markers: Vec<String> = stored
+            .marker
+            .iter()
+            .filter(|m| *m != marker)
+            .map(|m| format!("m:{m}"))
+            .collect();
+        let work = async {
+            self.query::<()>(&zadd).await?;
+            if !old_markers.is_empty() {
+                self.query::<()>(redis::cmd("ZREM").arg(&key).arg(&old_markers))
+                    .await?;
+            }
+            Ok(())
+        };
+        self.timed("deny", self.admin_timeout, false, work).await
+    }
+
+    /// Starts the task that applies every replica's revocations to `local`, reconnecting
+    /// (and trying the next cluster node) whenever the subscription is lost.
+    pub fn spawn_subscriber(self: &Arc<Self>, local: LocalCache, deny: Arc<DenyList>) {
+        let this = self.clone();
+        tokio::spawn(async move { this.subscribe_forever(local, deny).await });
+    }
+
+    async fn subscribe_forever(&self, local: LocalCache, deny: Arc<DenyList>) {
         let mut subscribed_before = false;
         let mut backoff = Duration::from_millis(100);
         for node in (0..self.pubsub.len()).cycle() {
             match self
-                .subscribe_once(&self.pubsub[node], &local, &mut subscribed_before)
+                .subscribe_once(&self.pubsub[node], &local, &deny, &mut subscribed_before)
                 .await
             {
                 Ok(()) => backoff = Duration::from_millis(100),
@@ -621,6 +736,7 @@ impl SharedCache {
         &self,
         client: &Client,
         local: &LocalCache,
+        deny: &DenyList,
         subscribed_before: &mut bool,
     ) -> RedisResult<()> {
         let timeout_err = || redis::RedisError::from((redis::ErrorKind::Io, "timed out"));
@@ -632,6 +748,8 @@ impl SharedCache {
             .await
             .map_err(|_| timeout_err())??;
         self.health.succeeded();
+        // Revocations made while this replica was not subscribed reach it by a resync.
+        deny.resync_now.notify_one();
         if *subscribed_before {
             // Messages sent while we were away are lost; nothing local can be trusted.
             local.clear();
@@ -648,12 +766,13 @@ impl SharedCache {
                         return Ok(());
                     };
                     let payload: String = msg.get_payload().unwrap_or_default();
-                    match Revocation::decode(&payload) {
-                        Some(r) => {
-                            let n = r.apply(local).await;
-                            tracing::info!(matched = n, "applied a revocation");
-                        }
-                        None => tracing::warn!("ignoring a malformed revocation message"),
+                    if let Some(m) = Message::decode(&payload) {
+                        deny.apply(m);
+                    } else if let Some(r) = Revocation::decode(&payload) {
+                        let n = r.apply(local).await;
+                        tracing::info!(matched = n, "applied a revocation");
+                    } else {
+                        tracing::warn!("ignoring a malformed revocation message");
                     }
                 }
                 _ = tokio::time::sleep(SUBSCRIBER_PING_EVERY) => {
@@ -699,8 +818,32 @@ impl SharedStore for SharedCache {
         SharedCache::revoke_user(self, user_id)
     }
 
-    fn subscribe(self: &Arc<Self>, local: LocalCache) {
-        self.spawn_subscriber(local);
+    fn deny(&self, denial: &Denial) -> impl Future<Output = Result<(), SharedCacheError>> + Send {
+        SharedCache::deny(self, denial)
+    }
+
+    fn lift(
+        &self,
+        kind: Kind,
+        id: &Fingerprint,
+    ) -> impl Future<Output = Result<bool, SharedCacheError>> + Send {
+        SharedCache::lift(self, kind, id)
+    }
+
+    fn denials(&self) -> impl Future<Output = Result<Stored, SharedCacheError>> + Send {
+        SharedCache::denials(self)
+    }
+
+    fn add_denials(
+        &self,
+        denials: &[Denial],
+        marker: &str,
+    ) -> impl Future<Output = Result<(), SharedCacheError>> + Send {
+        SharedCache::add_denials(self, denials, marker)
+    }
+
+    fn subscribe(self: &Arc<Self>, local: LocalCache, deny: Arc<DenyList>) {
+        self.spawn_subscriber(local, deny);
     }
 }
 

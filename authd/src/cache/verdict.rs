@@ -1,6 +1,11 @@
 //! The verdict cache: the local level, then (one lookup per key at a time) the shared level,
 //! then the sources; stale-if-error when the sources cannot decide; revocation.
 //!
+//! Revocation is a deny-list (`revocations.rs`), not only a purge: every answer — local hit,
+//! shared hit, joined lookup, fresh lookup, stale-if-error — passes it just before it is
+//! returned, so nothing computed before a revocation is served after it, wherever it was
+//! cached. The purge and the guards below only keep the levels tidy.
+//!
 //! Two guards keep an obsolete answer out of both levels. Single flight: concurrent misses
 //! for one key share one lookup. The generation guard: a lookup notes the local level's
 //! generation before it starts, and every revocation (this replica's or another's, through
@@ -22,6 +27,7 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 
 use super::local::{LocalCache, LocalEntry};
 use super::redis::SharedCache;
+use super::revocations::{self, Denial, DenyList, Kind};
 use super::{CachedVerdict, SharedStore, Ttls};
 use crate::fingerprint::{Fingerprint, Fingerprinter};
 use crate::identity::Verdict;
@@ -67,6 +73,9 @@ pub enum Answer {
     /// The sources could not decide and no cached verdict can stand in. The message is
     /// safe to log and to return.
     Undecided(Arc<str>),
+    /// A positive verdict, obtained as the outcome says, that a revocation in force denies:
+    /// a definitive no.
+    Revoked(CacheOutcome),
 }
 
 impl Answer {
@@ -76,8 +85,45 @@ impl Answer {
             Answer::Hit(_, Level::Shared) => CacheOutcome::HitShared,
             Answer::Miss(_) | Answer::Undecided(_) => CacheOutcome::Miss,
             Answer::Stale { .. } => CacheOutcome::Stale,
+            Answer::Revoked(outcome) => *outcome,
         }
     }
+
+    /// The positive verdict the answer would serve, if any.
+    fn positive(&self) -> Option<&CachedVerdict> {
+        match self {
+            Answer::Hit(v, _) | Answer::Miss(v) | Answer::Stale { verdict: v, .. } => {
+                Some(&**v).filter(|v| v.verdict.authenticated())
+            }
+            Answer::Undecided(_) | Answer::Revoked(_) => None,
+        }
+    }
+}
+
+/// How revocations behave.
+#[derive(Debug, Clone, Copy)]
+pub struct RevocationSettings {
+    /// How long a token revocation lasts when the token's own expiry is unknown.
+    pub max_token_ttl: Duration,
+    /// Between full resynchronisations of the deny-list from the shared level.
+    pub resync_every: Duration,
+}
+
+impl Default for RevocationSettings {
+    fn default() -> Self {
+        Self {
+            max_token_ttl: Duration::from_secs(7 * 24 * 3600),
+            resync_every: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What a revocation did.
+#[derive(Debug, Clone, Copy)]
+pub struct Revoked {
+    pub denial: Denial,
+    /// Verdicts dropped from the shared level (0 without one).
+    pub removed: u64,
 }
 
 /// How a review's verdict was obtained, as the `cache` label of `authd_verdicts` tells it.
@@ -177,22 +223,33 @@ pub struct VerdictCache<S = SharedCache> {
     inflight: Mutex<HashMap<Fingerprint, InFlight>>,
     /// The next lookup's `InFlight::id`.
     next_flight: AtomicU64,
+    /// Revocations in force, checked on every answer.
+    deny: Arc<DenyList>,
+    revocation: RevocationSettings,
     metrics: Arc<Metrics>,
 }
 
 impl<S: SharedStore> VerdictCache<S> {
-    /// With a shared level this starts its revocation subscriber (for Redis: a Tokio task,
-    /// so it must run inside a Tokio runtime).
+    /// With a shared level this starts its revocation subscriber and the deny-list's
+    /// resync (for Redis: Tokio tasks, so it must run inside a Tokio runtime).
     pub fn new(
         fingerprinter: Fingerprinter,
         ttls: Ttls,
         max_entries: u64,
         shared: Option<SharedLevel<S>>,
         metrics: Arc<Metrics>,
+        revocation: RevocationSettings,
     ) -> Self {
         let local = LocalCache::new(max_entries);
-        if let Some(s) = &shared {
-            s.cache.subscribe(local.clone());
+        let deny = Arc::new(DenyList::default());
+        match &shared {
+            Some(s) => {
+                s.cache.subscribe(local.clone(), deny.clone());
+                deny.spawn_resync(s.cache.clone(), revocation.resync_every);
+            }
+            None => tracing::warn!(
+                "no shared cache (Redis): revocations hold in this process only and are lost when it restarts"
+            ),
         }
         Self {
             fingerprinter,
@@ -201,8 +258,25 @@ impl<S: SharedStore> VerdictCache<S> {
             ttls,
             inflight: Mutex::new(HashMap::new()),
             next_flight: AtomicU64::new(0),
+            deny,
+            revocation,
             metrics,
         }
+    }
+
+    /// Loads the deny-list from the shared level (at start, before serving). An error
+    /// leaves it to the periodic resync.
+    pub async fn load_revocations(&self) -> Result<usize, S::Error> {
+        match &self.shared {
+            Some(s) => self.deny.resync(&*s.cache).await,
+            None => Ok(0),
+        }
+    }
+
+    /// Whether a revocation by credential id is in force (so the caller computes the
+    /// token's credential id only then).
+    pub fn denies_credentials(&self) -> bool {
+        self.deny.has_credentials()
     }
 
     pub fn fingerprinter(&self) -> &Fingerprinter {
@@ -214,7 +288,16 @@ impl<S: SharedStore> VerdictCache<S> {
     /// then `ask` (the sources), whose definitive verdict is stored in both levels unless a
     /// revocation or reload happened meanwhile. `ask` is called only by the caller that
     /// starts a lookup.
-    pub async fn lookup<F, Fut>(self: &Arc<Self>, fp: Fingerprint, token: &str, ask: F) -> Answer
+    ///
+    /// Every answer passes the deny-list last: `credential` is the keyed credential id of
+    /// the token when a credential revocation is in force (`denies_credentials`).
+    pub async fn lookup<F, Fut>(
+        self: &Arc<Self>,
+        fp: Fingerprint,
+        token: &str,
+        credential: Option<Fingerprint>,
+        ask: F,
+    ) -> Answer
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Verdict, Arc<str>>> + Send + 'static,
@@ -223,12 +306,59 @@ impl<S: SharedStore> VerdictCache<S> {
         let local = match self.local.get(&fp).await {
             Some(entry) if entry.is_fresh(now) => {
                 self.metrics.local_hits.inc();
+                // The entry carries its keyed ids: no hashing on the warm path.
+                if self
+                    .deny
+                    .denies(&[Some(entry.token_id), entry.user_id, credential])
+                {
+                    return Answer::Revoked(CacheOutcome::HitLocal);
+                }
                 return Answer::Hit(entry.verdict, Level::Local);
             }
             local => local,
         };
         self.metrics.local_misses.inc();
-        let undecided = match self.coalesced(fp, token, ask).await {
+        // Outside the lock that every miss takes.
+        let token_id = self.fingerprinter.token_id(token);
+        let answer = self.missed(fp, token_id, local, now, ask).await;
+        self.unless_revoked(answer, token_id, credential)
+    }
+
+    /// The answer, or `Revoked` when a revocation in force denies its positive verdict.
+    fn unless_revoked(
+        &self,
+        answer: Answer,
+        token_id: Fingerprint,
+        credential: Option<Fingerprint>,
+    ) -> Answer {
+        let Some(verdict) = answer.positive() else {
+            return answer;
+        };
+        if !self.deny.denies(&[Some(token_id), credential]) {
+            let user = verdict.verdict.identity.as_ref().map(|i| &i.username);
+            let user_id = user.map(|u| self.fingerprinter.username(u));
+            if !self.deny.denies(&[user_id]) {
+                return answer;
+            }
+        }
+        Answer::Revoked(answer.outcome())
+    }
+
+    /// A local miss: the shared level and the sources (one lookup per key), then
+    /// stale-if-error.
+    async fn missed<F, Fut>(
+        self: &Arc<Self>,
+        fp: Fingerprint,
+        token_id: Fingerprint,
+        local: Option<LocalEntry>,
+        now: SystemTime,
+        ask: F,
+    ) -> Answer
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Verdict, Arc<str>>> + Send + 'static,
+    {
+        let undecided = match self.coalesced(fp, token_id, ask).await {
             Ok((entry, Found::Shared)) => return Answer::Hit(entry, Level::Shared),
             Ok((entry, Found::Source)) => return Answer::Miss(entry),
             Err(undecided) => undecided,
@@ -282,13 +412,16 @@ impl<S: SharedStore> VerdictCache<S> {
     /// (a connection, a lock), nor parks it in the map for a later caller to resume. The
     /// task removes its own entry when it ends, however it ends, and its length is bounded
     /// by the pipeline's deadline (the sources' timeouts).
-    async fn coalesced<F, Fut>(self: &Arc<Self>, fp: Fingerprint, token: &str, ask: F) -> Flight
+    async fn coalesced<F, Fut>(
+        self: &Arc<Self>,
+        fp: Fingerprint,
+        token_id: Fingerprint,
+        ask: F,
+    ) -> Flight
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Verdict, Arc<str>>> + Send + 'static,
     {
-        // Outside the lock that every miss takes.
-        let token_id = self.fingerprinter.token_id(token);
         let fut = {
             let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
             match inflight.get(&fp) {
@@ -435,31 +568,127 @@ impl<S: SharedStore> VerdictCache<S> {
         self.local.clear();
     }
 
-    /// Drops every cached verdict for this token, whatever the audiences: from the shared
-    /// level (which tells every replica) first, then from this replica. Returns how many
-    /// verdicts left the shared level (0 without one). An error means the shared level
-    /// could not be reached; this replica has still dropped its copies.
-    pub async fn revoke_token(&self, token: &str) -> Result<u64, S::Error> {
+    /// Denies this token until `until`, by default until it would have expired (a JWT's
+    /// `exp`, else `max_token_ttl`), and never for less than a cached verdict of it could
+    /// live; then drops its cached verdicts, whatever the audiences. See `revoke`.
+    pub async fn revoke_token(
+        &self,
+        token: &str,
+        until: Option<SystemTime>,
+    ) -> Result<Revoked, S::Error> {
         let id = self.fingerprinter.token_id(token);
-        let shared = match &self.shared {
-            Some(s) => Some(s.cache.revoke_token(&id).await),
-            None => None,
+        let until = until.unwrap_or_else(|| {
+            revocations::jwt_expiry(token)
+                .unwrap_or_else(|| SystemTime::now() + self.revocation.max_token_ttl)
+        });
+        let denial = Denial {
+            kind: Kind::Token,
+            id,
+            until: Some(until.max(self.outlives_every_verdict())),
         };
-        let local = self.local.remove_token(&id).await;
-        tracing::info!(token_id = %id.short(), local, shared = ?shared.as_ref().map(|r| r.as_ref().ok()), "token revoked");
-        shared.unwrap_or(Ok(0))
+        self.revoke(denial).await
     }
 
-    /// Drops every cached verdict naming this user, as `revoke_token` does for a token.
-    pub async fn revoke_user(&self, username: &str) -> Result<u64, S::Error> {
-        let id = self.fingerprinter.username(username);
-        let shared = match &self.shared {
-            Some(s) => Some(s.cache.revoke_user(&id).await),
-            None => None,
+    /// Denies every credential mapping to this username until `until` (`None`: until
+    /// lifted), and drops its cached verdicts. See `revoke`.
+    pub async fn revoke_user(
+        &self,
+        username: &str,
+        until: Option<SystemTime>,
+    ) -> Result<Revoked, S::Error> {
+        let denial = Denial {
+            kind: Kind::User,
+            id: self.fingerprinter.username(username),
+            until,
         };
-        let local = self.local.remove_user(&id).await;
-        tracing::info!(user_id = %id.short(), local, shared = ?shared.as_ref().map(|r| r.as_ref().ok()), "user revoked");
-        shared.unwrap_or(Ok(0))
+        self.revoke(denial).await
+    }
+
+    /// Denies one credential by its source's id until `until` (by default
+    /// `max_token_ttl`, and never for less than a cached verdict could live).
+    pub async fn revoke_credential(
+        &self,
+        credential_id: &str,
+        until: Option<SystemTime>,
+    ) -> Result<Revoked, S::Error> {
+        let until = until.unwrap_or_else(|| SystemTime::now() + self.revocation.max_token_ttl);
+        let denial = Denial {
+            kind: Kind::Credential,
+            id: self.fingerprinter.credential(credential_id),
+            until: Some(until.max(self.outlives_every_verdict())),
+        };
+        self.revoke(denial).await
+    }
+
+    /// The latest a verdict cached now could still be served: a revocation lasting at
+    /// least this long cannot end before a late write of what it revoked has expired.
+    fn outlives_every_verdict(&self) -> SystemTime {
+        SystemTime::now()
+            + self
+                .ttls
+                .positive
+                .max(self.ttls.negative)
+                .saturating_add(self.ttls.stale_grace)
+    }
+
+    /// Puts a revocation in force: in this replica's memory first (every answer from now
+    /// on is checked against it), then durably in the shared level, which tells every
+    /// replica; then drops the verdicts it covers from both levels. `Ok` only once the
+    /// shared level holds it (always without one). On an error it still holds here, and
+    /// the resync writes it to the shared level when it can.
+    async fn revoke(&self, denial: Denial) -> Result<Revoked, S::Error> {
+        self.deny.insert(denial);
+        let mut removed = 0;
+        if let Some(s) = &self.shared {
+            if let Err(e) = s.cache.deny(&denial).await {
+                self.deny.keep_pending(denial);
+                self.purge_local(&denial).await;
+                return Err(e);
+            }
+            // The revocation is durable now: a purge that fails leaves entries the
+            // deny-list refuses until they expire.
+            let purged = match denial.kind {
+                Kind::Token => s.cache.revoke_token(&denial.id).await,
+                Kind::User => s.cache.revoke_user(&denial.id).await,
+                Kind::Credential => Ok(0),
+            };
+            removed = purged.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "revoked, but its cached verdicts stay in Redis until they expire (refused meanwhile)");
+                0
+            });
+        }
+        self.purge_local(&denial).await;
+        Ok(Revoked { denial, removed })
+    }
+
+    /// Drops this replica's copies a revocation covers (a credential's are not indexed:
+    /// the deny-list refuses them until they expire).
+    async fn purge_local(&self, denial: &Denial) {
+        match denial.kind {
+            Kind::Token => {
+                self.local.remove_token(&denial.id).await;
+            }
+            Kind::User => {
+                self.local.remove_user(&denial.id).await;
+            }
+            Kind::Credential => {}
+        }
+    }
+
+    /// Lifts a revocation here and (with a shared level) on every replica; whether it was
+    /// in force anywhere.
+    pub async fn unrevoke(&self, kind: Kind, id: Fingerprint) -> Result<bool, S::Error> {
+        let here = self.deny.remove(&id);
+        let shared = match &self.shared {
+            Some(s) => s.cache.lift(kind, &id).await?,
+            None => false,
+        };
+        Ok(here || shared)
+    }
+
+    /// The revocations in force on this replica.
+    pub fn revocations(&self) -> Vec<Denial> {
+        self.deny.list()
     }
 }
 
@@ -561,6 +790,7 @@ mod tests {
             100,
             shared,
             Arc::new(Metrics::new()),
+            RevocationSettings::default(),
         ))
     }
 
@@ -569,7 +799,7 @@ mod tests {
     }
 
     async fn lookup(c: &Cache, source: &Arc<Source>) -> Answer {
-        c.lookup(fp(c), TOKEN, source.ask()).await
+        c.lookup(fp(c), TOKEN, None, source.ask()).await
     }
 
     /// Starts a lookup in its own task, as a concurrent request would.
@@ -589,7 +819,7 @@ mod tests {
     fn seen(answer: &Answer) -> (Option<&str>, CacheOutcome) {
         let verdict = match answer {
             Answer::Hit(v, _) | Answer::Miss(v) | Answer::Stale { verdict: v, .. } => Some(v),
-            Answer::Undecided(_) => None,
+            Answer::Undecided(_) | Answer::Revoked(_) => None,
         };
         let name = verdict
             .and_then(|v| v.verdict.identity.as_ref())
@@ -715,50 +945,49 @@ mod tests {
         assert_eq!(source.calls(), 0);
     }
 
+    fn revoked(answer: &Answer) -> Option<CacheOutcome> {
+        match answer {
+            Answer::Revoked(outcome) => Some(*outcome),
+            _ => None,
+        }
+    }
+
     #[tokio::test]
-    async fn a_revocation_during_a_lookup_keeps_its_answer_out_of_both_levels() {
+    async fn a_revocation_during_a_lookup_refuses_its_answer_and_caches_nothing() {
         let shared = Arc::new(MemoryShared::default());
         let c = cache(Some(&shared), Duration::ZERO);
         let source = Source::held(user("alice"));
         let running = spawn_lookup(&c, &source);
         source.started.notified().await;
-        c.revoke_token(TOKEN).await.unwrap();
+        c.revoke_token(TOKEN, None).await.unwrap();
         source.open();
-        // Its caller gets what the source said...
+        // What the source said before the revocation is not served after it...
         let answer = running.await.unwrap();
-        assert_eq!(seen(&answer), (Some("alice"), CacheOutcome::Miss));
-        // ...but neither level kept it.
+        assert_eq!(revoked(&answer), Some(CacheOutcome::Miss));
+        // ...nor kept by either level.
         assert_eq!(shared.stored(), 0);
         let next = lookup(&c, &source).await;
-        assert_eq!(seen(&next), (Some("alice"), CacheOutcome::Miss));
+        assert_eq!(revoked(&next), Some(CacheOutcome::Miss));
         assert_eq!(source.calls(), 2);
-        // Cached again once no revocation races the lookup.
-        assert_eq!(shared.stored(), 1);
-        let last = lookup(&c, &source).await;
-        assert_eq!(seen(&last), (Some("alice"), CacheOutcome::HitLocal));
     }
 
-    /// Records today's behaviour, which is not a guarantee against the source: a revocation
-    /// does not end the lookup in flight, so a request arriving after it (before the
-    /// lookup ends) shares that lookup's answer; the answer is still not cached.
     #[tokio::test]
-    async fn a_request_after_a_revocation_shares_the_lookup_in_flight() {
+    async fn a_request_joining_a_lookup_after_a_revocation_is_refused() {
         let c = cache(None, Duration::ZERO);
         let source = Source::held(user("alice"));
         let first = spawn_lookup(&c, &source);
         source.started.notified().await;
-        c.revoke_token(TOKEN).await.unwrap();
+        c.revoke_token(TOKEN, None).await.unwrap();
         let after = spawn_lookup(&c, &source);
         until_coalesced(&c, 1).await;
         source.open();
-        assert_eq!(seen(&first.await.unwrap()).0, Some("alice"));
-        assert_eq!(seen(&after.await.unwrap()).0, Some("alice"));
+        assert_eq!(revoked(&first.await.unwrap()), Some(CacheOutcome::Miss));
+        assert_eq!(revoked(&after.await.unwrap()), Some(CacheOutcome::Miss));
         assert_eq!(source.calls(), 1);
-        assert_eq!(seen(&lookup(&c, &source).await).1, CacheOutcome::Miss);
     }
 
     #[tokio::test]
-    async fn revoking_a_user_purges_both_levels_on_every_replica() {
+    async fn a_revoked_user_is_refused_at_every_level_on_every_replica() {
         let shared = Arc::new(MemoryShared::default());
         let (a, b) = (
             cache(Some(&shared), Duration::ZERO),
@@ -767,10 +996,88 @@ mod tests {
         let source = Source::new(user("alice"));
         lookup(&a, &source).await;
         assert_eq!(seen(&lookup(&b, &source).await).1, CacheOutcome::HitShared);
-        assert_eq!(a.revoke_user("alice").await.unwrap(), 1);
-        assert_eq!(shared.stored(), 0);
-        assert_eq!(seen(&lookup(&b, &source).await).1, CacheOutcome::Miss);
-        assert_eq!(source.calls(), 2);
+        assert_eq!(seen(&lookup(&b, &source).await).1, CacheOutcome::HitLocal);
+        // A late write of the old verdict (another replica's lookup ending now) lands in
+        // the shared level after the purge: the deny-list still refuses it.
+        let entry = CachedVerdict::new(user("alice").unwrap(), SystemTime::now(), &a.ttls);
+        let r = a.revoke_user("alice", None).await.unwrap();
+        assert_eq!(r.removed, 1);
+        shared.insert(fp(&a), entry.clone());
+        assert_eq!(
+            revoked(&lookup(&b, &source).await),
+            Some(CacheOutcome::HitShared)
+        );
+        assert_eq!(
+            revoked(&lookup(&a, &source).await),
+            Some(CacheOutcome::HitShared)
+        );
+        // A local copy the purge missed (written just after it) is refused too.
+        b.store_local(fp(&b), b.fingerprinter().token_id(TOKEN), Arc::new(entry))
+            .await;
+        assert_eq!(
+            revoked(&lookup(&b, &source).await),
+            Some(CacheOutcome::HitLocal)
+        );
+        // Fresh from the source: refused; the source still accepts the token.
+        shared.clear();
+        b.invalidate_all();
+        assert_eq!(
+            revoked(&lookup(&b, &source).await),
+            Some(CacheOutcome::Miss)
+        );
+        // Lifted on A: B serves alice again.
+        assert!(a.unrevoke(Kind::User, r.denial.id).await.unwrap());
+        assert_eq!(seen(&lookup(&b, &source).await).0, Some("alice"));
+    }
+
+    #[tokio::test]
+    async fn a_stale_answer_of_a_revoked_user_is_refused() {
+        let shared = Arc::new(MemoryShared::default());
+        let c = cache(Some(&shared), Duration::from_secs(60));
+        shared.insert(fp(&c), expired("alice", Duration::from_secs(30)));
+        c.revoke_user("alice", None).await.unwrap();
+        let answer = lookup(&c, &Source::new(down())).await;
+        assert_eq!(revoked(&answer), Some(CacheOutcome::Stale));
+    }
+
+    #[tokio::test]
+    async fn a_revocation_ends_at_its_until_and_a_credential_matches_by_id() {
+        let c = cache(None, Duration::ZERO);
+        let source = Source::new(user("alice"));
+        let past = SystemTime::now() - Duration::from_secs(1);
+        c.revoke_user("alice", Some(past)).await.unwrap();
+        assert_eq!(seen(&lookup(&c, &source).await).0, Some("alice"));
+        let soon = SystemTime::now() + Duration::from_millis(300);
+        c.revoke_user("alice", Some(soon)).await.unwrap();
+        assert!(revoked(&lookup(&c, &source).await).is_some());
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert_eq!(seen(&lookup(&c, &source).await).0, Some("alice"));
+        // By credential id: only when the caller names the token's credential.
+        c.revoke_credential("0123abcd", None).await.unwrap();
+        assert!(c.denies_credentials());
+        let cred = Some(c.fingerprinter().credential("0123abcd"));
+        assert_eq!(seen(&lookup(&c, &source).await).0, Some("alice"));
+        let answer = c.lookup(fp(&c), TOKEN, cred, source.ask()).await;
+        assert_eq!(revoked(&answer), Some(CacheOutcome::HitLocal));
+    }
+
+    #[tokio::test]
+    async fn a_replica_starting_later_loads_the_revocations_and_a_lost_set_is_written_back() {
+        let shared = Arc::new(MemoryShared::default());
+        let a = cache(Some(&shared), Duration::ZERO);
+        a.revoke_user("alice", None).await.unwrap();
+        let b = cache(Some(&shared), Duration::ZERO);
+        assert_eq!(b.load_revocations().await.unwrap(), 1);
+        let source = Source::new(user("alice"));
+        assert!(revoked(&lookup(&b, &source).await).is_some());
+        // The shared level loses its set (Redis restarted without its data): the next
+        // resync writes back what the replica knows instead of forgetting it.
+        a.load_revocations().await.unwrap();
+        shared.forget_denials();
+        assert_eq!(a.load_revocations().await.unwrap(), 1);
+        let c = cache(Some(&shared), Duration::ZERO);
+        assert_eq!(c.load_revocations().await.unwrap(), 1);
+        assert!(revoked(&lookup(&c, &source).await).is_some());
     }
 
     #[tokio::test]

@@ -34,6 +34,10 @@ impl Verifier for Mapped {
         self.mapping.check_reserved(identity)
     }
 
+    fn credential_id<'t>(&self, token: &'t str) -> Option<&'t str> {
+        self.inner.credential_id(token)
+    }
+
     fn verify<'a>(&'a self, token: &'a str, audiences: &'a [String]) -> BoxFuture<'a, Outcome> {
         async move {
             match self.inner.verify(token, audiences).await {

@@ -45,6 +45,13 @@ pub trait Verifier: Send + Sync {
     fn may_mint(&self, identity: &Identity) -> Result<(), MappingError> {
         check_reserved(DEFAULT_RESERVED, identity)
     }
+
+    /// The id this source gives the credential, if it names its credentials (PostgreSQL's
+    /// token id): a revocation by that id (`kube-authd token disable`) then matches the
+    /// token without anyone holding it. Not a secret.
+    fn credential_id<'t>(&self, _token: &'t str) -> Option<&'t str> {
+        None
+    }
 }
 
 /// A build-time failure of one source (a file that cannot be read, a bad key).

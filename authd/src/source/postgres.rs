@@ -458,6 +458,10 @@ impl Verifier for PostgresVerifier {
         parse(&self.prefix, token).is_some()
     }
 
+    fn credential_id<'t>(&self, token: &'t str) -> Option<&'t str> {
+        parse(&self.prefix, token).map(|(id, _)| id)
+    }
+
     fn verify<'a>(&'a self, token: &'a str, _audiences: &'a [String]) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
             let Some((id, secret)) = parse(&self.prefix, token) else {
