@@ -23,6 +23,9 @@ pub struct MemoryShared {
     marker: Mutex<Option<String>>,
     /// Every replica's local level and deny-list, as the revocation channel reaches them.
     subscribers: Mutex<Vec<(LocalCache, Arc<DenyList>)>>,
+    /// Holds the next deny-list read's answer (read at once, as Redis would) until released.
+    read_gate: Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
+    read_held: std::sync::atomic::AtomicBool,
 }
 
 impl MemoryShared {
@@ -45,6 +48,21 @@ impl MemoryShared {
     pub fn forget_denials(&self) {
         lock(&self.denials).clear();
         *lock(&self.marker) = None;
+    }
+
+    /// Holds the answer of the next deny-list read (taken at once) until the sender is used
+    /// or dropped: a slow Redis reply.
+    pub fn hold_next_read(&self) -> tokio::sync::oneshot::Sender<()> {
+        let (release, gate) = tokio::sync::oneshot::channel();
+        *lock(&self.read_gate) = Some(gate);
+        self.read_held
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        release
+    }
+
+    /// Whether a held read has taken its snapshot and waits.
+    pub fn read_held(&self) -> bool {
+        self.read_held.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// How many verdicts it holds.
@@ -150,7 +168,17 @@ impl SharedStore for MemoryShared {
             denials: lock(&self.denials).values().copied().collect(),
             marker: lock(&self.marker).clone(),
         };
-        async { Ok(stored) }
+        let gate = lock(&self.read_gate).take();
+        if gate.is_some() {
+            self.read_held
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        async move {
+            if let Some(gate) = gate {
+                let _ = gate.await;
+            }
+            Ok(stored)
+        }
     }
 
     fn add_denials(

@@ -197,6 +197,13 @@ pub struct DenyList {
     marker: Mutex<Option<String>>,
     /// Asks the resync task for a resync now (the subscription was lost and is back).
     pub resync_now: Notify,
+    /// Revocations made or lifted while a resync runs (`Some` only then). A resync reads the
+    /// shared level first and replaces the list last: what changed in between (this
+    /// replica's own revocation, one from the channel) is applied again on top of what it
+    /// read, or a revocation that returned to its caller would vanish until the next resync.
+    during_resync: Mutex<Option<HashMap<Fingerprint, Option<Denial>>>>,
+    /// One resync at a time (the periodic one, the one after a lost subscription, the first).
+    resyncing: tokio::sync::Mutex<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -236,6 +243,9 @@ impl DenyList {
     pub fn insert(&self, d: Denial) {
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
         entries.insert(d.id, d);
+        if let Some(changes) = lock(&self.during_resync).as_mut() {
+            changes.insert(d.id, Some(d));
+        }
         self.recount(&entries);
     }
 
@@ -244,6 +254,9 @@ impl DenyList {
         lock(&self.pending).remove(id);
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
         let was = entries.remove(id).is_some();
+        if let Some(changes) = lock(&self.during_resync).as_mut() {
+            changes.insert(*id, None);
+        }
         self.recount(&entries);
         was
     }
@@ -279,6 +292,14 @@ impl DenyList {
     /// ones; when the shared level lost the set (no marker, or another than last read),
     /// writes back what this replica knows first.
     pub async fn resync<S: SharedStore>(&self, store: &S) -> Result<usize, S::Error> {
+        let _one = self.resyncing.lock().await;
+        *lock(&self.during_resync) = Some(HashMap::new());
+        let resynced = self.resync_from(store).await;
+        *lock(&self.during_resync) = None;
+        resynced
+    }
+
+    async fn resync_from<S: SharedStore>(&self, store: &S) -> Result<usize, S::Error> {
         let stored = store.denials().await?;
         let (lost, seen_before) = {
             let last = lock(&self.marker);
@@ -322,9 +343,16 @@ impl DenyList {
         for d in lock(&self.pending).values() {
             fresh.insert(d.id, *d);
         }
-        let n = fresh.len();
+        let n;
         {
             let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+            for (id, change) in lock(&self.during_resync).take().unwrap_or_default() {
+                match change {
+                    Some(d) => fresh.insert(id, d),
+                    None => fresh.remove(&id),
+                };
+            }
+            n = fresh.len();
             *entries = fresh;
             self.recount(&entries);
         }
@@ -421,6 +449,54 @@ mod tests {
         ] {
             assert_eq!(jwt_expiry(not), None, "{not}");
         }
+    }
+
+    /// A revocation made while a resync waits for the shared level's answer, which does not
+    /// hold it yet, survives the resync's replacement of the list.
+    #[tokio::test]
+    async fn a_revocation_during_a_resync_survives_it() {
+        let store = std::sync::Arc::new(crate::cache::memory::MemoryShared::default());
+        let list = std::sync::Arc::new(DenyList::default());
+        // The first resync writes the marker: later ones replace the list with what they read.
+        list.resync(&*store).await.unwrap();
+        let release = store.hold_next_read();
+        let resync = {
+            let (list, store) = (list.clone(), store.clone());
+            tokio::spawn(async move { list.resync(&*store).await })
+        };
+        while !store.read_held() {
+            tokio::task::yield_now().await;
+        }
+        let revoked = Denial {
+            kind: Kind::Token,
+            id: id(7),
+            until: None,
+        };
+        list.insert(revoked);
+        let lifted = id(8);
+        list.insert(Denial {
+            kind: Kind::User,
+            id: lifted,
+            until: None,
+        });
+        let _ = release.send(());
+        resync.await.unwrap().unwrap();
+        assert!(list.denies(&[Some(id(7))]), "revoked during the resync");
+        assert!(list.denies(&[Some(lifted)]));
+        // A lift during a resync that read the revocation holds too.
+        store.add_denials(&[revoked], "m").await.unwrap();
+        let release = store.hold_next_read();
+        let resync = {
+            let (list, store) = (list.clone(), store.clone());
+            tokio::spawn(async move { list.resync(&*store).await })
+        };
+        while !store.read_held() {
+            tokio::task::yield_now().await;
+        }
+        list.remove(&id(7));
+        let _ = release.send(());
+        resync.await.unwrap().unwrap();
+        assert!(!list.denies(&[Some(id(7))]), "lifted during the resync");
     }
 
     #[test]
