@@ -117,7 +117,8 @@ struct TokenDb {
     password_file: Option<PathBuf>,
     /// Allow a connection that may fall back to plaintext (sslmode disable, allow or prefer,
     /// the default) to a host other than this machine: the password and the new token's
-    /// hash then cross the network without TLS.
+    /// hash then cross the network without TLS. With `disable --authd`, also http:// to a
+    /// remote authd (the admin secret then crosses without TLS).
     #[arg(long)]
     allow_plaintext: bool,
 }
@@ -162,12 +163,10 @@ enum TokenCommand {
         /// File holding the admin secret (authd's admin.token_file).
         #[arg(long, requires = "authd")]
         admin_token_file: Option<PathBuf>,
-        /// PEM CA that signed authd's certificate, for https://.
+        /// PEM CA that signed authd's certificate, for https://. Plaintext to a remote
+        /// authd takes the same --allow-plaintext as the database.
         #[arg(long)]
         ca: Option<PathBuf>,
-        /// Allow http:// to a host other than this machine.
-        #[arg(long)]
-        allow_plaintext: bool,
     },
 }
 
@@ -421,7 +420,6 @@ async fn token(command: TokenCommand) -> anyhow::Result<()> {
             authd,
             admin_token_file,
             ca,
-            allow_plaintext,
         } => {
             let pool = token_pool(&db)?;
             if !postgres::disable_token(&pool, &id).await? {
@@ -434,7 +432,7 @@ async fn token(command: TokenCommand) -> anyhow::Result<()> {
                         authd,
                         admin_token_file,
                         ca,
-                        allow_plaintext,
+                        allow_plaintext: db.allow_plaintext,
                     };
                     let mut admin = revoke::Admin::connect(&conn).await?;
                     let line = admin.revoke_credential(&id, 0).await.context(
@@ -490,6 +488,13 @@ fn config_check(file: &std::path::Path) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// clap's own consistency checks over every subcommand (two flags of one name in
+    /// `token disable` passed the build and panicked only when the command was used).
+    #[test]
+    fn command_line_is_consistent() {
+        <Cli as clap::CommandFactory>::command().debug_assert();
+    }
 
     fn db(url: &str, allow_plaintext: bool) -> TokenDb {
         TokenDb {
