@@ -973,9 +973,11 @@ async fn redis_holds_no_token_user_or_group_in_clear() {
     assert_no_secrets(&dump, &clear);
 }
 
-/// The reserved-prefix guard runs on answers from the shared level too: replica A's source
-/// may mint `system:admin` (its mapping reserves nothing), B's same-named source may not, so
-/// B refuses the verdict A cached even though it opens and is fresh.
+/// A verdict cached by a replica whose source may mint `system:admin` (its mapping reserves
+/// nothing) is never served by a replica whose same-named source may not: the entry lives
+/// under A's pipeline digest, which B's configuration does not share, so B asks its own
+/// source and refuses. (Were an entry to cross anyway, the reserved-prefix guard on every
+/// answer, `Authd::finish`, would refuse it: `mapping::tests::the_guard_refuses_what_apply_would_not_mint`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cached_answer_naming_a_reserved_name_is_refused() {
     let dir = temp_dir();
@@ -1002,6 +1004,10 @@ async fn a_cached_answer_naming_a_reserved_name_is_refused() {
     assert!(r.authenticated, "A's source may mint it: {r:?}");
     let r = grpc_review(&b, &root).await;
     assert!(!r.authenticated && r.error.is_empty(), "{r:?}");
-    assert_eq!(hits(&b, "shared").await, 1.0, "B found A's verdict");
-    assert_eq!(source_calls(&b).await, 0.0);
+    assert_eq!(
+        hits(&b, "shared").await,
+        0.0,
+        "B read A's verdict from another configuration"
+    );
+    assert_eq!(source_calls(&b).await, 1.0);
 }
