@@ -15,6 +15,8 @@ use authd_proto::v1::authenticator_client::AuthenticatorClient;
 use authd_proto::v1::AuthenticateRequest;
 use common::basic_auth::{BasicAuthServer, Mode};
 use common::fleet::{endpoints_toml, start_fleet_edge, Replica};
+use common::jwks::{claims, JwksServer, TestKey};
+use common::ldap::{Slapd, SERVICE_DN, SERVICE_PASSWORD};
 use common::postgres::Postgres;
 use common::redis::RedisServer;
 use common::*;
@@ -428,4 +430,101 @@ async fn a_disabled_postgres_token_is_refused_everywhere_within_a_second() {
     assert!(grpc_review(&a, &frank).await && grpc_review(&b, &frank).await);
     let list = revoke_cli(d, &a, &["list"], None);
     assert!(list.starts_with("credential "), "{list}");
+}
+
+/// `RevokeUser` denies the mapped user name whatever source vouched for it: alice from a
+/// JWT issuer, LDAP, PostgreSQL, the Basic-auth IdP and the token file is refused on the
+/// replica that revoked her at once and on the other within a second; bob, in the same
+/// sources, keeps working; lifting the revocation restores every one of alice's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_revoked_user_is_refused_from_every_source() {
+    const ISS: &str = "https://revocation.test";
+    let dir = temp_dir();
+    let d = dir.path();
+    let t = setup(d);
+    certs_init(d, &[]);
+    write(d, "ldap.pw", &format!("{SERVICE_PASSWORD}\n"));
+    write(
+        d,
+        "token.key",
+        "postgres-token-secret-key-0123456789abcdef\n",
+    );
+    let key = TestKey::es256("k1");
+    let jwks = JwksServer::start(&[&key]);
+    let slapd = Slapd::start(d, (&d.join("edge.crt"), &d.join("edge.key")));
+    let pg = Postgres::start(d);
+    let idp = BasicAuthServer::start(&[("alice", "alice-pw"), ("bob", "bob-pw")]);
+    let redis = RedisServer::start(d, None, &[]);
+    // Specific sources first (a JWT issuer, prefixed LDAP, `kad_` tokens), then the
+    // Basic-auth IdP for `user:password`, then the token file. None maps its user name:
+    // the fixtures' alice and bob are the same Kubernetes users in every source.
+    let more_sources = format!(
+        "[[sources]]\nname = \"oidc\"\ntype = \"jwt\"\nissuer = \"{ISS}\"\n\
+         audiences = [\"k8s\"]\nalgorithms = [\"ES256\"]\njwks_url = \"{}\"\n\
+         [[sources]]\nname = \"dir\"\ntype = \"ldap\"\nurl = \"{}\"\nbind_dn = \"{SERVICE_DN}\"\n\
+         bind_password_file = \"ldap.pw\"\nuser_base = \"dc=example,dc=org\"\n\
+         prefix = \"ldap:\"\ntimeout = \"2s\"\n\
+         [[sources]]\nname = \"db\"\ntype = \"postgres\"\ndatabase_url = \"{}\"\n\
+         secret_key_file = \"token.key\"\nmigrate = true\ntimeout = \"2s\"\n\
+         {}",
+        jwks.url(),
+        slapd.url(),
+        pg.url(),
+        basic_auth_source(&idp)
+    );
+    let toml = authd_toml(&redis, &more_sources);
+    let a = Replica::start(d, "authd-a", &toml);
+    let b = Replica::start(d, "authd-b", &toml);
+    let create = |user: &str| {
+        let out = std::process::Command::new(bin("kube-authd"))
+            .args(["token", "create", "--database-url", &pg.url()])
+            .args(["--secret-key-file", d.join("token.key").to_str().unwrap()])
+            .args(["--user", user])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    // Every credential of a user: JWT, LDAP, PostgreSQL, Basic auth, token file.
+    let credentials = |user: &str, file_token: &str| {
+        vec![
+            ("jwt", key.sign(&claims(ISS, "k8s", user, 600))),
+            ("ldap", format!("ldap:{user}:{user}-pw")),
+            ("postgres", create(user)),
+            ("basic_auth", format!("{user}:{user}-pw")),
+            ("token_file", file_token.to_owned()),
+        ]
+    };
+    let alice = credentials("alice", &t.alice);
+    let bob = credentials("bob", &t.bob);
+    // Both replicas authenticate (and cache) every one of them first.
+    for r in [&a, &b] {
+        for (source, tok) in alice.iter().chain(&bob) {
+            assert!(grpc_review(r, tok).await, "{} before: {source}", r.name);
+        }
+    }
+
+    revoke_cli(d, &a, &["--user", "alice"], None);
+    for (source, tok) in &alice {
+        assert!(
+            !grpc_review(&a, tok).await,
+            "A, right after the call: {source}"
+        );
+    }
+    for (source, tok) in &alice {
+        refused_within(&b, tok, ONE_SECOND, &format!("RevokeUser, {source}")).await;
+    }
+    for r in [&a, &b] {
+        for (source, tok) in &bob {
+            assert!(grpc_review(r, tok).await, "{}, bob: {source}", r.name);
+        }
+    }
+
+    let out = revoke_cli(d, &a, &["lift", "--user", "alice"], None);
+    assert_eq!(out.trim(), "lifted");
+    for r in [&a, &b] {
+        for (source, tok) in &alice {
+            accepted_within(r, tok, ONE_SECOND, &format!("Unrevoke, {source}")).await;
+        }
+    }
 }
