@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use authd_proto::v1::admin_client::AdminClient;
 use authd_proto::v1::authenticator_client::AuthenticatorClient;
 use authd_proto::v1::{AuthenticateRequest, AuthenticateResponse, RevokeUserRequest};
+use common::procs::kube_authd_revoke;
 use common::redis::{assert_no_secrets, Acl, RedisCluster, RedisServer};
 use common::*;
 
@@ -155,29 +156,7 @@ async fn logs_redis_back(p: &Proc) {
 
 /// Runs `kube-authd revoke` against replica `p`; `stdin` is the token for --token-stdin.
 fn revoke_cli(dir: &Path, p: &Proc, args: &[&str], stdin: Option<&str>) -> String {
-    use std::io::Write;
-    let mut child = std::process::Command::new(bin("kube-authd"))
-        .args([
-            "revoke",
-            "--authd",
-            &format!("http://{}", p.ready_field("grpc")),
-            "--admin-token-file",
-            dir.join("admin.token").to_str().unwrap(),
-        ])
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run kube-authd revoke");
-    let mut input = child.stdin.take().unwrap();
-    if let Some(s) = stdin {
-        input.write_all(s.as_bytes()).unwrap();
-    }
-    drop(input);
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "kube-authd revoke failed: {out:?}");
-    String::from_utf8(out.stdout).unwrap()
+    kube_authd_revoke(dir, p.ready_field("grpc"), args, stdin)
 }
 
 fn removed(cli_output: &str) -> u64 {

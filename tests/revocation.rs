@@ -18,6 +18,7 @@ use common::fleet::{endpoints_toml, start_fleet_edge, Replica};
 use common::jwks::{claims, JwksServer, TestKey};
 use common::ldap::{Slapd, SERVICE_DN, SERVICE_PASSWORD};
 use common::postgres::Postgres;
+use common::procs::kube_authd_revoke;
 use common::redis::RedisServer;
 use common::*;
 
@@ -95,29 +96,7 @@ async fn grpc_review(r: &Replica, token: &str) -> bool {
 
 /// Runs `kube-authd revoke` against replica `r`; `stdin` is the token for --token-stdin.
 fn revoke_cli(dir: &Path, r: &Replica, args: &[&str], stdin: Option<&str>) -> String {
-    use std::io::Write;
-    let mut child = std::process::Command::new(bin("kube-authd"))
-        .args([
-            "revoke",
-            "--authd",
-            &format!("http://{}", r.addr),
-            "--admin-token-file",
-            dir.join("admin.token").to_str().unwrap(),
-        ])
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run kube-authd revoke");
-    let mut input = child.stdin.take().unwrap();
-    if let Some(s) = stdin {
-        input.write_all(s.as_bytes()).unwrap();
-    }
-    drop(input);
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "kube-authd revoke failed: {out:?}");
-    String::from_utf8(out.stdout).unwrap()
+    kube_authd_revoke(dir, &r.addr, args, stdin)
 }
 
 /// `revoke_cli` off the runtime's threads (it blocks until the process exits).
@@ -156,6 +135,19 @@ async fn accepted_within(r: &Replica, token: &str, within: Duration, what: &str)
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A PostgreSQL token for `user`, as `kube-authd token create` prints it (the source's
+/// `secret_key_file` is `token.key` in `dir`).
+fn create_pg_token(dir: &Path, database_url: &str, user: &str) -> String {
+    let out = std::process::Command::new(bin("kube-authd"))
+        .args(["token", "create", "--database-url", database_url])
+        .args(["--secret-key-file", dir.join("token.key").to_str().unwrap()])
+        .args(["--user", user])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 const ONE_SECOND: Duration = Duration::from_secs(1);
@@ -395,16 +387,7 @@ async fn a_disabled_postgres_token_is_refused_everywhere_within_a_second() {
     let toml = authd_toml(&redis, &pg_source);
     let a = Replica::start(d, "authd-a", &toml);
     let b = Replica::start(d, "authd-b", &toml);
-    let create = |user: &str| {
-        let out = std::process::Command::new(bin("kube-authd"))
-            .args(["token", "create", "--database-url", &pg.url()])
-            .args(["--secret-key-file", d.join("token.key").to_str().unwrap()])
-            .args(["--user", user])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    };
+    let create = |user: &str| create_pg_token(d, &pg.url(), user);
     let (erin, frank) = (create("erin"), create("frank"));
     for r in [&a, &b] {
         assert!(grpc_review(r, &erin).await && grpc_review(r, &frank).await);
@@ -475,16 +458,7 @@ async fn a_revoked_user_is_refused_from_every_source() {
     let toml = authd_toml(&redis, &more_sources);
     let a = Replica::start(d, "authd-a", &toml);
     let b = Replica::start(d, "authd-b", &toml);
-    let create = |user: &str| {
-        let out = std::process::Command::new(bin("kube-authd"))
-            .args(["token", "create", "--database-url", &pg.url()])
-            .args(["--secret-key-file", d.join("token.key").to_str().unwrap()])
-            .args(["--user", user])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    };
+    let create = |user: &str| create_pg_token(d, &pg.url(), user);
     // Every credential of a user: JWT, LDAP, PostgreSQL, Basic auth, token file.
     let credentials = |user: &str, file_token: &str| {
         vec![

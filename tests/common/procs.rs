@@ -170,6 +170,26 @@ impl Proc {
         }
     }
 
+    /// Runs `binary serve --config CONFIG`, which must refuse the configuration at start-up:
+    /// exit code 1 within 10 s, no ready line. Returns the process, for its stderr.
+    pub fn refusing(name: &str, binary: &str, config: &Path, dir: &Path) -> Proc {
+        let mut p = Self::spawn(
+            name,
+            binary,
+            &["serve", "--config", config.to_str().unwrap()],
+            dir,
+            &[],
+        );
+        assert_eq!(
+            p.wait_exit(Duration::from_secs(10)),
+            Some(1),
+            "{}",
+            p.stderr()
+        );
+        assert!(!p.stdout().contains(" ready"), "{}", p.stdout());
+        p
+    }
+
     /// Waits for exit; returns the exit code (None if killed by a signal).
     pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
         let deadline = Instant::now() + within;
@@ -206,4 +226,38 @@ impl Drop for Proc {
             let _ = c.wait();
         }
     }
+}
+
+/// Runs `kube-authd revoke ARGS` against the authd whose gRPC address is `grpc` (plaintext,
+/// loopback), with the admin secret in `dir/admin.token`; `stdin` is the token for
+/// `--token-stdin`. Returns its stdout; it must succeed.
+pub fn kube_authd_revoke(
+    dir: &Path,
+    grpc: impl std::fmt::Display,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> String {
+    use std::io::Write;
+    let mut child = Command::new(bin("kube-authd"))
+        .args([
+            "revoke",
+            "--authd",
+            &format!("http://{grpc}"),
+            "--admin-token-file",
+            dir.join("admin.token").to_str().unwrap(),
+        ])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run kube-authd revoke");
+    let mut input = child.stdin.take().unwrap();
+    if let Some(s) = stdin {
+        input.write_all(s.as_bytes()).unwrap();
+    }
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "kube-authd revoke failed: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
 }

@@ -455,36 +455,43 @@ mod tests {
     /// hold it yet, survives the resync's replacement of the list.
     #[tokio::test]
     async fn a_revocation_during_a_resync_survives_it() {
-        let store = std::sync::Arc::new(crate::cache::memory::MemoryShared::default());
-        let list = std::sync::Arc::new(DenyList::default());
+        let store = Arc::new(crate::cache::memory::MemoryShared::default());
+        let list = Arc::new(DenyList::default());
         // The first resync writes the marker: later ones replace the list with what they read.
         list.resync(&*store).await.unwrap();
-        let release = store.hold_next_read();
-        let resync = {
-            let (list, store) = (list.clone(), store.clone());
-            tokio::spawn(async move { list.resync(&*store).await })
-        };
-        while !store.read_held() {
-            tokio::task::yield_now().await;
-        }
         let revoked = Denial {
             kind: Kind::Token,
             id: id(7),
             until: None,
         };
-        list.insert(revoked);
-        let lifted = id(8);
-        list.insert(Denial {
+        let user = Denial {
             kind: Kind::User,
-            id: lifted,
+            id: id(8),
             until: None,
-        });
-        let _ = release.send(());
-        resync.await.unwrap().unwrap();
+        };
+        during_a_resync(&list, &store, |list| {
+            list.insert(revoked);
+            list.insert(user);
+        })
+        .await;
         assert!(list.denies(&[Some(id(7))]), "revoked during the resync");
-        assert!(list.denies(&[Some(lifted)]));
+        assert!(list.denies(&[Some(id(8))]));
         // A lift during a resync that read the revocation holds too.
         store.add_denials(&[revoked], "m").await.unwrap();
+        during_a_resync(&list, &store, |list| {
+            list.remove(&id(7));
+        })
+        .await;
+        assert!(!list.denies(&[Some(id(7))]), "lifted during the resync");
+    }
+
+    /// Runs a resync whose read of the shared level is answered only after `change` was
+    /// made to the list (the read itself is taken before it).
+    async fn during_a_resync(
+        list: &Arc<DenyList>,
+        store: &Arc<crate::cache::memory::MemoryShared>,
+        change: impl FnOnce(&DenyList),
+    ) {
         let release = store.hold_next_read();
         let resync = {
             let (list, store) = (list.clone(), store.clone());
@@ -493,10 +500,9 @@ mod tests {
         while !store.read_held() {
             tokio::task::yield_now().await;
         }
-        list.remove(&id(7));
+        change(list);
         let _ = release.send(());
         resync.await.unwrap().unwrap();
-        assert!(!list.denies(&[Some(id(7))]), "lifted during the resync");
     }
 
     #[test]
