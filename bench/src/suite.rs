@@ -457,15 +457,20 @@ fn identity(dir: &Path) -> anyhow::Result<Vec<u8>> {
     Ok(pem)
 }
 
+/// The folder of the binaries under test: `--bin-dir`, or this binary's own folder.
+pub fn bin_dir(given: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
+    match given {
+        Some(b) => Ok(b.clone()),
+        None => Ok(std::env::current_exe()?
+            .parent()
+            .context("binary folder")?
+            .to_path_buf()),
+    }
+}
+
 impl Env {
     fn setup(args: &Args, dir: &Path, need_python: bool, need_redis: bool) -> anyhow::Result<Env> {
-        let bins = match &args.bin_dir {
-            Some(b) => b.clone(),
-            None => std::env::current_exe()?
-                .parent()
-                .context("binary folder")?
-                .to_path_buf(),
-        };
+        let bins = bin_dir(args.bin_dir.as_ref())?;
         let certs = Command::new(bin(&bins, "kube-authd")?)
             .args(["certs", "init", "--cluster", "default", "--dir"])
             .arg(dir)

@@ -19,7 +19,7 @@ use authd_proto::v1::authenticator_client::AuthenticatorClient;
 use authd_proto::v1::{AuthenticateRequest, RevokeTokenRequest};
 use tonic::transport::Channel;
 
-use crate::suite::{bin, field, free_port, Proc};
+use crate::suite::{bin, bin_dir, field, free_port, Proc};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -56,13 +56,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<bool> {
-    let bins = match &args.bin_dir {
-        Some(b) => b.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("binary folder")?
-            .to_path_buf(),
-    };
+    let bins = bin_dir(args.bin_dir.as_ref())?;
     let dir = std::env::temp_dir().join(format!("kube-authd-window-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let tokens: Vec<String> = (0..args.revocations)
