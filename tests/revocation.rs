@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use authd_proto::v1::authenticator_client::AuthenticatorClient;
 use authd_proto::v1::AuthenticateRequest;
 use common::basic_auth::{BasicAuthServer, Mode};
+use common::delay::DelayProxy;
 use common::fleet::{endpoints_toml, start_fleet_edge, Replica};
 use common::jwks::{claims, JwksServer, TestKey};
 use common::ldap::{Slapd, SERVICE_DN, SERVICE_PASSWORD};
@@ -140,10 +141,15 @@ async fn accepted_within(r: &Replica, token: &str, within: Duration, what: &str)
 /// A PostgreSQL token for `user`, as `kube-authd token create` prints it (the source's
 /// `secret_key_file` is `token.key` in `dir`).
 fn create_pg_token(dir: &Path, database_url: &str, user: &str) -> String {
+    create_pg_token_with(dir, database_url, user, &[])
+}
+
+fn create_pg_token_with(dir: &Path, database_url: &str, user: &str, extra: &[&str]) -> String {
     let out = std::process::Command::new(bin("kube-authd"))
         .args(["token", "create", "--database-url", database_url])
         .args(["--secret-key-file", dir.join("token.key").to_str().unwrap()])
         .args(["--user", user])
+        .args(extra)
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
@@ -365,6 +371,77 @@ async fn no_answer_computed_before_a_revocation_is_served_after_it() {
     assert!(grpc_review(&b, &t.bob).await);
 }
 
+/// A lookup that began before a revocation cannot store its answer after it, however late
+/// its write reaches Redis. Replica B's write of carol's verdict is held 1.5 s on its way to
+/// Redis (a delaying proxy in front of Redis, for B only) while A revokes carol and lifts
+/// the revocation; once the write has arrived, A's next review of carol asks the source
+/// again. Before the epoch check the late write landed after the purge and the lift, and A
+/// served the answer B computed before the revocation from Redis, with no source call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_late_write_from_before_a_revocation_never_lands() {
+    let dir = temp_dir();
+    let d = dir.path();
+    setup(d);
+    let idp = BasicAuthServer::start(&[("carol", "carol-pw")]);
+    let redis = RedisServer::start(d, None, &[]);
+    // B's verdict writes are the only chunks with SADD (the index entries written with it).
+    let proxy = DelayProxy::start(
+        format!("127.0.0.1:{}", redis.port).parse().unwrap(),
+        b"SADD",
+    );
+    let toml_a = authd_toml(&redis, &basic_auth_source(&idp));
+    let toml_b = toml_a.replace(&redis.url(), &format!("redis://{}", proxy.addr));
+    assert_ne!(toml_a, toml_b);
+    let a = Replica::start(d, "authd-a", &toml_a);
+    let b = Replica::start(d, "authd-b", &toml_b);
+    let carol = "carol:carol-pw";
+    let idp_calls = || idp.http.requests().len();
+
+    proxy.hold(Duration::from_millis(1500));
+    let on_b = {
+        let b = b.handle();
+        tokio::spawn(async move { grpc_review(&b, carol).await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while proxy.held() == 0 {
+        assert!(Instant::now() < deadline, "B never wrote its verdict");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    proxy.hold(Duration::ZERO);
+    // B's write is on its way; A revokes carol and lifts it again before it arrives.
+    revoke_async(d, &a, &["--user", "carol"]).await;
+    revoke_async(d, &a, &["lift", "--user", "carol"]).await;
+    assert_eq!(
+        proxy.delivered(),
+        0,
+        "the write arrived before the revocation"
+    );
+    while proxy.delivered() == 0 {
+        assert!(Instant::now() < deadline, "the held write never arrived");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(on_b.await.unwrap(), "lifted: B answers carol");
+    // Let Redis run the late write (and B hear its answer).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = idp_calls();
+    assert!(grpc_review(&a, carol).await, "carol, lifted, on A");
+    assert_eq!(
+        idp_calls(),
+        before + 1,
+        "A served the verdict B computed before the revocation (its late write landed)"
+    );
+    assert!(b.verdicts().await >= 1.0);
+    assert!(
+        redis
+            .cli(&["GET", "kube-authd:epoch:{s0}"])
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+            >= 2,
+        "a revocation and a lift each moved the epoch"
+    );
+}
+
 /// A token the operator disables in PostgreSQL (`kube-authd token disable --authd`) is
 /// refused by every replica within a second, though both hold its verdict in cache.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -413,6 +490,29 @@ async fn a_disabled_postgres_token_is_refused_everywhere_within_a_second() {
     assert!(grpc_review(&a, &frank).await && grpc_review(&b, &frank).await);
     let list = revoke_cli(d, &a, &["list"], None);
     assert!(list.starts_with("credential "), "{list}");
+
+    // RevokeToken of a PostgreSQL token lasts as long as its row says the token does:
+    // 30 days (past the 7-day `max_token_ttl` used when a source keeps no expiry), or
+    // until lifted for a token with no expiry.
+    let hana = create_pg_token_with(d, &pg.url(), "hana", &["--ttl", "30d"]);
+    let ivan = create("ivan");
+    assert!(grpc_review(&b, &hana).await && grpc_review(&b, &ivan).await);
+    let out = revoke_cli(d, &a, &["--token-stdin"], Some(&format!("{hana}\n")));
+    let until = out.split(" until ").nth(1).expect(&out).trim();
+    let until = humantime::parse_rfc3339(until).expect(until);
+    let expected = std::time::SystemTime::now() + Duration::from_secs(30 * 86400);
+    let off = until
+        .duration_since(expected)
+        .unwrap_or_else(|e| e.duration());
+    assert!(
+        off < Duration::from_secs(120),
+        "{out}: not the row's expiry"
+    );
+    let out = revoke_cli(d, &a, &["--token-stdin"], Some(&format!("{ivan}\n")));
+    assert!(out.trim_end().ends_with("until lifted"), "{out}");
+    refused_within(&b, &hana, ONE_SECOND, "revoked PostgreSQL token").await;
+    refused_within(&b, &ivan, ONE_SECOND, "revoked PostgreSQL token").await;
+    assert!(grpc_review(&b, &frank).await);
 }
 
 /// `RevokeUser` denies the mapped user name whatever source vouched for it: alice from a

@@ -103,6 +103,8 @@ pub struct Metrics {
     pub redis_latency: Family<RedisOpLabels, Histogram>,
     /// Shared-cache values that failed to open: edited, moved or forged in Redis.
     pub cache_integrity_failures: Counter,
+    /// Shared-cache writes the epoch check refused: the lookup began before a revocation.
+    pub cache_late_writes_refused: Counter,
     pub registry: Registry,
 }
 
@@ -195,6 +197,13 @@ impl Metrics {
              key, or sealed with another key) and were treated as misses",
             cache_integrity_failures.clone(),
         );
+        let cache_late_writes_refused = Counter::default();
+        registry.register(
+            "cache_late_writes_refused",
+            "Shared cache (Redis) writes refused because a revocation or lift happened after \
+             their lookup began (the revocation epoch moved)",
+            cache_late_writes_refused.clone(),
+        );
         let local_hits = cache_hits
             .get_or_create(&LevelLabels { level: "local" })
             .clone();
@@ -208,6 +217,7 @@ impl Metrics {
             redis_errors,
             redis_latency,
             cache_integrity_failures,
+            cache_late_writes_refused,
             verdicts,
             source_calls,
             source_latency,

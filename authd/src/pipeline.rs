@@ -19,7 +19,7 @@ use crate::identity::{Identity, Outcome, Verdict};
 use crate::mapping::{check_reserved, MappingError, DEFAULT_RESERVED};
 use crate::metrics::{Metrics, SourceLabels};
 use crate::policy::Clusters;
-use crate::source::{self, SourceConfig, Verifier};
+use crate::source::{self, Expiry, SourceConfig, Verifier};
 
 /// Added to the sources' timeouts: scheduling and the mapping, never a network wait.
 const DEADLINE_MARGIN: Duration = Duration::from_secs(1);
@@ -69,6 +69,23 @@ impl Pipeline {
             .iter()
             .filter(|s| s.owns(token))
             .find_map(|s| s.credential_id(token))
+    }
+
+    /// What the first owning source that keeps token ends says of this token's (see
+    /// `Verifier::expiry`); bounded by the pipeline's deadline.
+    pub async fn expiry(&self, token: &str) -> Expiry {
+        let ask = async {
+            for source in self.sources.iter().filter(|s| s.owns(token)) {
+                match source.expiry(token).await {
+                    Expiry::Unknown => continue,
+                    known => return known,
+                }
+            }
+            Expiry::Unknown
+        };
+        tokio::time::timeout(self.deadline, ask)
+            .await
+            .unwrap_or(Expiry::Unknown)
     }
 
     /// Asks, in order, only the sources that own the token; the first definitive answer

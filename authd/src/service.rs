@@ -28,6 +28,7 @@ use crate::policy::Cluster;
 use prometheus_client::metrics::counter::Counter;
 
 use crate::pipeline::Pipeline;
+use crate::source::Expiry;
 
 /// What a review came to, as the `result` label of `authd_verdicts` tells it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -188,7 +189,11 @@ impl Authd {
         token: &str,
         until: Option<SystemTime>,
     ) -> Result<Revoked, SharedCacheError> {
-        self.inner.cache.revoke_token(token, until).await
+        let known = match until {
+            Some(_) => Expiry::Unknown,
+            None => self.pipeline().expiry(token).await,
+        };
+        self.inner.cache.revoke_token(token, until, known).await
     }
 
     /// Denies every credential of this (mapped) username on every replica.

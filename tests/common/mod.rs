@@ -11,6 +11,7 @@
 #![allow(dead_code)]
 
 pub mod basic_auth;
+pub mod delay;
 pub mod fleet;
 pub mod grpc;
 pub mod hostile;

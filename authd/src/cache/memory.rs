@@ -5,12 +5,13 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::local::LocalCache;
 use super::redis::Revocation;
 use super::revocations::{Denial, DenyList, Kind, Message, Stored};
-use super::{CachedVerdict, SharedStore};
+use super::{CachedVerdict, Epoch, SharedRead, SharedStore};
 use crate::fingerprint::Fingerprint;
 
 #[derive(Default)]
@@ -26,6 +27,8 @@ pub struct MemoryShared {
     /// Holds the next deny-list read's answer (read at once, as Redis would) until released.
     read_gate: Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
     read_held: std::sync::atomic::AtomicBool,
+    /// The revocation epoch (one shard): moved by every revocation and lift.
+    epoch: AtomicU64,
 }
 
 impl MemoryShared {
@@ -90,6 +93,11 @@ impl MemoryShared {
         removed as u64
     }
 
+    fn next_epoch(&self) {
+        let _entries = lock(&self.entries);
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
     /// Tells every replica's deny-list, as the channel would.
     fn publish(&self, message: Message) {
         for (_, deny) in lock(&self.subscribers).iter() {
@@ -105,9 +113,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl SharedStore for MemoryShared {
     type Error = Infallible;
 
-    fn get(&self, fp: &Fingerprint) -> impl Future<Output = Option<CachedVerdict>> + Send {
-        let entry = self.entry(fp);
-        async move { entry }
+    fn get(&self, fp: &Fingerprint) -> impl Future<Output = SharedRead> + Send {
+        let read = SharedRead {
+            entry: self.entry(fp),
+            epoch: Some(Epoch(self.epoch.load(Ordering::SeqCst).to_string())),
+        };
+        async move { read }
     }
 
     fn put(
@@ -116,13 +127,20 @@ impl SharedStore for MemoryShared {
         token_id: &Fingerprint,
         user_id: Option<&Fingerprint>,
         entry: &CachedVerdict,
+        epoch: Epoch,
     ) -> impl Future<Output = ()> + Send {
-        self.insert(*fp, entry.clone());
+        // The entries' lock makes the check and the write one step, as the script does.
+        let mut entries = lock(&self.entries);
+        if self.epoch.load(Ordering::SeqCst).to_string() != epoch.0 {
+            return futures::future::Either::Left(async {});
+        }
+        entries.insert(*fp, entry.clone());
+        drop(entries);
         lock(&self.by_token).entry(*token_id).or_default().push(*fp);
         if let Some(u) = user_id {
             lock(&self.by_user).entry(*u).or_default().push(*fp);
         }
-        async {}
+        futures::future::Either::Right(async {})
     }
 
     fn revoke_token(
@@ -149,6 +167,7 @@ impl SharedStore for MemoryShared {
 
     fn deny(&self, denial: &Denial) -> impl Future<Output = Result<(), Infallible>> + Send {
         lock(&self.denials).insert(denial.id, *denial);
+        self.next_epoch();
         self.publish(Message::Deny(*denial));
         async { Ok(()) }
     }
@@ -159,6 +178,7 @@ impl SharedStore for MemoryShared {
         id: &Fingerprint,
     ) -> impl Future<Output = Result<bool, Infallible>> + Send {
         let was = lock(&self.denials).remove(id).is_some();
+        self.next_epoch();
         self.publish(Message::Lift(kind, *id));
         async move { Ok(was) }
     }

@@ -27,16 +27,21 @@ use revocations::{Denial, DenyList, Kind, Stored};
 pub trait SharedStore: Send + Sync + 'static {
     type Error: std::error::Error + Send + 'static;
 
-    /// The shared verdict for `fp`, if there is one (fresh or not).
-    fn get(&self, fp: &Fingerprint) -> impl Future<Output = Option<CachedVerdict>> + Send;
+    /// The shared verdict for `fp`, if there is one (fresh or not), and the revocation
+    /// epoch a verdict computed from now on must be written under.
+    fn get(&self, fp: &Fingerprint) -> impl Future<Output = SharedRead> + Send;
 
-    /// Stores a definitive verdict, indexed by token and (for a positive one) by user.
+    /// Stores a definitive verdict, indexed by token and (for a positive one) by user,
+    /// unless a revocation or lift since `epoch` was read moved the epoch: checked by the
+    /// shared level itself, atomically with the write, so a late write of an answer
+    /// computed before a revocation never lands after it.
     fn put(
         &self,
         fp: &Fingerprint,
         token_id: &Fingerprint,
         user_id: Option<&Fingerprint>,
         entry: &CachedVerdict,
+        epoch: Epoch,
     ) -> impl Future<Output = ()> + Send;
 
     /// Drops every verdict of one token and tells every replica; returns how many.
@@ -75,6 +80,19 @@ pub trait SharedStore: Send + Sync + 'static {
     /// Starts applying every replica's revocations to `local` (purges) and `deny` (the
     /// deny-list), asking `deny` for a resync whenever messages may have been lost.
     fn subscribe(self: &Arc<Self>, local: LocalCache, deny: Arc<DenyList>);
+}
+
+/// The revocation epoch of a part of the shared level, as read before a lookup: every
+/// revocation and every lift moves it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Epoch(pub String);
+
+/// What a read of the shared level found.
+#[derive(Debug, Default)]
+pub struct SharedRead {
+    pub entry: Option<CachedVerdict>,
+    /// `None` when the shared level did not answer: nothing is written then.
+    pub epoch: Option<Epoch>,
 }
 
 /// A cached verdict with its deadlines (wall-clock, so replicas sharing a cache agree).

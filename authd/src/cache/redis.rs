@@ -9,9 +9,15 @@
 //!
 //! Layout (every key under `key_prefix`, every id a keyed HMAC from `fingerprint.rs`, so
 //! nothing in Redis reveals a token, and user names only as keyed hashes):
-//! - `v:<fingerprint>` — the verdict, sealed (`seal.rs`: encrypted and authenticated, bound
-//!   to this key), expiring (PX) at its stale deadline. A value that does not open is a
-//!   miss, counted in `authd_cache_integrity_failures_total` and logged once per minute;
+//! - `v:{s<x>}<fingerprint>` — the verdict, sealed (`seal.rs`: encrypted and authenticated,
+//!   bound to this key), expiring (PX) at its stale deadline. A value that does not open is
+//!   a miss, counted in `authd_cache_integrity_failures_total` and logged once per minute;
+//! - `epoch:{s<x>}` — the revocation epoch of one of `EPOCH_SHARDS` shards of the values
+//!   (`<x>` from the fingerprint's first byte; the hash tag puts a shard's epoch in its
+//!   values' slot, in a Redis Cluster too). A lookup reads it with the value (one MGET);
+//!   every revocation and lift increments every shard's; a value is written by a script
+//!   that first checks the epoch is still the one read, so a lookup that began before a
+//!   revocation cannot store its answer after it, however late its write arrives;
 //! - `t:<token id>` — set of fingerprints cached for one token (any audiences);
 //! - `u:<user id>` — set of fingerprints of positive verdicts for one user;
 //! - `revoked` — the deny-list, a sorted set (see `revocations.rs`);
@@ -38,7 +44,7 @@ use serde::{Deserialize, Serialize};
 use super::local::LocalCache;
 use super::revocations::{self, Denial, DenyList, Kind, Message, Stored};
 use super::seal::Sealer;
-use super::{CachedVerdict, SharedStore};
+use super::{CachedVerdict, Epoch, SharedRead, SharedStore};
 use crate::config::RedisConfig;
 use crate::fingerprint::Fingerprint;
 use crate::identity::{Identity, Verdict};
@@ -89,6 +95,12 @@ const LOG_EVERY: Duration = Duration::from_secs(10);
 const SUBSCRIBER_PING_EVERY: Duration = Duration::from_secs(2);
 /// Between log lines about values that fail to open.
 const INTEGRITY_LOG_EVERY: Duration = Duration::from_secs(60);
+/// How many revocation epochs the values are spread over (see the module docs).
+const EPOCH_SHARDS: u8 = 16;
+/// Writes a value (`KEYS[1]`, `ARGV[2]`, PX `ARGV[3]`) only if its shard's epoch
+/// (`KEYS[2]`) is still `ARGV[1]`; 1 if written.
+const PUT_IF_EPOCH: &str = "if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[1] then return 0 end \
+     redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) return 1";
 
 impl LazyCluster {
     async fn get(&self) -> RedisResult<ClusterConnection> {
@@ -263,6 +275,11 @@ impl Revocation {
     }
 }
 
+/// A value's epoch shard.
+fn shard(fp: &Fingerprint) -> u8 {
+    fp.0[0] % EPOCH_SHARDS
+}
+
 fn parse_fingerprint(hex_text: &str) -> Option<Fingerprint> {
     let bytes = hex::decode(hex_text).ok()?;
     Some(Fingerprint(bytes.try_into().ok()?))
@@ -414,6 +431,24 @@ impl SharedCache {
         format!("{}{kind}:{}", self.prefix, id.to_hex())
     }
 
+    /// A verdict's key, in its epoch shard's slot.
+    fn value_key(&self, fp: &Fingerprint) -> String {
+        format!("{}v:{{s{:x}}}{}", self.prefix, shard(fp), fp.to_hex())
+    }
+
+    fn epoch_key(&self, shard: u8) -> String {
+        format!("{}epoch:{{s{shard:x}}}", self.prefix)
+    }
+
+    /// Moves every shard's epoch: no lookup begun before this writes its answer after.
+    async fn next_epoch(&self) -> RedisResult<()> {
+        let incrs = (0..EPOCH_SHARDS).map(|s| {
+            let cmd = redis::cmd("INCR").arg(self.epoch_key(s)).clone();
+            async move { self.query::<()>(&cmd).await }
+        });
+        futures::future::try_join_all(incrs).await.map(|_| ())
+    }
+
     fn channel(&self) -> String {
         format!("{}revocations", self.prefix)
     }
@@ -427,15 +462,18 @@ impl SharedCache {
 
     /// Writes a value and its index entries: one MULTI/EXEC on a single server; on a
     /// cluster (other slots, no transaction) the index entries first, then the value.
-    async fn write_indexed(&self, index: &[redis::Cmd], value: &redis::Cmd) -> RedisResult<()> {
+    /// Returns what the value's command returned.
+    async fn write_indexed(&self, index: &[redis::Cmd], value: &redis::Cmd) -> RedisResult<i64> {
         match &self.conn {
             Conn::Single(m) => {
                 let mut pipe = redis::pipe();
                 pipe.atomic();
-                for cmd in index.iter().chain([value]) {
+                for cmd in index {
                     pipe.add_command(cmd.clone()).ignore();
                 }
-                pipe.query_async(&mut m.clone()).await
+                pipe.add_command(value.clone());
+                let (written,): (i64,) = pipe.query_async(&mut m.clone()).await?;
+                Ok(written)
             }
             Conn::Cluster(_) => {
                 futures::future::try_join_all(index.iter().map(|c| self.query::<()>(c))).await?;
@@ -479,26 +517,35 @@ impl SharedCache {
         Err(SharedCacheError::Unavailable { op, message })
     }
 
-    /// The shared verdict for `fp`, if Redis has one and answers in time. Any failure is
-    /// a miss (already counted and logged).
+    /// The shared verdict for `fp`, if Redis has one and answers in time, and its shard's
+    /// epoch. Any failure is a miss (already counted and logged), with no epoch.
     /// A value that fails to open (changed, moved from another key, sealed under another
     /// key) is a miss too, counted and logged; it is never served.
-    pub async fn get(&self, fp: &Fingerprint) -> Option<CachedVerdict> {
-        let key = self.key("v", fp);
-        let cmd = redis::cmd("GET").arg(&key).clone();
-        let bytes: Option<Vec<u8>> = self
-            .timed("get", self.timeout, true, self.query(&cmd))
+    pub async fn get(&self, fp: &Fingerprint) -> SharedRead {
+        let key = self.value_key(fp);
+        let cmd = redis::cmd("MGET")
+            .arg(&key)
+            .arg(self.epoch_key(shard(fp)))
+            .clone();
+        let Ok((bytes, epoch)) = self
+            .timed::<(Option<Vec<u8>>, Option<String>)>("get", self.timeout, true, self.query(&cmd))
             .await
-            .ok()?;
-        let opened = self
+        else {
+            return SharedRead::default();
+        };
+        let epoch = Some(Epoch(epoch.unwrap_or_else(|| "0".to_owned())));
+        let Some(bytes) = bytes else {
+            return SharedRead { entry: None, epoch };
+        };
+        let entry = self
             .sealer
-            .open(key.as_bytes(), &bytes?)
+            .open(key.as_bytes(), &bytes)
             .and_then(|plain| decode(&plain).ok());
-        if opened.is_none() {
+        if entry.is_none() {
             self.metrics.cache_integrity_failures.inc();
             self.integrity.failed(fp);
         }
-        opened
+        SharedRead { entry, epoch }
     }
 
     /// Stores a definitive verdict and indexes it for revocation. Failures are counted,
@@ -509,22 +556,26 @@ impl SharedCache {
         token_id: &Fingerprint,
         user_id: Option<&Fingerprint>,
         entry: &CachedVerdict,
+        epoch: Epoch,
     ) {
         let ttl = entry.remaining(SystemTime::now());
         let px = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
         if px == 0 {
             return;
         }
-        let key = self.key("v", fp);
+        let key = self.value_key(fp);
         let Some(sealed) = self.sealer.seal(key.as_bytes(), &encode(entry)) else {
             return;
         };
         let member = fp.to_hex();
         let index_ms = u64::try_from(self.index_ttl.as_millis()).unwrap_or(u64::MAX);
-        let set = redis::cmd("SET")
+        let set = redis::cmd("EVAL")
+            .arg(PUT_IF_EPOCH)
+            .arg(2)
             .arg(&key)
+            .arg(self.epoch_key(shard(fp)))
+            .arg(epoch.0)
             .arg(sealed)
-            .arg("PX")
             .arg(px)
             .clone();
         let mut index = Vec::with_capacity(4);
@@ -535,7 +586,10 @@ impl SharedCache {
             index.push(redis::cmd("PEXPIRE").arg(&set_key).arg(index_ms).clone());
         }
         let write = self.write_indexed(&index, &set);
-        let _ = self.timed("put", self.timeout, true, write).await;
+        if let Ok(0) = self.timed("put", self.timeout, true, write).await {
+            self.metrics.cache_late_writes_refused.inc();
+            tracing::debug!(fingerprint = %fp.short(), "a revocation since this lookup began: its verdict is not stored in Redis");
+        }
     }
 
     /// Deletes every verdict listed under an index set and the set itself, then tells
@@ -553,7 +607,7 @@ impl SharedCache {
                 .collect();
             // One DEL per key: in a cluster the keys live in different slots.
             let deletes = keys.iter().map(|fp| {
-                let cmd = redis::cmd("DEL").arg(self.key("v", fp)).clone();
+                let cmd = redis::cmd("DEL").arg(self.value_key(fp)).clone();
                 async move { self.query::<u64>(&cmd).await }
             });
             let removed: u64 = futures::future::try_join_all(deletes)
@@ -606,6 +660,7 @@ impl SharedCache {
             .clone();
         let work = async {
             self.query::<()>(&add).await?;
+            self.next_epoch().await?;
             self.query::<()>(&publish).await
         };
         self.timed("deny", self.admin_timeout, false, work).await
@@ -637,6 +692,9 @@ impl SharedCache {
             .clone();
         let work = async {
             let n: u64 = self.query(&rem).await?;
+            // A lookup begun while the revocation held must not store its answer after
+            // the lift either: what it found is not what the sources say once lifted.
+            self.next_epoch().await?;
             self.query::<()>(&publish).await?;
             Ok(n > 0)
         };
@@ -790,7 +848,7 @@ impl SharedCache {
 impl SharedStore for SharedCache {
     type Error = SharedCacheError;
 
-    fn get(&self, fp: &Fingerprint) -> impl Future<Output = Option<CachedVerdict>> + Send {
+    fn get(&self, fp: &Fingerprint) -> impl Future<Output = SharedRead> + Send {
         SharedCache::get(self, fp)
     }
 
@@ -800,8 +858,9 @@ impl SharedStore for SharedCache {
         token_id: &Fingerprint,
         user_id: Option<&Fingerprint>,
         entry: &CachedVerdict,
+        epoch: Epoch,
     ) -> impl Future<Output = ()> + Send {
-        SharedCache::put(self, fp, token_id, user_id, entry)
+        SharedCache::put(self, fp, token_id, user_id, entry, epoch)
     }
 
     fn revoke_token(

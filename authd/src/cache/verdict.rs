@@ -12,7 +12,10 @@
 //! the subscriber) and every reload bumps it; a lookup that sees it moved answers its
 //! callers but caches nothing, since what it found may be what was just revoked or what the
 //! old sources said. A reload also forgets the lookups in flight, so no request after it
-//! joins one still running against the old sources.
+//! joins one still running against the old sources. Across replicas the shared level keeps
+//! the same promise itself: a lookup writes its verdict under the revocation epoch it read
+//! before asking the sources, and the write is refused if any replica revoked or lifted
+//! anything since (`SharedStore::put`), before this replica has even heard of it.
 //!
 //! What came from where is typed ([`Answer`], [`CacheOutcome`], [`Level`]); strings appear
 //! only as metric labels (`label`).
@@ -32,6 +35,7 @@ use super::{CachedVerdict, SharedStore, Ttls};
 use crate::fingerprint::{Fingerprint, Fingerprinter};
 use crate::identity::Verdict;
 use crate::metrics::{LevelLabels, Metrics};
+use crate::source::Expiry;
 
 /// A cache level.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -484,8 +488,11 @@ impl<S: SharedStore> VerdictCache<S> {
         // of it (it may be what was just revoked).
         let revoked_meanwhile = || self.local.generation() != generation;
         let mut shared_stale = None;
+        let mut epoch = None;
         if let Some(shared) = &self.shared {
-            match shared.cache.get(&fp).await {
+            let read = shared.cache.get(&fp).await;
+            epoch = read.epoch;
+            match read.entry {
                 Some(entry) if entry.is_fresh(SystemTime::now()) => {
                     self.metrics
                         .cache_hits
@@ -520,10 +527,12 @@ impl<S: SharedStore> VerdictCache<S> {
             return Ok((entry, Found::Source));
         }
         let user_id = self.store_local(fp, token_id, entry.clone()).await;
-        if let Some(shared) = &self.shared {
+        // Written under the epoch read before the sources were asked: the shared level
+        // refuses it if any replica revoked or lifted anything since.
+        if let (Some(shared), Some(epoch)) = (&self.shared, epoch) {
             shared
                 .cache
-                .put(&fp, &token_id, user_id.as_ref(), &entry)
+                .put(&fp, &token_id, user_id.as_ref(), &entry, epoch)
                 .await;
         }
         Ok((entry, Found::Source))
@@ -568,23 +577,30 @@ impl<S: SharedStore> VerdictCache<S> {
         self.local.clear();
     }
 
-    /// Denies this token until `until`, by default until it would have expired (a JWT's
-    /// `exp`, else `max_token_ttl`), and never for less than a cached verdict of it could
-    /// live; then drops its cached verdicts, whatever the audiences. See `revoke`.
+    /// Denies this token until `until`, by default until it would have expired (`known`,
+    /// what its source keeps; else a JWT's `exp`; else `max_token_ttl`; a token its source
+    /// says never expires: until lifted), and never for less than a cached verdict of it
+    /// could live; then drops its cached verdicts, whatever the audiences. See `revoke`.
     pub async fn revoke_token(
         &self,
         token: &str,
         until: Option<SystemTime>,
+        known: Expiry,
     ) -> Result<Revoked, S::Error> {
         let id = self.fingerprinter.token_id(token);
-        let until = until.unwrap_or_else(|| {
-            revocations::jwt_expiry(token)
-                .unwrap_or_else(|| SystemTime::now() + self.revocation.max_token_ttl)
-        });
+        let until = match (until, known) {
+            (Some(until), _) => Some(until),
+            (None, Expiry::At(at)) => Some(at),
+            (None, Expiry::Never) => None,
+            (None, Expiry::Unknown) => Some(
+                revocations::jwt_expiry(token)
+                    .unwrap_or_else(|| SystemTime::now() + self.revocation.max_token_ttl),
+            ),
+        };
         let denial = Denial {
             kind: Kind::Token,
             id,
-            until: Some(until.max(self.outlives_every_verdict())),
+            until: until.map(|u| u.max(self.outlives_every_verdict())),
         };
         self.revoke(denial).await
     }
@@ -959,7 +975,7 @@ mod tests {
         let source = Source::held(user("alice"));
         let running = spawn_lookup(&c, &source);
         source.started.notified().await;
-        c.revoke_token(TOKEN, None).await.unwrap();
+        c.revoke_token(TOKEN, None, Expiry::Unknown).await.unwrap();
         source.open();
         // What the source said before the revocation is not served after it...
         let answer = running.await.unwrap();
@@ -977,7 +993,7 @@ mod tests {
         let source = Source::held(user("alice"));
         let first = spawn_lookup(&c, &source);
         source.started.notified().await;
-        c.revoke_token(TOKEN, None).await.unwrap();
+        c.revoke_token(TOKEN, None, Expiry::Unknown).await.unwrap();
         let after = spawn_lookup(&c, &source);
         until_coalesced(&c, 1).await;
         source.open();

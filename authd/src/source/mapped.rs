@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use futures::future::{BoxFuture, FutureExt};
 
-use super::Verifier;
+use super::{Expiry, Verifier};
 use crate::identity::{Identity, Outcome};
 use crate::mapping::{Mapping, MappingError};
 
@@ -36,6 +36,10 @@ impl Verifier for Mapped {
 
     fn credential_id<'t>(&self, token: &'t str) -> Option<&'t str> {
         self.inner.credential_id(token)
+    }
+
+    fn expiry<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Expiry> {
+        self.inner.expiry(token)
     }
 
     fn verify<'a>(&'a self, token: &'a str, audiences: &'a [String]) -> BoxFuture<'a, Outcome> {

@@ -52,6 +52,24 @@ pub trait Verifier: Send + Sync {
     fn credential_id<'t>(&self, _token: &'t str) -> Option<&'t str> {
         None
     }
+
+    /// When a token this source owns stops being valid, if the source keeps that (a
+    /// PostgreSQL row's `expires_at`): a revocation of the token lasts exactly that long.
+    /// Looked up only for a revocation, never on a review.
+    fn expiry<'a>(&'a self, _token: &'a str) -> BoxFuture<'a, Expiry> {
+        Box::pin(async { Expiry::Unknown })
+    }
+}
+
+/// What a source knows of a token's end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expiry {
+    /// The source does not keep it (or does not accept the token).
+    Unknown,
+    /// Valid until then.
+    At(std::time::SystemTime),
+    /// Valid until someone disables it.
+    Never,
 }
 
 /// A build-time failure of one source (a file that cannot be read, a bad key).

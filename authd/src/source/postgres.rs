@@ -26,7 +26,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::OnceCell;
 
 use super::common::{check_plaintext, check_timeout, read_secret, resolve, FileError};
-use super::{BuildError, Kind, Verifier};
+use super::{BuildError, Expiry, Kind, Verifier};
 use crate::field::FieldError;
 use crate::identity::{Identity, Outcome};
 use crate::mapping::Mapping;
@@ -460,6 +460,18 @@ impl Verifier for PostgresVerifier {
 
     fn credential_id<'t>(&self, token: &'t str) -> Option<&'t str> {
         parse(&self.prefix, token).map(|(id, _)| id)
+    }
+
+    /// The row's `expires_at`, for a token whose id and secret match a live row.
+    fn expiry<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Expiry> {
+        Box::pin(async move {
+            match self.verify(token, &[]).await {
+                Outcome::Authenticated(identity) => {
+                    identity.expires_at.map_or(Expiry::Never, Expiry::At)
+                }
+                _ => Expiry::Unknown,
+            }
+        })
     }
 
     fn verify<'a>(&'a self, token: &'a str, _audiences: &'a [String]) -> BoxFuture<'a, Outcome> {
