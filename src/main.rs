@@ -104,6 +104,25 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Audit log tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Read a token from stdin and print its keyed id, as the audit log's `token_id` (and
+    /// `kube-authd revoke`) name it: grep the audit log for it.
+    Hash {
+        /// The authd configuration whose `cache.hmac_key_file` keys the ids.
+        #[arg(long, required_unless_present = "hmac_key_file")]
+        config: Option<PathBuf>,
+        /// The key file itself, instead of --config.
+        #[arg(long, conflicts_with = "config")]
+        hmac_key_file: Option<PathBuf>,
+    },
 }
 
 /// Where the `postgres` source's tokens live.
@@ -304,6 +323,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Config {
             command: ConfigCommand::Check { file },
         } => config_check(&file),
+        Command::Audit {
+            command:
+                AuditCommand::Hash {
+                    config,
+                    hmac_key_file,
+                },
+        } => audit_hash(config, hmac_key_file),
         Command::Certs {
             command:
                 CertsCommand::Init {
@@ -449,6 +475,36 @@ async fn token(command: TokenCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `audit hash`: the keyed id of the token on stdin.
+fn audit_hash(config: Option<PathBuf>, hmac_key_file: Option<PathBuf>) -> anyhow::Result<()> {
+    let key_file = match (config, hmac_key_file) {
+        (_, Some(k)) => k,
+        (Some(c), None) => authd::config::Config::load(&c)?
+            .cache
+            .hmac_key_file
+            .with_context(|| {
+                format!(
+                    "{}: no cache.hmac_key_file (authd then keys ids with a random key that \
+                     no one can reproduce)",
+                    c.display()
+                )
+            })?,
+        (None, None) => anyhow::bail!("give --config or --hmac-key-file"),
+    };
+    let key = authd::server::read_hmac_key(&key_file)?;
+    let mut token = String::new();
+    std::io::stdin()
+        .read_line(&mut token)
+        .context("reading the token from stdin")?;
+    let token = token.trim_end_matches(['\r', '\n']);
+    if token.is_empty() {
+        anyhow::bail!("no token on stdin");
+    }
+    let id = authd::fingerprint::Fingerprinter::new(&key).token_id(token);
+    println!("{}", id.to_hex());
+    Ok(())
 }
 
 /// `config check`: exits non-zero (an error) on an invalid file or any failing example.

@@ -87,6 +87,42 @@ pub struct Config {
     /// How revocations behave.
     #[serde(default)]
     pub revocation: RevocationConfig,
+    /// The audit log: one JSON line per decision.
+    #[serde(default)]
+    pub audit: AuditConfig,
+}
+
+/// `[audit]`: one JSON line per decision (see `audit.rs`). Off without `path`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// File the lines are appended to (created 0600), or `-` for stdout.
+    pub path: Option<PathBuf>,
+    /// Write the username and groups of each decision (off: only the keyed token id).
+    #[serde(default = "yes")]
+    pub include_identity: bool,
+    /// Records waiting for the writer; beyond this they are dropped and counted, never
+    /// waited for.
+    #[serde(default = "default_audit_queue")]
+    pub queue: usize,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            path: None,
+            include_identity: true,
+            queue: default_audit_queue(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_audit_queue() -> usize {
+    65_536
 }
 
 /// `[revocation]`: the deny-list (see `cache/revocations.rs`).
@@ -131,6 +167,7 @@ impl Config {
             max_concurrent_calls_per_connection: default_max_calls_per_connection(),
             admin: AdminConfig::default(),
             revocation: RevocationConfig::default(),
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -370,6 +407,9 @@ impl Config {
         if let Some(p) = self.admin.token_file.as_mut() {
             fix(p);
         }
+        if let Some(p) = self.audit.path.as_mut().filter(|p| p.as_os_str() != "-") {
+            fix(p);
+        }
         for s in &mut self.sources {
             s.resolve_paths(base);
         }
@@ -409,6 +449,18 @@ impl Config {
         }
         if let Some(r) = &self.cache.redis {
             self.validate_redis(r)?;
+        }
+        if self.audit.path.is_some() {
+            if self.cache.hmac_key_file.is_none() {
+                return Err(FieldError::new(
+                    "cache.hmac_key_file",
+                    "required when audit.path is set (the audit log names credentials by \
+                     their keyed id, which `kube-authd audit hash` must reproduce)",
+                ));
+            }
+            if self.audit.queue == 0 {
+                return Err(FieldError::new("audit.queue", "must be at least 1"));
+            }
         }
         for (field, value) in [
             ("revocation.max_token_ttl", self.revocation.max_token_ttl),

@@ -6,7 +6,7 @@ use authd_proto::v1::{AuthenticateRequest, AuthenticateResponse};
 use tonic::{Request, Response, Status};
 
 use crate::access::Caller;
-use crate::service::Authd;
+use crate::service::{Authd, Via};
 
 pub struct AuthenticatorGrpc {
     authd: Authd,
@@ -32,9 +32,13 @@ impl Authenticator for AuthenticatorGrpc {
                 .map(|()| caller),
             None => Err("no caller identity for this call".to_owned()),
         };
-        match granted {
+        let via = match granted {
             Ok(caller) => {
                 caller.authenticate_calls.inc();
+                Via {
+                    entry: "authenticate",
+                    caller: self.authd.audits().then(|| caller.identity.0.clone()),
+                }
             }
             Err(why) => {
                 let client = Caller::of(&request).map_or("", |c| &*c.identity.0);
@@ -45,9 +49,9 @@ impl Authenticator for AuthenticatorGrpc {
                 );
                 return Err(Status::permission_denied(why));
             }
-        }
+        };
         Ok(Response::new(
-            self.authd.authenticate(request.into_inner()).await,
+            self.authd.review(request.into_inner(), via).await,
         ))
     }
 }

@@ -2,6 +2,7 @@
 //! applies per-cluster policy and caches verdicts. Served over gRPC (`authd-proto`).
 
 pub mod access;
+pub mod audit;
 pub mod authz;
 pub mod cache;
 pub mod check;

@@ -32,18 +32,7 @@ use crate::tls;
 /// inside a Tokio runtime when a shared cache is configured (it starts its subscriber).
 pub fn build(config: &Config) -> anyhow::Result<Authd> {
     let fingerprinter = match &config.cache.hmac_key_file {
-        Some(path) => {
-            let key = std::fs::read(path)
-                .with_context(|| format!("cache.hmac_key_file {}: cannot read", path.display()))?;
-            if key.len() < 32 {
-                anyhow::bail!(
-                    "cache.hmac_key_file {}: key must be at least 32 bytes, found {}",
-                    path.display(),
-                    key.len()
-                );
-            }
-            Fingerprinter::new(&key)
-        }
+        Some(path) => Fingerprinter::new(&read_hmac_key(path)?),
         None => Fingerprinter::random(),
     };
     let pipeline = Pipeline::from_config(config)?;
@@ -52,7 +41,9 @@ pub fn build(config: &Config) -> anyhow::Result<Authd> {
         negative: config.cache.negative_ttl,
         stale_grace: config.cache.stale_if_error,
     };
-    let metrics = Arc::new(Metrics::new());
+    let mut metrics = Metrics::new();
+    let audit = crate::audit::Audit::start(&config.audit, &mut metrics.registry)?;
+    let metrics = Arc::new(metrics);
     let shared = match &config.cache.redis {
         Some(redis) => {
             // Index sets must outlive every verdict they list.
@@ -78,7 +69,22 @@ pub fn build(config: &Config) -> anyhow::Result<Authd> {
             max_token_ttl: config.revocation.max_token_ttl,
             resync_every: config.revocation.resync_every,
         },
-    ))
+    )
+    .with_audit(audit))
+}
+
+/// Reads `cache.hmac_key_file` as `authd serve` does (any bytes, at least 32).
+pub fn read_hmac_key(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    let key = std::fs::read(path)
+        .with_context(|| format!("cache.hmac_key_file {}: cannot read", path.display()))?;
+    if key.len() < 32 {
+        anyhow::bail!(
+            "cache.hmac_key_file {}: key must be at least 32 bytes, found {}",
+            path.display(),
+            key.len()
+        );
+    }
+    Ok(key)
 }
 
 /// Loads the revocations from Redis before the first review is served, so a restarted

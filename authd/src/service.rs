@@ -15,6 +15,7 @@ use std::time::{Instant, SystemTime};
 use authd_proto::v1::{AuthenticateRequest, AuthenticateResponse, StringList, User};
 use futures::future::BoxFuture;
 
+use crate::audit::{Audit, Record};
 use crate::cache::redis::SharedCacheError;
 use crate::cache::revocations::{Denial, Kind};
 use crate::cache::verdict::{
@@ -55,12 +56,52 @@ impl Decision {
             Decision::Undecided => "undecided",
         }
     }
+
+    /// The audit log's outcome: a refusal is `rejected` with its reason class.
+    fn audit_outcome(self) -> &'static str {
+        match self {
+            Decision::Authenticated => "authenticated",
+            Decision::Rejected | Decision::DeniedByPolicy | Decision::UnknownCluster => "rejected",
+            Decision::Revoked => "revoked",
+            Decision::Undecided => "undecided",
+        }
+    }
 }
+
+/// Longest caller-chosen name (a cluster) an audit record keeps.
+const MAX_AUDITED_NAME: usize = 253;
 
 struct Inner {
     cache: Arc<VerdictCache>,
     pipeline: RwLock<Arc<Pipeline>>,
     metrics: Arc<Metrics>,
+    /// The audit log, when configured.
+    audit: Option<Audit>,
+}
+
+/// How a review reached authd, as the audit log records it.
+#[derive(Clone, Debug)]
+pub struct Via {
+    /// `authenticate` (the gRPC Authenticator), `in_process` (the all-in-one edge).
+    pub entry: &'static str,
+    /// The caller's client certificate identity, when it has one.
+    pub caller: Option<Arc<str>>,
+}
+
+impl Via {
+    pub const IN_PROCESS: Via = Via {
+        entry: "in_process",
+        caller: None,
+    };
+}
+
+/// What one review came to, for its counters and its audit record.
+struct Reviewed {
+    response: AuthenticateResponse,
+    result: Decision,
+    cache: CacheOutcome,
+    /// Why a refusal, as a class.
+    reason: Option<&'static str>,
 }
 
 /// What `Authd::prepare` read from the pipeline for one review.
@@ -149,8 +190,22 @@ impl Authd {
                 cache: Arc::new(cache),
                 pipeline: RwLock::new(Arc::new(pipeline)),
                 metrics,
+                audit: None,
             }),
         }
+    }
+
+    /// Writes every decision to `audit` from now on. Only before the handle is shared.
+    pub fn with_audit(mut self, audit: Option<Audit>) -> Self {
+        Arc::get_mut(&mut self.inner)
+            .expect("with_audit before the service is shared")
+            .audit = audit;
+        self
+    }
+
+    /// Whether decisions go to an audit log.
+    pub fn audits(&self) -> bool {
+        self.inner.audit.is_some()
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -263,12 +318,75 @@ impl Authd {
         })
     }
 
+    /// Reviews one token for a caller in this process (the all-in-one binary's edge).
     pub async fn authenticate(&self, req: AuthenticateRequest) -> AuthenticateResponse {
+        self.review(req, Via::IN_PROCESS).await
+    }
+
+    /// Reviews one token; `via` says how it arrived (for the audit log).
+    pub async fn review(&self, req: AuthenticateRequest, via: Via) -> AuthenticateResponse {
         let started = Instant::now();
+        let reviewed = self.decide(&req).await;
+        match &self.inner.audit {
+            None => reviewed.response,
+            Some(audit) => self.audit(audit, req, via, reviewed, started),
+        }
+    }
+
+    /// Queues the audit record of a review (never waits) and returns its response.
+    fn audit(
+        &self,
+        audit: &Audit,
+        req: AuthenticateRequest,
+        via: Via,
+        reviewed: Reviewed,
+        started: Instant,
+    ) -> AuthenticateResponse {
+        let Reviewed {
+            response,
+            result,
+            cache,
+            reason,
+        } = reviewed;
+        let token_id = (!req.token.is_empty() && req.token.len() <= MAX_TOKEN_BYTES)
+            .then(|| self.fingerprinter().token_id(&req.token));
+        let user = response
+            .user
+            .as_ref()
+            .filter(|_| audit.include_identity)
+            .map(|u| (u.username.clone(), u.groups.clone()));
+        let mut cluster = req.cluster;
+        if cluster.len() > MAX_AUDITED_NAME {
+            // A caller-chosen name: bounded in the log.
+            let mut end = MAX_AUDITED_NAME;
+            while !cluster.is_char_boundary(end) {
+                end -= 1;
+            }
+            cluster.truncate(end);
+        }
+        audit.record(Record {
+            at: SystemTime::now(),
+            request_id: req.request_id,
+            entry: via.entry,
+            caller: via.caller,
+            cluster,
+            source: response.source.clone(),
+            outcome: result.audit_outcome(),
+            reason,
+            user,
+            token_id,
+            latency: started.elapsed(),
+            cache: cache.label(),
+        });
+        response
+    }
+
+    /// The whole decision for one review, counted.
+    async fn decide(&self, req: &AuthenticateRequest) -> Reviewed {
         // An unknown cluster is a definitive "no" (kube-apiserver: not authenticated), before
         // any cache or source sees the token: the set of clusters is the configured one. The
         // review keeps the cluster it found here to the end, policy and counters alike.
-        let prepared = match self.prepare(&req) {
+        let prepared = match self.prepare(req) {
             Ok(p) => p,
             Err(other) => {
                 tracing::debug!(request_id = %req.request_id, cluster = %req.cluster.escape_debug(),
@@ -280,7 +398,12 @@ impl Authd {
                     CacheOutcome::None,
                 )
                 .inc();
-                return AuthenticateResponse::default();
+                return Reviewed {
+                    response: AuthenticateResponse::default(),
+                    result: Decision::UnknownCluster,
+                    cache: CacheOutcome::None,
+                    reason: Some("unknown_cluster"),
+                };
             }
         };
         // No source mints empty or enormous tokens: a definitive, cacheable "no" at once,
@@ -294,17 +417,23 @@ impl Authd {
                 Decision::Rejected,
                 CacheOutcome::None,
             );
-            return AuthenticateResponse::default();
+            return Reviewed {
+                response: AuthenticateResponse::default(),
+                result: Decision::Rejected,
+                cache: CacheOutcome::None,
+                reason: Some("malformed_token"),
+            };
         }
-        let response = self.decide(&req, prepared).await;
+        let started = Instant::now();
+        let reviewed = self.look_up(req, prepared).await;
         self.inner
             .metrics
             .latency
             .observe(started.elapsed().as_secs_f64());
-        response
+        reviewed
     }
 
-    async fn decide(&self, req: &AuthenticateRequest, prepared: Prepared) -> AuthenticateResponse {
+    async fn look_up(&self, req: &AuthenticateRequest, prepared: Prepared) -> Reviewed {
         let Prepared {
             cluster,
             digest,
@@ -330,7 +459,7 @@ impl Authd {
         let answer = cache.lookup(fp, &req.token, credential, ask).await;
         let outcome = answer.outcome();
         let cached = outcome.cached();
-        let (response, result) = match answer {
+        let (response, result, reason) = match answer {
             Answer::Hit(entry, _) | Answer::Miss(entry) => {
                 self.finish(req, &cluster, &fp, &entry.verdict, cached)
             }
@@ -355,7 +484,7 @@ impl Authd {
                     cached,
                     ..Default::default()
                 };
-                (response, Decision::Revoked)
+                (response, Decision::Revoked, Some("revoked"))
             }
             Answer::Undecided(err) => {
                 tracing::warn!(
@@ -369,11 +498,16 @@ impl Authd {
                     error: err.to_string(),
                     ..Default::default()
                 };
-                (response, Decision::Undecided)
+                (response, Decision::Undecided, Some("source_undecided"))
             }
         };
         count(&self.inner.metrics, &cluster, result, outcome);
-        response
+        Reviewed {
+            response,
+            result,
+            cache: outcome,
+            reason,
+        }
     }
 
     /// Applies cluster policy to a (possibly cached) verdict and builds the response.
@@ -384,19 +518,24 @@ impl Authd {
         fp: &Fingerprint,
         verdict: &Verdict,
         cached: bool,
-    ) -> (AuthenticateResponse, Decision) {
-        let rejected = |result| {
+    ) -> (AuthenticateResponse, Decision, Option<&'static str>) {
+        let rejected = |result, reason| {
             let response = AuthenticateResponse {
                 source: verdict.source.clone(),
                 cached,
                 ..Default::default()
             };
-            (response, result)
+            (response, result, Some(reason))
         };
         let Some(identity) = verdict.identity.clone() else {
             tracing::debug!(request_id = %req.request_id, cluster = %req.cluster,
                 fingerprint = %fp.short(), source = %verdict.source, cached, "rejected");
-            return rejected(Decision::Rejected);
+            let reason = if verdict.source.is_empty() {
+                "no_source"
+            } else {
+                "source_rejected"
+            };
+            return rejected(Decision::Rejected, reason);
         };
         // Every answer, cached or fresh, from either level: a name the deciding source may
         // not mint is never served, whatever put it in a cache. Under the read lock instead
@@ -411,7 +550,7 @@ impl Authd {
             tracing::warn!(request_id = %req.request_id, fingerprint = %fp.short(),
                 source = %verdict.source, cached, reason = %why,
                 "refused: the answer names what its source may not mint");
-            return rejected(Decision::Rejected);
+            return rejected(Decision::Rejected, "reserved_name");
         }
         let identity = match cluster.admit(&req.cluster, identity) {
             Ok(identity) => identity,
@@ -419,7 +558,7 @@ impl Authd {
                 tracing::info!(request_id = %req.request_id, cluster = %req.cluster,
                     fingerprint = %fp.short(), source = %verdict.source,
                     reason = %why, "refused by cluster policy");
-                return rejected(Decision::DeniedByPolicy);
+                return rejected(Decision::DeniedByPolicy, "cluster_policy");
             }
         };
         tracing::debug!(request_id = %req.request_id, cluster = %req.cluster,
@@ -443,7 +582,7 @@ impl Authd {
             source: verdict.source.clone(),
             cached,
         };
-        (response, Decision::Authenticated)
+        (response, Decision::Authenticated, None)
     }
 }
 
