@@ -71,6 +71,7 @@ enum Command {
         /// kube-apiserver's client certificate, for mTLS.
         #[arg(long, requires = "client_key")]
         client_cert: Option<PathBuf>,
+        /// PEM private key of --client-cert.
         #[arg(long, requires = "client_cert")]
         client_key: Option<PathBuf>,
     },
@@ -154,8 +155,10 @@ enum TokenCommand {
         /// The source's `prefix`.
         #[arg(long, default_value = "kad_")]
         prefix: String,
+        /// The Kubernetes username the token authenticates as.
         #[arg(long)]
         user: String,
+        /// The user's uid (empty by default).
         #[arg(long, default_value = "")]
         uid: String,
         /// Comma-separated groups.
@@ -174,6 +177,7 @@ enum TokenCommand {
     Disable {
         #[command(flatten)]
         db: TokenDb,
+        /// The token's id (the 16 hex digits after the prefix, as `token create` printed).
         #[arg(long)]
         id: String,
         /// authd's gRPC URL, to revoke the token id there too.
@@ -222,6 +226,7 @@ enum CertsCommand {
     /// clusters.NAME.client_ca) with the kube-apiserver client certificate it signs
     /// (apiserver-NAME.crt, CN "kube-apiserver:NAME"). Existing CAs are reused.
     Init {
+        /// Folder the CA and certificates are written to (created if missing).
         #[arg(long)]
         dir: PathBuf,
         /// Host names / IPs of the edge and authd (repeat).
@@ -305,9 +310,17 @@ async fn run(command: Command) -> anyhow::Result<()> {
             if !server.starts_with("https://") {
                 anyhow::bail!("--server {server:?}: must be an https:// URL");
             }
-            let ca = read(&ca, "--ca")?;
+            let ca_pem = read(&ca, "--ca")?;
+            pki::check_certificates(ca_pem.as_bytes()).with_context(|| {
+                format!("--ca {}: must be the PEM CA certificate", ca.display())
+            })?;
             let cert = client_cert.map(|p| read(&p, "--client-cert")).transpose()?;
             let key = client_key.map(|p| read(&p, "--client-key")).transpose()?;
+            if let (Some(c), Some(k)) = (&cert, &key) {
+                pki::check_key_pair(c.as_bytes(), k.as_bytes())
+                    .context("--client-cert/--client-key")?;
+            }
+            let ca = ca_pem;
             print!(
                 "{}",
                 kubeconfig::WebhookKubeconfig {
@@ -339,6 +352,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     clients,
                 },
         } => {
+            // Every name first: a bad one must not leave some certificates rewritten.
+            for c in &clients {
+                check_name("--client", c)?;
+            }
+            for c in &clusters {
+                check_name("--cluster", c)?;
+            }
             std::fs::create_dir_all(&dir)
                 .with_context(|| format!("--dir {}: cannot create", dir.display()))?;
             let ca = pki::Ca::load_or_create(&dir)?;
@@ -348,13 +368,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 .write(&dir, "authd")?;
             ca.issue_client("edge")?.write(&dir, "edge-client")?;
             for c in &clients {
-                check_name("--client", c)?;
                 ca.issue_client(c)?.write(&dir, &format!("client-{c}"))?;
             }
             // One CA per cluster: the edge accepts a kube-apiserver certificate only on the
             // endpoint of the cluster whose CA issued it.
             for c in &clusters {
-                check_name("--cluster", c)?;
                 let cluster_ca = pki::Ca::load_or_create_named(
                     &dir,
                     &format!("cluster-{c}-ca"),
@@ -395,6 +413,13 @@ async fn token(command: TokenCommand) -> anyhow::Result<()> {
     use authd::source::postgres;
     let (TokenCommand::Create { db, .. } | TokenCommand::Disable { db, .. }) = &command;
     check_token_db(db)?;
+    let target = postgres::describe(&db.database_url);
+    let db_hint = || {
+        format!(
+            "PostgreSQL at {target} (--database-url): is it running, reachable from here, and \
+             do the user and password (--password-file) match?"
+        )
+    };
     match command {
         TokenCommand::Create {
             db,
@@ -424,7 +449,7 @@ async fn token(command: TokenCommand) -> anyhow::Result<()> {
             }
             let key = postgres::read_key(&secret_key_file).context("--secret-key-file")?;
             let pool = token_pool(&db)?;
-            postgres::migrate(&pool).await?;
+            postgres::migrate(&pool).await.with_context(db_hint)?;
             let new = postgres::NewToken {
                 username: user,
                 uid,
@@ -432,7 +457,9 @@ async fn token(command: TokenCommand) -> anyhow::Result<()> {
                 extra: extra_map,
                 ttl,
             };
-            let (id, token) = postgres::create_token(&pool, &key, &prefix, &new).await?;
+            let (id, token) = postgres::create_token(&pool, &key, &prefix, &new)
+                .await
+                .with_context(db_hint)?;
             eprintln!(
                 "created token id {id} for user {:?}; it is shown only once",
                 new.username
@@ -448,7 +475,10 @@ async fn token(command: TokenCommand) -> anyhow::Result<()> {
             ca,
         } => {
             let pool = token_pool(&db)?;
-            if !postgres::disable_token(&pool, &id).await? {
+            if !postgres::disable_token(&pool, &id)
+                .await
+                .with_context(db_hint)?
+            {
                 anyhow::bail!("--id {id:?}: no such token");
             }
             eprintln!("disabled token id {id}");
@@ -456,8 +486,10 @@ async fn token(command: TokenCommand) -> anyhow::Result<()> {
                 (Some(authd), Some(admin_token_file)) => {
                     let conn = revoke::AdminConn {
                         authd,
-                        admin_token_file,
+                        admin_token_file: Some(admin_token_file),
                         ca,
+                        client_cert: None,
+                        client_key: None,
                         allow_plaintext: db.allow_plaintext,
                     };
                     let mut admin = revoke::Admin::connect(&conn).await?;
@@ -510,8 +542,7 @@ fn audit_hash(config: Option<PathBuf>, hmac_key_file: Option<PathBuf>) -> anyhow
 /// `config check`: exits non-zero (an error) on an invalid file or any failing example.
 fn config_check(file: &std::path::Path) -> anyhow::Result<()> {
     let config = authd::config::Config::load(file)?;
-    authd::source::build_all(&config.sources)
-        .with_context(|| format!("config file {}", file.display()))?;
+    authd::server::preflight(&config).with_context(|| format!("config file {}", file.display()))?;
     println!(
         "{}: valid ({} sources, {} clusters)",
         file.display(),
@@ -550,6 +581,39 @@ mod tests {
     #[test]
     fn command_line_is_consistent() {
         <Cli as clap::CommandFactory>::command().debug_assert();
+    }
+
+    /// Every option and subcommand of every subcommand says what it is for in --help.
+    #[test]
+    fn every_option_has_help_text() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} --{}", arg.get_long().unwrap_or(id)));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_name() == "help" {
+                    continue;
+                }
+                let path = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() {
+                    missing.push(path.clone());
+                }
+                walk(sub, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(
+            &<Cli as clap::CommandFactory>::command(),
+            "kube-authd",
+            &mut missing,
+        );
+        assert!(missing.is_empty(), "no --help text: {missing:#?}");
     }
 
     fn db(url: &str, allow_plaintext: bool) -> TokenDb {

@@ -27,6 +27,48 @@ impl Pem {
     }
 }
 
+/// Checks that `pem` holds certificates only (one or more, each parseable) and no private
+/// key: a CA bundle that is about to be copied somewhere (a kubeconfig) or trusted.
+pub fn check_certificates(pem: &[u8]) -> anyhow::Result<()> {
+    let mut certs = 0;
+    for block in x509_parser::pem::Pem::iter_from_buffer(pem) {
+        let block = block.map_err(|e| anyhow::anyhow!("not PEM: {e}"))?;
+        if block.label.contains("PRIVATE KEY") {
+            anyhow::bail!("holds a private key ({}), not a certificate", block.label);
+        }
+        if block.label != "CERTIFICATE" {
+            anyhow::bail!("holds a {} block, not a certificate", block.label);
+        }
+        block
+            .parse_x509()
+            .map_err(|e| anyhow::anyhow!("a certificate that does not parse: {e}"))?;
+        certs += 1;
+    }
+    if certs == 0 {
+        anyhow::bail!("no PEM certificate in it");
+    }
+    Ok(())
+}
+
+/// Checks that `key_pem` is the private key of the (first) certificate in `cert_pem`.
+pub fn check_key_pair(cert_pem: &[u8], key_pem: &[u8]) -> anyhow::Result<()> {
+    use rcgen::PublicKeyData;
+    check_certificates(cert_pem).context("the certificate file")?;
+    let block = x509_parser::pem::Pem::iter_from_buffer(cert_pem)
+        .next()
+        .context("no certificate")?
+        .map_err(|e| anyhow::anyhow!("not PEM: {e}"))?;
+    let cert = block
+        .parse_x509()
+        .map_err(|e| anyhow::anyhow!("certificate: {e}"))?;
+    let key_text = std::str::from_utf8(key_pem).context("the key file is not PEM text")?;
+    let key = KeyPair::from_pem(key_text).context("the key file holds no usable private key")?;
+    if cert.public_key().subject_public_key.data.as_ref() != key.der_bytes() {
+        anyhow::bail!("the private key does not belong to the certificate");
+    }
+    Ok(())
+}
+
 /// Writes a secret file readable by the owner only.
 pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;

@@ -15,7 +15,7 @@ use authd_proto::v1::{
     UnrevokeRequest,
 };
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// How to reach authd's Admin service.
 #[derive(clap::Args, Clone)]
@@ -24,12 +24,20 @@ pub struct AdminConn {
     /// this machine (loopback) unless --allow-plaintext.
     #[arg(long)]
     pub authd: String,
-    /// File holding the admin secret (authd's admin.token_file).
-    #[arg(long)]
-    pub admin_token_file: PathBuf,
+    /// File holding the admin secret (authd's admin.token_file). Not needed when the
+    /// client certificate (--client-cert) belongs to a [clients.NAME] allowed the call.
+    #[arg(long, required_unless_present = "client_cert")]
+    pub admin_token_file: Option<PathBuf>,
     /// PEM CA that signed authd's certificate, for https://.
     #[arg(long)]
     pub ca: Option<PathBuf>,
+    /// PEM client certificate to present (authd with [tls] client_ca requires one; its
+    /// identity must be a [clients.NAME] whose methods list the call).
+    #[arg(long, requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of --client-cert.
+    #[arg(long, requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
     /// Allow http:// to a host other than this machine: the admin secret then crosses
     /// the network without TLS.
     #[arg(long)]
@@ -108,49 +116,97 @@ fn shown(ms: u64) -> String {
     format!("until {}", humantime::format_rfc3339_seconds(t))
 }
 
-/// A connected Admin client and the request metadata carrying the admin secret.
+/// A connected Admin client and the request metadata carrying the admin secret, if any.
 pub struct Admin {
     pub client: AdminClient<Channel>,
-    auth: MetadataValue<Ascii>,
+    auth: Option<MetadataValue<Ascii>>,
+    /// Added to a call's transport failure: what may be missing (a client certificate).
+    transport_hint: &'static str,
 }
+
+/// A TLS 1.3 server checks the client certificate after the client thinks the handshake
+/// is done: a missing one shows up as the first call failing, not as a connect error.
+const NO_CLIENT_CERT_HINT: &str = " (if authd requires client certificates ([tls] client_ca), \
+     pass --client-cert and --client-key of a [clients.NAME] allowed to make this call)";
 
 impl Admin {
     pub async fn connect(conn: &AdminConn) -> anyhow::Result<Self> {
         check_transport(&conn.authd, conn.allow_plaintext)?;
-        let secret = authd::authz::read_secret(&conn.admin_token_file)
-            .map_err(|e| anyhow::anyhow!("--admin-token-file: {e}"))?;
-        let mut bearer = b"Bearer ".to_vec();
-        bearer.extend_from_slice(&secret);
-        let mut auth = MetadataValue::try_from(bearer.as_slice()).map_err(|_| {
-            anyhow::anyhow!("--admin-token-file: the secret is not a valid header value")
-        })?;
-        auth.set_sensitive(true);
+        let auth = match &conn.admin_token_file {
+            Some(file) => {
+                let secret = authd::authz::read_secret(file)
+                    .map_err(|e| anyhow::anyhow!("--admin-token-file: {e}"))?;
+                let mut bearer = b"Bearer ".to_vec();
+                bearer.extend_from_slice(&secret);
+                let mut auth = MetadataValue::try_from(bearer.as_slice()).map_err(|_| {
+                    anyhow::anyhow!("--admin-token-file: the secret is not a valid header value")
+                })?;
+                auth.set_sensitive(true);
+                Some(auth)
+            }
+            None => None,
+        };
         let mut endpoint = Endpoint::from_shared(conn.authd.clone())
             .with_context(|| format!("--authd {:?}: not a URL", conn.authd))?
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(30));
-        if let Some(ca) = &conn.ca {
-            let pem =
-                std::fs::read(ca).with_context(|| format!("--ca {}: cannot read", ca.display()))?;
-            endpoint = endpoint
-                .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
-                .context("--ca: TLS configuration")?;
+        let https = conn.authd.starts_with("https://");
+        if !https && (conn.ca.is_some() || conn.client_cert.is_some()) {
+            anyhow::bail!(
+                "--authd {:?}: --ca and --client-cert need an https:// URL",
+                conn.authd
+            );
         }
-        let channel = endpoint
-            .connect()
-            .await
-            .with_context(|| format!("cannot connect to authd at {}", conn.authd))?;
+        if https {
+            let mut tls = ClientTlsConfig::new();
+            if let Some(ca) = &conn.ca {
+                let pem = std::fs::read(ca)
+                    .with_context(|| format!("--ca {}: cannot read", ca.display()))?;
+                tls = tls.ca_certificate(Certificate::from_pem(pem));
+            }
+            if let (Some(cert), Some(key)) = (&conn.client_cert, &conn.client_key) {
+                let read = |flag: &str, p: &PathBuf| {
+                    std::fs::read(p).with_context(|| format!("{flag} {}: cannot read", p.display()))
+                };
+                let (cert_pem, key_pem) =
+                    (read("--client-cert", cert)?, read("--client-key", key)?);
+                crate::pki::check_key_pair(&cert_pem, &key_pem)
+                    .context("--client-cert/--client-key")?;
+                tls = tls.identity(Identity::from_pem(cert_pem, key_pem));
+            }
+            endpoint = endpoint
+                .tls_config(tls)
+                .context("--ca/--client-cert: TLS configuration")?;
+        }
+        let channel = endpoint.connect().await.map_err(|e| {
+            let mut why = format!("cannot connect to authd at {}: {e}", conn.authd);
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                why.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            if https && conn.client_cert.is_none() {
+                why.push_str(NO_CLIENT_CERT_HINT);
+            }
+            anyhow::anyhow!(why)
+        })?;
         Ok(Self {
             client: AdminClient::new(channel),
             auth,
+            transport_hint: if https && conn.client_cert.is_none() {
+                NO_CLIENT_CERT_HINT
+            } else {
+                ""
+            },
         })
     }
 
-    /// A request carrying the admin secret.
+    /// A request carrying the admin secret, if one was given.
     pub fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut req = tonic::Request::new(message);
-        req.metadata_mut()
-            .insert("authorization", self.auth.clone());
+        if let Some(auth) = &self.auth {
+            req.metadata_mut().insert("authorization", auth.clone());
+        }
         req
     }
 
@@ -164,11 +220,12 @@ impl Admin {
             credential_id: credential_id.to_owned(),
             until_unix_ms,
         });
+        let hint = self.transport_hint;
         let r = self
             .client
             .revoke_credential(req)
             .await
-            .map_err(refused)?
+            .map_err(|s| refused(s, hint))?
             .into_inner();
         Ok(format!(
             "revoked: {} shared cache entries removed; id {} {}",
@@ -179,8 +236,18 @@ impl Admin {
     }
 }
 
-fn refused(s: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("authd refused: {:?}: {}", s.code(), s.message())
+fn refused(s: tonic::Status, transport_hint: &str) -> anyhow::Error {
+    let hint = match s.code() {
+        tonic::Code::Cancelled | tonic::Code::Unavailable | tonic::Code::Unknown => transport_hint,
+        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => {
+            "; to be allowed, either present authd's admin secret (--admin-token-file, the \
+             file authd's [admin] token_file names; `kube-authd up` writes it to \
+             <state-dir>/admin.token) or a client certificate (--client-cert/--client-key) \
+             whose identity has a [clients.NAME] table listing this call in its methods"
+        }
+        _ => "",
+    };
+    anyhow::anyhow!("authd refused: {:?}: {}{hint}", s.code(), s.message())
 }
 
 fn read_token() -> anyhow::Result<String> {
@@ -249,7 +316,7 @@ pub async fn run(conn: AdminConn, action: Action) -> anyhow::Result<()> {
                 println!("{}", admin.revoke_credential(&id, until_unix_ms).await?);
                 return Ok(());
             }
-            .map_err(refused)?
+            .map_err(|s| refused(s, admin.transport_hint))?
             .into_inner();
             println!(
                 "revoked: {} shared cache entries removed; id {} {}",
@@ -273,7 +340,7 @@ pub async fn run(conn: AdminConn, action: Action) -> anyhow::Result<()> {
                 .client
                 .unrevoke(req)
                 .await
-                .map_err(refused)?
+                .map_err(|s| refused(s, admin.transport_hint))?
                 .into_inner();
             println!("{}", if r.lifted { "lifted" } else { "not revoked" });
         }
@@ -283,7 +350,7 @@ pub async fn run(conn: AdminConn, action: Action) -> anyhow::Result<()> {
                 .client
                 .list_revocations(req)
                 .await
-                .map_err(refused)?
+                .map_err(|s| refused(s, admin.transport_hint))?
                 .into_inner();
             for d in r.revocations {
                 println!("{} {} {}", d.kind, d.id, shown(d.until_unix_ms));

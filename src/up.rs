@@ -107,10 +107,21 @@ fn demo_tokens(path: &Path) -> anyhow::Result<()> {
     pki::write_private(path, text.as_bytes())
 }
 
+/// The admin secret of the built-in configuration (`kube-authd revoke
+/// --admin-token-file`): made once, kept in the state dir (0600).
+fn admin_secret(path: &Path) -> anyhow::Result<()> {
+    if !path.exists() {
+        let bytes: [u8; 32] = rand::random();
+        pki::write_private(path, format!("{}\n", hex::encode(bytes)).as_bytes())?;
+    }
+    Ok(())
+}
+
 fn authd_config(
     authd_config: Option<&Path>,
     grpc_listen: SocketAddr,
     token_file: &Path,
+    admin_token: &Path,
 ) -> anyhow::Result<authd::config::Config> {
     match authd_config {
         Some(path) => Ok(authd::config::Config::load(path)?),
@@ -126,6 +137,7 @@ fn authd_config(
                     Box::new(source),
                 )]);
             config.listen = grpc_listen;
+            config.admin.token_file = Some(admin_token.to_owned());
             // The one cluster the built-in edge serves (its default route).
             config.clusters.insert("default".into(), Default::default());
             config
@@ -162,9 +174,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     ))?;
     apiserver.write(&dir, &format!("apiserver-{DEFAULT_CLUSTER}"))?;
 
-    let token_file = match &args.token_file {
-        Some(f) => f.clone(),
-        None => {
+    // With --config, the configuration names its own sources: no demo tokens.
+    let token_file = match (&args.token_file, &args.authd_config) {
+        (Some(f), _) => f.clone(),
+        (None, Some(_)) => PathBuf::new(),
+        (None, None) => {
             let f = dir.join("tokens.csv");
             if !f.exists() {
                 demo_tokens(&f)?;
@@ -173,19 +187,32 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             f
         }
     };
-    let authd_cfg = authd_config(args.authd_config.as_deref(), args.grpc_listen, &token_file)?;
+    let admin_token = dir.join("admin.token");
+    if args.authd_config.is_none() {
+        admin_secret(&admin_token)?;
+    }
+    let authd_cfg = authd_config(
+        args.authd_config.as_deref(),
+        args.grpc_listen,
+        &token_file,
+        &admin_token,
+    )?;
+    // The one admin listener (the edge's, serving both processes' metrics): the flag, else
+    // the configuration's `admin_listen`.
+    let admin_listen = args.admin_listen.or(authd_cfg.admin_listen);
     let authd = authd::server::build(&authd_cfg)?;
     authd::server::load_revocations(&authd).await;
     {
-        let (config, grpc_listen, tokens) = (
+        let (config, grpc_listen, tokens, admin) = (
             args.authd_config.clone(),
             args.grpc_listen,
             token_file.clone(),
+            admin_token.clone(),
         );
         authd::reload::spawn(
             authd.clone(),
             args.authd_config.clone(),
-            Box::new(move || authd_config(config.as_deref(), grpc_listen, &tokens)),
+            Box::new(move || authd_config(config.as_deref(), grpc_listen, &tokens, &admin)),
             authd_cfg.clone(),
             authd::reload::POLL_INTERVAL,
         );
@@ -200,7 +227,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             "listen = \"{}\"\ndefault_cluster = \"{DEFAULT_CLUSTER}\"\n{}{}\
              [tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n",
             args.listen,
-            args.admin_listen
+            admin_listen
                 .map(|a| format!("admin_listen = \"{a}\"\n"))
                 .unwrap_or_default(),
             args.limits.toml(),
@@ -243,28 +270,45 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     // It holds kube-apiserver's private key.
     pki::write_private(&kubeconfig_path, kubeconfig.render().as_bytes())?;
 
-    let admin = edge.admin_addr();
-    tracing::info!(%edge_addr, %grpc_addr, ?admin, "kube-authd up");
-    println!(
-        "kube-authd ready https={server} grpc={grpc_addr} admin={}",
-        admin.map(|a| a.to_string()).unwrap_or_else(|| "-".into())
-    );
+    let admin = edge
+        .admin_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| "-".into());
+    tracing::info!(%edge_addr, %grpc_addr, %admin, "kube-authd up");
+    println!("kube-authd ready https={server} grpc={grpc_addr} admin={admin}");
     println!("webhook kubeconfig: {}", kubeconfig_path.display());
     println!(
         "  kube-apiserver --authentication-token-webhook-config-file={}",
         kubeconfig_path.display()
     );
-    println!(
-        "try a review (uses the first token in {}):",
-        token_file.display()
-    );
-    println!(
-        "  curl --cacert {ca} --cert {cert} --key {key} -H 'Content-Type: application/json' {server} -d \"{{\\\"apiVersion\\\":\\\"authentication.k8s.io/v1\\\",\\\"kind\\\":\\\"TokenReview\\\",\\\"spec\\\":{{\\\"token\\\":\\\"$(grep -v '^#' {tokens} | head -n1 | cut -d, -f1)\\\"}}}}\"",
-        ca = dir.join("ca.crt").display(),
-        cert = dir.join(format!("apiserver-{DEFAULT_CLUSTER}.crt")).display(),
-        key = dir.join(format!("apiserver-{DEFAULT_CLUSTER}.key")).display(),
-        tokens = token_file.display(),
-    );
+    let curl = |token: &str| {
+        format!(
+            "  curl --cacert {ca} --cert {cert} --key {key} -H 'Content-Type: application/json' {server} -d \"{{\\\"apiVersion\\\":\\\"authentication.k8s.io/v1\\\",\\\"kind\\\":\\\"TokenReview\\\",\\\"spec\\\":{{\\\"token\\\":\\\"{token}\\\"}}}}\"",
+            ca = dir.join("ca.crt").display(),
+            cert = dir.join(format!("apiserver-{DEFAULT_CLUSTER}.crt")).display(),
+            key = dir.join(format!("apiserver-{DEFAULT_CLUSTER}.key")).display(),
+        )
+    };
+    if args.authd_config.is_none() {
+        println!(
+            "try a review (uses the first token in {}):",
+            token_file.display()
+        );
+        println!(
+            "{}",
+            curl(&format!(
+                "$(grep -v '^#' {} | head -n1 | cut -d, -f1)",
+                token_file.display()
+            ))
+        );
+        println!(
+            "revoke a user on every replica:\n  kube-authd revoke --authd http://{grpc_addr} --admin-token-file {} --user demo-viewer",
+            admin_token.display()
+        );
+    } else {
+        println!("try a review (TOKEN: one your configured sources accept):");
+        println!("{}", curl("TOKEN"));
+    }
 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {

@@ -159,6 +159,40 @@ impl Sink {
     }
 }
 
+/// What `start` would refuse, without creating anything: the file, if it exists, must
+/// open for appending; if not, its folder must exist.
+pub fn check(config: &AuditConfig) -> Result<(), AuditError> {
+    let Some(path) = config.path.as_deref().filter(|p| !is_stdout(p)) else {
+        return Ok(());
+    };
+    if path.exists() {
+        return OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map(drop)
+            .map_err(|source| AuditError::Open {
+                path: path.to_owned(),
+                source,
+            });
+    }
+    let folder = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if folder.is_dir() {
+        Ok(())
+    } else {
+        Err(AuditError::Open {
+            path: path.to_owned(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such folder"),
+        })
+    }
+}
+
+fn is_stdout(path: &Path) -> bool {
+    path.as_os_str() == "-"
+}
+
 impl Audit {
     /// Opens the sink (a bad path is a start-up error naming `audit.path`) and starts the
     /// writer thread. `None` when the audit log is off.
@@ -169,7 +203,7 @@ impl Audit {
         let Some(path) = &config.path else {
             return Ok(None);
         };
-        let sink = if path.as_os_str() == "-" || path.as_os_str() == "stdout" {
+        let sink = if is_stdout(path) {
             Sink::Stdout
         } else {
             Sink::File {

@@ -73,6 +73,32 @@ pub fn build(config: &Config) -> anyhow::Result<Authd> {
     .with_audit(audit))
 }
 
+/// Everything `authd serve` reads and checks at start-up before it binds a port — the
+/// cache HMAC key, every source, the Redis client settings and files, the TLS files, the
+/// admin secret, the audit log's folder — through the same functions, so `kube-authd
+/// config check` cannot call a file valid that `serve` refuses. Contacts nothing remote.
+pub fn preflight(config: &Config) -> anyhow::Result<()> {
+    let fingerprinter = match &config.cache.hmac_key_file {
+        Some(path) => Fingerprinter::new(&read_hmac_key(path)?),
+        None => Fingerprinter::random(),
+    };
+    Pipeline::from_config(config)?;
+    if let Some(redis) = &config.cache.redis {
+        SharedCache::new(
+            redis,
+            Duration::from_secs(1),
+            Arc::new(Metrics::new()),
+            Sealer::new(&fingerprinter),
+        )?;
+    }
+    if let Some(t) = &config.tls {
+        tls::server_config(t)?;
+    }
+    AdminAuthz::from_config(&config.admin)?;
+    crate::audit::check(&config.audit)?;
+    Ok(())
+}
+
 /// Reads `cache.hmac_key_file` as `authd serve` does (any bytes, at least 32).
 pub fn read_hmac_key(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
     let key = std::fs::read(path)

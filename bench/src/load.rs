@@ -489,7 +489,7 @@ async fn worker(
         if intended >= sched.end || sched.exhausted.load(Ordering::Relaxed) {
             break;
         }
-        let Some(item) = workload.next() else {
+        let Some(item) = workload.next(intended < sched.record_from) else {
             sched.exhausted.store(true, Ordering::Relaxed);
             let mut at = sched.exhausted_at.lock().unwrap_or_else(|e| e.into_inner());
             at.get_or_insert_with(Instant::now);

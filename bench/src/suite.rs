@@ -66,6 +66,10 @@ pub struct Args {
     /// order alternating), after the main table; the targets use their median.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// TOML appended to every scenario's authd configuration (e.g. an `[audit]` table, to
+    /// measure the warm rows with the audit log on).
+    #[arg(long)]
+    authd_toml: Option<PathBuf>,
 }
 
 /// A child process killed (with its process group) on drop.
@@ -385,6 +389,8 @@ struct Env {
     identity_pem: Vec<u8>,
     basic_addr: String,
     redis_port: Option<u16>,
+    /// `--authd-toml`'s contents.
+    extra_authd_toml: String,
     venv: Option<PathBuf>,
     gunicorn_workers: usize,
     _basic: Proc,
@@ -536,6 +542,14 @@ impl Env {
             hmac_key,
             basic_addr,
             redis_port,
+            extra_authd_toml: match &args.authd_toml {
+                Some(p) => format!(
+                    "\n{}\n",
+                    std::fs::read_to_string(p)
+                        .with_context(|| format!("--authd-toml {}", p.display()))?
+                ),
+                None => String::new(),
+            },
             venv,
             gunicorn_workers: args.gunicorn_workers.unwrap_or(2 * nproc + 1),
             _basic: basic,
@@ -586,6 +600,7 @@ impl Env {
                 );
             }
         }
+        s.push_str(&self.extra_authd_toml);
         s
     }
 }

@@ -134,10 +134,12 @@ impl Workload {
     }
 
     /// The next review, or None once every cold token has been used (a cold run must not
-    /// wrap around into tokens the server has cached).
-    pub fn next(&self) -> Option<&Item> {
+    /// wrap around into tokens the server has cached). While `warming`, hot tokens only: the
+    /// warm-up readies connections without using up the cold set (a fast build used it all
+    /// before the measurement began).
+    pub fn next(&self, warming: bool) -> Option<&Item> {
         let n = self.n.fetch_add(1, Ordering::Relaxed);
-        if n % 1000 < self.hot_permille && !self.hot.is_empty() {
+        if (warming || n % 1000 < self.hot_permille) && !self.hot.is_empty() {
             return self.hot.get((n as usize) % self.hot.len());
         }
         let i = self.next_cold.fetch_add(1, Ordering::Relaxed);
@@ -169,11 +171,16 @@ mod tests {
     fn workload_mixes_and_exhausts() {
         let u = Universe::new(10, 5);
         let w = Workload::new(u.hot_items(), u.cold_items(), 0);
-        assert_eq!(w.next().unwrap().token, u.item(10).token);
-        for _ in 0..4 {
-            assert!(w.next().is_some());
+        // A warm-up, however long, uses no cold token.
+        for _ in 0..100 {
+            assert!(w.next(true).is_some());
         }
-        assert!(w.next().is_none());
+        assert_eq!(w.cold_used(), 0);
+        assert_eq!(w.next(false).unwrap().token, u.item(10).token);
+        for _ in 0..4 {
+            assert!(w.next(false).is_some());
+        }
+        assert!(w.next(false).is_none());
         let body = u.item(0).body();
         assert!(std::str::from_utf8(&body)
             .unwrap()

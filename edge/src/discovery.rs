@@ -42,7 +42,13 @@ struct Slot {
     client: Grpc<Channel>,
     in_rotation: bool,
     prober: tokio::task::AbortHandle,
+    /// When a failing probe of a replica out of rotation was last logged: a replica that
+    /// never becomes healthy (a wrong port, a TLS mismatch) is said so, once a minute.
+    last_complaint: Option<std::time::Instant>,
 }
+
+/// Between log lines about a replica that stays out of rotation.
+const COMPLAIN_EVERY: Duration = Duration::from_secs(60);
 
 /// The replicas and the channel of rotation changes to the balancer.
 struct Registry {
@@ -64,6 +70,18 @@ impl Registry {
             return;
         };
         if slot.in_rotation == healthy {
+            if !healthy
+                && slot
+                    .last_complaint
+                    .is_none_or(|t| t.elapsed() >= COMPLAIN_EVERY)
+            {
+                slot.last_complaint = Some(std::time::Instant::now());
+                tracing::warn!(
+                    replica = key,
+                    reason = why,
+                    "authd replica not healthy; not in rotation (logged again in a minute if it stays so)"
+                );
+            }
             return;
         }
         slot.in_rotation = healthy;
@@ -125,6 +143,7 @@ impl Registry {
         self.slots.insert(
             key,
             Slot {
+                last_complaint: None,
                 client: Grpc::new(channel),
                 in_rotation: false,
                 prober: prober.abort_handle(),

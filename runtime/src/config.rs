@@ -8,15 +8,18 @@ use serde::de::DeserializeOwned;
 
 /// A configuration file that could not be used: unreadable, or refused by the binary's
 /// parser (`E`, a [`FieldError`] unless the binary has a richer type).
+///
+/// The cause is part of the message and deliberately not an error `source`: a chain
+/// printer (`{:#}`) would print it a second time.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError<E: std::error::Error + 'static = FieldError> {
-    #[error("config file {path}: cannot read: {source}")]
+    #[error("config file {path}: cannot read: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("config file {path}: {source}")]
-    Invalid { path: PathBuf, source: E },
+    #[error("config file {path}: {error}")]
+    Invalid { path: PathBuf, error: E },
 }
 
 /// A bad setting: where it is (a dotted path from the top of the file, e.g.
@@ -59,14 +62,14 @@ pub fn load<T, E: std::error::Error + 'static>(
     path: &Path,
     parse: impl FnOnce(&str, &Path) -> Result<T, E>,
 ) -> Result<T, ConfigError<E>> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
         path: path.to_owned(),
-        source,
+        error,
     })?;
     let base = path.parent().unwrap_or(Path::new("."));
-    parse(&text, base).map_err(|source| ConfigError::Invalid {
+    parse(&text, base).map_err(|error| ConfigError::Invalid {
         path: path.to_owned(),
-        source,
+        error,
     })
 }
 

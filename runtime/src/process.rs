@@ -10,8 +10,15 @@ use clap::{CommandFactory, FromArgMatches};
 /// The logging flag every binary takes.
 #[derive(clap::Args, Clone, Copy, Debug)]
 pub struct LogArgs {
-    /// Log as JSON lines instead of text.
-    #[arg(long, global = true, env = "AUTHD_LOG_JSON")]
+    /// Log as JSON lines instead of text (also AUTHD_LOG_JSON=1, true, yes or on).
+    #[arg(
+        long,
+        global = true,
+        env = "AUTHD_LOG_JSON",
+        value_parser = clap::builder::FalseyValueParser::new(),
+        num_args = 0,
+        default_missing_value = "true"
+    )]
     pub log_json: bool,
 }
 

@@ -214,6 +214,15 @@ pub fn check_database_tls(
     opt_out: &str,
     allow_plaintext: bool,
 ) -> Result<(), FieldError> {
+    // sqlx parses any scheme as PostgreSQL options: `mysql://…` must not pass. The URL may
+    // hold a password: it is not echoed.
+    let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+    if !matches!(scheme.as_deref(), Some("postgres" | "postgresql")) {
+        return Err(FieldError::new(
+            field,
+            "must be a postgres:// or postgresql:// URL",
+        ));
+    }
     let options: PgConnectOptions = url
         .parse()
         .map_err(|e| FieldError::new(field, format!("not a valid database URL: {e}")))?;
@@ -234,6 +243,15 @@ pub fn check_database_tls(
         opt_out,
         allow_plaintext,
     )
+}
+
+/// `host:port` (or the socket folder) of a database URL, for error messages (never the
+/// password).
+pub fn describe(url: &str) -> String {
+    match url.parse::<PgConnectOptions>() {
+        Ok(o) => format!("{}:{}", o.get_host(), o.get_port()),
+        Err(_) => "(unparseable URL)".into(),
+    }
 }
 
 /// A lazily connecting pool: authd starts even while the database is down.
