@@ -432,6 +432,8 @@ async fn token(command: TokenCommand) -> anyhow::Result<()> {
                         authd,
                         admin_token_file,
                         ca,
+                        client_cert: None,
+                        client_key: None,
                         allow_plaintext: db.allow_plaintext,
                     };
                     let mut admin = revoke::Admin::connect(&conn).await?;

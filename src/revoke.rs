@@ -15,7 +15,7 @@ use authd_proto::v1::{
     UnrevokeRequest,
 };
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// How to reach authd's Admin service.
 #[derive(clap::Args, Clone)]
@@ -30,6 +30,13 @@ pub struct AdminConn {
     /// PEM CA that signed authd's certificate, for https://.
     #[arg(long)]
     pub ca: Option<PathBuf>,
+    /// PEM client certificate for an authd that requires one (`tls.client_ca`), with
+    /// --client-key; its name must have a `[clients.NAME]` entry listing the Admin RPC.
+    #[arg(long, requires_all = ["client_key", "ca"])]
+    pub client_cert: Option<PathBuf>,
+    /// PEM key of --client-cert.
+    #[arg(long, requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
     /// Allow http:// to a host other than this machine: the admin secret then crosses
     /// the network without TLS.
     #[arg(long)]
@@ -130,10 +137,20 @@ impl Admin {
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(30));
         if let Some(ca) = &conn.ca {
-            let pem =
-                std::fs::read(ca).with_context(|| format!("--ca {}: cannot read", ca.display()))?;
+            let read = |flag: &str, path: &PathBuf| {
+                std::fs::read(path)
+                    .with_context(|| format!("{flag} {}: cannot read", path.display()))
+            };
+            let mut tls =
+                ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("--ca", ca)?));
+            if let (Some(cert), Some(key)) = (&conn.client_cert, &conn.client_key) {
+                tls = tls.identity(Identity::from_pem(
+                    read("--client-cert", cert)?,
+                    read("--client-key", key)?,
+                ));
+            }
             endpoint = endpoint
-                .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
+                .tls_config(tls)
                 .context("--ca: TLS configuration")?;
         }
         let channel = endpoint
