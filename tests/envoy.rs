@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::basic_auth::{HttpServer, Recorded};
+use common::basic_auth::{HttpServer, Mode, Recorded};
 use common::envoy::{ext_authz_config, Authz, Envoy};
 use common::procs::kube_authd_revoke_with;
 use common::{admin_get, metric_sum, start_authd_as_written, temp_dir, token, write, Proc};
@@ -36,6 +36,9 @@ struct Mesh {
     tokens: Tokens,
     authd: Proc,
     upstream: HttpServer,
+    /// The Basic-auth identity service behind `user:password` tokens: failing (500), so
+    /// authd cannot decide them.
+    idp: HttpServer,
     envoy: Envoy,
     http: reqwest::Client,
 }
@@ -65,18 +68,24 @@ fn start() -> Mesh {
         ),
     );
     write(d, "admin.token", ADMIN_SECRET);
+    let idp = HttpServer::start(Arc::new(|_: &Recorded| (200, "{}".into())));
+    idp.set_mode(Mode::Fail);
     let authd = start_authd_as_written(
         d,
         "authd",
         "127.0.0.1:0",
-        "[tls]\ncert = \"authd.crt\"\nkey = \"authd.key\"\nclient_ca = \"ca.crt\"\n\
+        &format!(
+            "[tls]\ncert = \"authd.crt\"\nkey = \"authd.key\"\nclient_ca = \"ca.crt\"\n\
          [admin]\ntoken_file = \"admin.token\"\n\
          [clients.envoy]\nmethods = [\"Check\"]\nclusters = [\"default\", \"prod\"]\n\
          [clients.ops]\nmethods = [\"RevokeToken\"]\n\
          [clusters.default]\n\
          [clusters.prod]\nallow_groups = [\"sre\"]\n\
          [clusters.staging]\n\
-         [[sources]]\nname = \"static\"\ntype = \"token_file\"\npath = \"tokens.csv\"\n",
+         [[sources]]\nname = \"static\"\ntype = \"token_file\"\npath = \"tokens.csv\"\n\
+         [[sources]]\nname = \"corp\"\ntype = \"basic_auth\"\nurl = \"{}\"\ntimeout = \"1s\"\n",
+            idp.url("/basic-auth/{user}")
+        ),
     );
     let upstream = HttpServer::start(Arc::new(|_: &Recorded| (200, "{\"upstream\":true}".into())));
     let grpc = authd.ready_field("grpc");
@@ -98,6 +107,7 @@ fn start() -> Mesh {
         tokens,
         authd,
         upstream,
+        idp,
         envoy,
         http,
     }
@@ -368,10 +378,27 @@ async fn a_revoked_token_is_refused_within_a_second() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_authd_down_envoy_fails_closed_and_nothing_passes() {
+async fn with_authd_undecided_or_down_envoy_fails_closed_and_nothing_passes() {
     let mut m = start();
     let t = &m.tokens;
     assert_eq!(m.bearer("/", &t.alice).await.status, 200);
+    // The identity service behind `user:password` tokens fails: authd cannot decide and
+    // says so (UNAVAILABLE); Envoy's failure mode answers, not a 401 and never a pass.
+    for _ in 0..3 {
+        let r = m.bearer("/", "dave:secret").await;
+        assert_eq!(r.status, 403, "{r:?}");
+    }
+    assert!(!m.idp.requests().is_empty(), "the source was asked");
+    let text = m.metrics().await;
+    assert_eq!(
+        metric_sum(
+            &text,
+            "authd_ext_authz_checks_total",
+            &[("client", "envoy"), ("result", "undecided")]
+        ),
+        3.0,
+        "{text}"
+    );
     m.authd.kill();
     for token in [&t.alice, &t.bob, &t.carol] {
         for _ in 0..5 {
@@ -521,4 +548,31 @@ fn the_documented_envoy_configuration_validates() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// `kube-authd-bench envoy` in smoke mode: it starts Envoy, authd and its upstream, and
+/// every request through both listeners is answered as expected. It measures nothing
+/// (figures come from a release build, bench/README.md).
+#[test]
+fn the_envoy_benchmark_runs_with_zero_errors() {
+    let bench = common::bin("kube-authd-bench");
+    let out = std::process::Command::new(&bench)
+        .args(["envoy", "--duration", "300ms", "--warmup", "200ms"])
+        .args(["--rounds", "2", "--connections", "4", "--envoy"])
+        .arg(common::envoy::envoy_bin())
+        .arg("--bin-dir")
+        .arg(bench.parent().expect("binary folder"))
+        .output()
+        .expect("run kube-authd-bench envoy");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bench envoy failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("| authz |") && stdout.contains("| plain |"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("ext_authz rate"), "{stdout}");
 }
