@@ -106,11 +106,11 @@ impl Authorization for ExtAuthzGrpc {
             .remove(&self.config.cluster_extension)
             .unwrap_or_else(|| self.config.default_cluster.clone());
         let http = attributes.request.and_then(|r| r.http).unwrap_or_default();
-        let request_id = clip(&http.id);
+        let request_id = loggable_id(&http.id);
         let (outcome, answer) = match caller.grant.check(&caller.identity.0, &cluster) {
             Err(why) => {
                 tracing::warn!(
-                    request_id,
+                    request_id = %request_id,
                     client = &*caller.identity.0,
                     reason = why,
                     "Check refused: PERMISSION_DENIED"
@@ -119,7 +119,8 @@ impl Authorization for ExtAuthzGrpc {
             }
             Ok(()) => {
                 caller.count_check();
-                self.decide(&http, cluster.clone(), request_id).await
+                self.decide(&http, cluster.clone(), request_id.clone())
+                    .await
             }
         };
         self.metrics()
@@ -134,7 +135,7 @@ impl Authorization for ExtAuthzGrpc {
             .ext_authz_latency
             .observe(elapsed.as_secs_f64());
         tracing::debug!(
-            request_id,
+            request_id = %request_id,
             client = &*caller.identity.0,
             cluster = %cluster.escape_debug(),
             result = outcome.label(),
@@ -151,7 +152,7 @@ impl ExtAuthzGrpc {
         &self,
         http: &HttpRequest,
         cluster: String,
-        request_id: &str,
+        request_id: String,
     ) -> (Outcome, Result<CheckResponse, Status>) {
         let token = token(http, &self.config.token_header).unwrap_or_default();
         // An empty token is refused without a lookup, counted under the cluster like any
@@ -162,7 +163,7 @@ impl ExtAuthzGrpc {
                 token,
                 audiences: Vec::new(),
                 cluster,
-                request_id: request_id.to_owned(),
+                request_id,
             })
             .await;
         if !verdict.error.is_empty() {
@@ -174,7 +175,7 @@ impl ExtAuthzGrpc {
             Some(user) => match self.allowed(http, user) {
                 Ok(ok) => (Outcome::Allowed, Ok(ok)),
                 Err(why) => {
-                    tracing::warn!(request_id, reason = why,
+                    tracing::warn!(reason = why,
                         "authenticated, but the identity cannot be carried in request headers: denied");
                     (Outcome::Denied, Ok(denied()))
                 }
@@ -337,12 +338,13 @@ fn bearer(value: &[u8]) -> Option<String> {
     (!token.is_empty()).then(|| token.to_owned())
 }
 
-/// Envoy's request id, cut to a length fit for a log line.
-fn clip(id: &str) -> &str {
-    match id.char_indices().nth(MAX_REQUEST_ID) {
-        Some((at, _)) => &id[..at],
-        None => id,
-    }
+/// Envoy's request id (`x-request-id`, which a client may set) as it goes into log lines:
+/// at most `MAX_REQUEST_ID` characters of `[A-Za-z0-9._:-]`, nothing that could forge a line.
+fn loggable_id(id: &str) -> String {
+    id.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+        .take(MAX_REQUEST_ID)
+        .collect()
 }
 
 #[cfg(test)]
@@ -436,8 +438,10 @@ mod tests {
     }
 
     #[test]
-    fn request_ids_are_clipped() {
-        assert_eq!(clip("abc"), "abc");
-        assert_eq!(clip(&"é".repeat(100)).chars().count(), MAX_REQUEST_ID);
+    fn request_ids_cannot_forge_log_lines() {
+        let id = "c1a1eb71-886e-463e-b85f-0e448776347a";
+        assert_eq!(loggable_id(id), id);
+        assert_eq!(loggable_id("a\nlevel=INFO msg=\"x\""), "alevelINFOmsgx");
+        assert_eq!(loggable_id(&"é1".repeat(100)).len(), MAX_REQUEST_ID);
     }
 }

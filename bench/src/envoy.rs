@@ -184,13 +184,19 @@ fn admin_get(admin: &str, path: &str) -> Option<String> {
     }
 }
 
-/// Starts Envoy on `config`; returns it with its listeners' addresses by name, once LIVE.
+/// A running Envoy and its listeners' addresses by name.
+struct Running {
+    proc: Proc,
+    listeners: Vec<(String, String)>,
+}
+
+/// Starts Envoy on `config`; returns once it is LIVE.
 fn start_envoy(
     envoy: &Path,
     config: &Path,
     dir: &Path,
     concurrency: usize,
-) -> anyhow::Result<(Proc, String, Vec<(String, String)>)> {
+) -> anyhow::Result<Running> {
     let admin_path = dir.join("envoy.admin");
     let mut cmd = Command::new(envoy);
     cmd.arg("-c")
@@ -224,7 +230,7 @@ fn start_envoy(
             Some((l["name"].as_str()?.to_owned(), format!("127.0.0.1:{port}")))
         })
         .collect();
-    Ok((proc, admin, listeners))
+    Ok(Running { proc, listeners })
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -286,7 +292,10 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
 
     let yaml = dir.join("envoy.yaml");
     std::fs::write(&yaml, envoy_yaml(&dir, &upstream_addr, &grpc))?;
-    let (envoy_proc, _admin, listeners) = start_envoy(&envoy, &yaml, &dir, args.envoy_concurrency)?;
+    let Running {
+        proc: envoy_proc,
+        listeners,
+    } = start_envoy(&envoy, &yaml, &dir, args.envoy_concurrency)?;
     let addr = |name: &str| {
         listeners
             .iter()
