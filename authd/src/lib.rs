@@ -7,6 +7,7 @@ pub mod authz;
 pub mod cache;
 pub mod check;
 pub mod config;
+pub mod ext_authz;
 pub mod field;
 pub mod fingerprint;
 pub mod grpc;

@@ -51,6 +51,14 @@ pub struct ClientLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CheckLabels {
+    /// The caller (Envoy's client certificate name) or "anonymous": the webhook's cluster.
+    pub client: Name,
+    /// allowed | denied | forbidden | undecided
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReloadLabels {
     /// success | failure
     pub result: &'static str,
@@ -96,6 +104,10 @@ pub struct Metrics {
     pub local_misses: Counter,
     pub coalesced: Counter,
     pub grpc_requests: Family<ClientLabels, Counter>,
+    /// Envoy `Check` calls answered, by caller and result.
+    pub ext_authz_checks: Family<CheckLabels, Counter>,
+    /// Time to answer one `Check`.
+    pub ext_authz_latency: LatencyHistogram,
     pub latency: LatencyHistogram,
     pub config_reloads: Family<ReloadLabels, Counter>,
     pub stale_serves: Family<LevelLabels, Counter>,
@@ -156,6 +168,18 @@ impl Metrics {
             "grpc_requests",
             "gRPC calls by client identity and method",
             Family::<ClientLabels, Counter>::default(),
+        );
+        let ext_authz_checks = registered(
+            &mut registry,
+            "ext_authz_checks",
+            "Envoy ext_authz Check calls answered, by caller and result",
+            Family::<CheckLabels, Counter>::default(),
+        );
+        let ext_authz_latency = registered(
+            &mut registry,
+            "ext_authz_check_duration_seconds",
+            "Time to answer an Envoy ext_authz Check",
+            LatencyHistogram::new(latency_buckets()),
         );
         let latency = registered(
             &mut registry,
@@ -225,6 +249,8 @@ impl Metrics {
             cache_misses,
             coalesced,
             grpc_requests,
+            ext_authz_checks,
+            ext_authz_latency,
             latency,
             config_reloads,
             registry,

@@ -9,6 +9,7 @@ use anyhow::Context;
 use authd_proto::v1::authenticator_server::AuthenticatorServer;
 use authd_runtime::admin::{self, AdminState, Readiness};
 use authd_runtime::Reloading;
+use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
@@ -19,7 +20,8 @@ use crate::cache::redis::SharedCache;
 use crate::cache::seal::Sealer;
 use crate::cache::verdict::{RevocationSettings, SharedLevel};
 use crate::cache::Ttls;
-use crate::config::Config;
+use crate::config::{Config, ExtAuthzConfig};
+use crate::ext_authz::ExtAuthzGrpc;
 use crate::fingerprint::Fingerprinter;
 use crate::grpc::AuthenticatorGrpc;
 use crate::metrics::Metrics;
@@ -135,6 +137,8 @@ pub struct Listeners {
     pub access: AccessPolicy,
     /// Who may call the Admin service (revocation).
     pub admin_authz: AdminAuthz,
+    /// How Envoy's `Check` reads requests and answers.
+    pub ext_authz: ExtAuthzConfig,
     /// Calls in progress at once, in total and per connection; beyond them calls are
     /// refused at once (RESOURCE_EXHAUSTED) instead of queueing without bound.
     pub max_calls: usize,
@@ -160,18 +164,20 @@ impl Listeners {
             tls: None,
             access: AccessPolicy::default(),
             admin_authz: AdminAuthz::deny_all(),
+            ext_authz: ExtAuthzConfig::default(),
             max_calls: 1024,
             max_calls_per_connection: 512,
         })
     }
 
-    /// Applies `[tls]`, `[clients]`, `[admin]` and the call limits of `config`.
+    /// Applies `[tls]`, `[clients]`, `[admin]`, `[ext_authz]` and the call limits of `config`.
     pub fn secure(mut self, config: &Config) -> anyhow::Result<Self> {
         if let Some(t) = &config.tls {
             self.tls = Some((tls::reloading(t)?, t.handshake_timeout));
         }
         self.access = AccessPolicy::from_config(&config.clients);
         self.admin_authz = AdminAuthz::from_config(&config.admin)?;
+        self.ext_authz = config.ext_authz.clone();
         self.max_calls = config.max_concurrent_calls;
         self.max_calls_per_connection = config.max_concurrent_calls_per_connection;
         Ok(self)
@@ -195,6 +201,9 @@ pub async fn serve(
     health_reporter
         .set_serving::<AuthenticatorServer<AuthenticatorGrpc>>()
         .await;
+    health_reporter
+        .set_serving::<AuthorizationServer<ExtAuthzGrpc>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(authd_proto::v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -210,6 +219,9 @@ pub async fn serve(
         ready.set(false);
         reporter
             .set_not_serving::<AuthenticatorServer<AuthenticatorGrpc>>()
+            .await;
+        reporter
+            .set_not_serving::<AuthorizationServer<ExtAuthzGrpc>>()
             .await;
         let _ = drain_tx.send(());
     });
@@ -231,6 +243,7 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(AdminGrpc::server(authd.clone(), listeners.admin_authz))
+        .add_service(ExtAuthzGrpc::server(authd.clone(), listeners.ext_authz))
         .add_service(AuthenticatorGrpc::server(authd));
     let drained = async {
         let _ = drain_rx.await;

@@ -1,5 +1,6 @@
 //! The load generator: keep-alive HTTPS over HTTP/1.1 (one request at a time per
-//! connection) or HTTP/2 (many streams over few connections), or gRPC straight to authd.
+//! connection) or HTTP/2 (many streams over few connections), gRPC straight to authd, or
+//! plain HTTP/1.1 `GET`s with a bearer token (a service behind Envoy).
 //!
 //! Closed loop: every worker sends its next review as soon as the last one is answered.
 //! Open loop (`rate`): every worker has a fixed schedule and latency is measured from the
@@ -67,6 +68,9 @@ pub enum Target {
     },
     /// authd's gRPC address (`http://host:port`), cluster `default`.
     Grpc { endpoint: String },
+    /// A plain-HTTP/1.1 service (`http://host:port/path`, e.g. behind Envoy): `GET` with
+    /// `Authorization: Bearer <token>`; 200 means authenticated, 401 not.
+    Bearer { url: String },
 }
 
 /// How to load it.
@@ -290,6 +294,84 @@ impl Https {
     }
 }
 
+/// Where and how to reach a plain-HTTP bearer-token target.
+struct Bearer {
+    addr: SocketAddr,
+    authority: String,
+    path: Uri,
+}
+
+impl Bearer {
+    async fn new(url: &str) -> anyhow::Result<Self> {
+        let uri: Uri = url.parse().with_context(|| format!("URL {url:?}"))?;
+        anyhow::ensure!(uri.scheme_str() == Some("http"), "URL {url:?}: not http");
+        let authority = uri
+            .authority()
+            .with_context(|| format!("URL {url:?}: no host"))?
+            .clone();
+        let host = authority.host().trim_matches(['[', ']']).to_owned();
+        let addr = tokio::net::lookup_host((host.as_str(), authority.port_u16().unwrap_or(80)))
+            .await
+            .with_context(|| format!("resolving {host}"))?
+            .next()
+            .with_context(|| format!("{host} has no address"))?;
+        let path = uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .parse()
+            .context("path")?;
+        Ok(Self {
+            addr,
+            authority: authority.to_string(),
+            path,
+        })
+    }
+
+    async fn connect(&self) -> Result<http1::SendRequest<Full<Bytes>>, &'static str> {
+        let tcp = TcpStream::connect(self.addr).await.map_err(|_| "connect")?;
+        let _ = tcp.set_nodelay(true);
+        let (sender, conn) = http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|_| "connect")?;
+        tokio::spawn(conn);
+        Ok(sender)
+    }
+
+    fn request(&self, item: &Item) -> Result<Request<Full<Bytes>>, &'static str> {
+        let mut req = Request::new(Full::new(Bytes::new()));
+        *req.uri_mut() = self.path.clone();
+        let h = req.headers_mut();
+        h.insert(
+            header::HOST,
+            self.authority.parse().map_err(|_| "bad_request")?,
+        );
+        h.insert(
+            header::AUTHORIZATION,
+            format!("Bearer {}", item.token)
+                .parse()
+                .map_err(|_| "bad_request")?,
+        );
+        Ok(req)
+    }
+}
+
+/// 200 is authenticated, 401 is not; anything else is an error.
+async fn check_bearer(
+    resp: http::Response<hyper::body::Incoming>,
+    item: &Item,
+) -> Result<(), &'static str> {
+    let status = resp.status().as_u16();
+    resp.into_body().collect().await.map_err(|_| "io")?;
+    match status {
+        200 => check_verdict(item.expect, Some(true)),
+        401 => check_verdict(item.expect, Some(false)),
+        300..=399 => Err("http_3xx"),
+        400..=499 => Err("http_4xx"),
+        500..=599 => Err("http_5xx"),
+        _ => Err("http_other"),
+    }
+}
+
 /// `status.authenticated` of a TokenReview answer, found without a JSON parse (the client
 /// shares the CPU with the servers; a scan is enough to check a verdict).
 pub fn verdict(body: &[u8]) -> Option<bool> {
@@ -374,6 +456,10 @@ enum Client {
     Grpc {
         client: AuthenticatorClient<Channel>,
     },
+    Bearer {
+        target: Arc<Bearer>,
+        sender: Option<http1::SendRequest<Full<Bytes>>>,
+    },
 }
 
 impl Client {
@@ -429,6 +515,25 @@ impl Client {
                 }
                 check_verdict(item.expect, Some(resp.authenticated))
             }
+            Client::Bearer { target, sender } => {
+                if let Some(s) = sender.as_mut() {
+                    if s.ready().await.is_err() {
+                        *sender = None;
+                    }
+                }
+                let s = match sender {
+                    Some(s) => s,
+                    None => {
+                        *connects += 1;
+                        sender.insert(target.connect().await?)
+                    }
+                };
+                let resp = s
+                    .send_request(target.request(item)?)
+                    .await
+                    .map_err(|_| "io")?;
+                check_bearer(resp, item).await
+            }
         }
     }
 
@@ -437,6 +542,7 @@ impl Client {
         match self {
             Client::H1 { sender, .. } => *sender = None,
             Client::H2 { sender, .. } => *sender = None,
+            Client::Bearer { sender, .. } => *sender = None,
             Client::Grpc { .. } => {}
         }
     }
@@ -557,6 +663,15 @@ pub async fn run(spec: &Spec, workload: Arc<Workload>) -> anyhow::Result<Outcome
                         .collect()
                 }
             }
+        }
+        Target::Bearer { url } => {
+            let target = Arc::new(Bearer::new(url).await?);
+            (0..n)
+                .map(|_| Client::Bearer {
+                    target: target.clone(),
+                    sender: None,
+                })
+                .collect()
         }
         Target::Grpc { endpoint } => {
             let channels = (0..conns)

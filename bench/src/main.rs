@@ -2,6 +2,7 @@
 //! the suite that runs every scenario and baseline in one invocation (see bench/README.md).
 
 mod cpu;
+mod envoy;
 mod load;
 mod servers;
 mod suite;
@@ -45,6 +46,14 @@ enum Command {
     /// Measure how long after a revocation returns on one authd replica another one still
     /// authenticates the token (two replicas, one Redis).
     RevocationWindow(window::Args),
+    /// Requests/s and latency through Envoy with ext_authz → authd (warm) against Envoy with
+    /// no filter, in interleaved rounds.
+    Envoy(envoy::Args),
+    /// The plain-HTTP service behind Envoy in `envoy`: 200 to everything.
+    Upstream {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+    },
     /// Load one TokenReview endpoint (or authd's gRPC port) and print what was measured.
     Run {
         /// `https://host:port/path` of a TokenReview endpoint, or `http://host:port` with --grpc.
@@ -140,6 +149,11 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     match cli.command {
         Command::Suite(args) => suite::run(args).await,
         Command::RevocationWindow(args) => window::run(args).await,
+        Command::Envoy(args) => envoy::run(args).await,
+        Command::Upstream { listen } => {
+            servers::upstream(listen).await?;
+            Ok(true)
+        }
         Command::Run {
             url,
             ca,

@@ -5,7 +5,8 @@
 //! - the fixed-answer HTTPS ceiling: hyper + rustls, reads the body, answers one constant
 //!   TokenReview;
 //! - the split ceiling: the same plus one tonic `Authenticate` call per review to a process
-//!   that answers a constant verdict.
+//!   that answers a constant verdict;
+//! - the service behind Envoy in the `envoy` mode: plain HTTP/1.1, 200 to everything.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -88,6 +89,28 @@ pub async fn basic_auth_server(listen: SocketAddr, secret: String) -> anyhow::Re
             let svc = hyper::service::service_fn(move |req| {
                 let r = basic_auth(&secret, &req);
                 async move { Ok::<_, Infallible>(r) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
+        });
+    }
+}
+
+/// The service behind Envoy: plain HTTP/1.1 with keep-alive, a small fixed 200 to every
+/// request (the identity headers Envoy adds are not read: the bench measures the path).
+pub async fn upstream(listen: SocketAddr) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(listen).await?;
+    println!("bench-upstream ready http={}", listener.local_addr()?);
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(|_req: Request<Incoming>| async {
+                Ok::<_, Infallible>(response(StatusCode::OK, b"{\"ok\":true}"))
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(tcp), svc)

@@ -34,6 +34,19 @@ pub struct Recorded {
     pub user: Option<String>,
     /// The HTTP Basic password, decoded, if any.
     pub password: Option<String>,
+    /// Every header line as received (names lower-cased, values trimmed), in order.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Recorded {
+    /// The values of every header line named `name` (lower-case), in order.
+    pub fn header(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
 }
 
 pub type Handler = Arc<dyn Fn(&Recorded) -> (u16, String) + Send + Sync>;
@@ -188,6 +201,7 @@ fn serve_conn<S: Read + Write>(stream: S, shared: Arc<Shared>) {
         }
         let target = line.split_whitespace().nth(1).unwrap_or("").to_owned();
         let mut headers = HashMap::new();
+        let mut lines = Vec::new();
         loop {
             let mut h = String::new();
             if reader.read_line(&mut h).unwrap_or(0) == 0 {
@@ -198,7 +212,9 @@ fn serve_conn<S: Read + Write>(stream: S, shared: Arc<Shared>) {
                 break;
             }
             if let Some((k, v)) = h.split_once(':') {
-                headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
+                let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_owned());
+                lines.push((k.clone(), v.clone()));
+                headers.insert(k, v);
             }
         }
         let len: usize = headers
@@ -225,6 +241,7 @@ fn serve_conn<S: Read + Write>(stream: S, shared: Arc<Shared>) {
             target,
             user,
             password,
+            headers: lines,
         };
         let m = mode(&shared);
         if m == Mode::Down {

@@ -12,6 +12,7 @@
 
 pub mod basic_auth;
 pub mod delay;
+pub mod envoy;
 pub mod fleet;
 pub mod grpc;
 pub mod hostile;

@@ -237,15 +237,25 @@ pub fn kube_authd_revoke(
     args: &[&str],
     stdin: Option<&str>,
 ) -> String {
+    let authd = format!("http://{grpc}");
+    let secret = dir.join("admin.token");
+    let conn = [
+        "--authd",
+        &authd,
+        "--admin-token-file",
+        secret.to_str().unwrap(),
+    ];
+    kube_authd_revoke_with(&conn, args, stdin)
+}
+
+/// Runs `kube-authd revoke CONN ARGS` (`CONN`: how to reach authd, `--authd …` and its
+/// credentials); `stdin` is the token for `--token-stdin`. Returns its stdout; it must
+/// succeed.
+pub fn kube_authd_revoke_with(conn: &[&str], args: &[&str], stdin: Option<&str>) -> String {
     use std::io::Write;
     let mut child = Command::new(bin("kube-authd"))
-        .args([
-            "revoke",
-            "--authd",
-            &format!("http://{grpc}"),
-            "--admin-token-file",
-            dir.join("admin.token").to_str().unwrap(),
-        ])
+        .arg("revoke")
+        .args(conn)
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
