@@ -44,30 +44,41 @@ git -C "$work/src" checkout --quiet "$(git -C "$repo" rev-parse HEAD)"
 
 build_args=()
 if $local_base; then
-  command -v debootstrap >/dev/null || { echo "$0: --local-base needs debootstrap (apt-get install debootstrap)" >&2; exit 1; }
-  mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
-  echo "== base images from Debian packages (debootstrap bookworm, $mirror)"
-  debootstrap --variant=minbase --include=ca-certificates bookworm "$work/rootfs" "$mirror" >"$work/debootstrap.log" 2>&1 ||
-    { tail -20 "$work/debootstrap.log" >&2; exit 1; }
-  rm -rf "$work/rootfs/var/cache/apt/archives/"*.deb "$work/rootfs/var/lib/apt/lists/"*
-  c=$(buildah from scratch); containers+=("$c")
-  cp -a "$work/rootfs/." "$(buildah mount "$c")/"
-  buildah umount "$c" >/dev/null
-  buildah config --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "$c"
-  buildah commit --quiet "$c" localhost/kube-authd-base:bookworm >/dev/null
-  # The build image: Debian's newest Rust for bookworm (rustc-web, from bookworm-security).
-  cat >"$work/Containerfile.build" <<'EOF'
+  build_args=(--build-arg BUILD_IMAGE=localhost/kube-authd-build:bookworm
+              --build-arg RUNTIME_IMAGE=localhost/kube-authd-base:bookworm)
+  if buildah inspect --type image localhost/kube-authd-build:bookworm >/dev/null 2>&1 &&
+     buildah inspect --type image localhost/kube-authd-base:bookworm >/dev/null 2>&1; then
+    echo "== base images: localhost/kube-authd-{base,build}:bookworm (already built; buildah rmi them to rebuild)"
+  else
+    command -v debootstrap >/dev/null || { echo "$0: --local-base needs debootstrap (apt-get install debootstrap)" >&2; exit 1; }
+    mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+    echo "== base images from Debian packages (debootstrap bookworm, $mirror)"
+    debootstrap --variant=minbase --include=ca-certificates bookworm "$work/rootfs" "$mirror" >"$work/debootstrap.log" 2>&1 ||
+      { tail -20 "$work/debootstrap.log" >&2; exit 1; }
+    rm -rf "$work/rootfs/var/cache/apt/archives/"*.deb "$work/rootfs/var/lib/apt/lists/"*
+    c=$(buildah from scratch); containers+=("$c")
+    cp -a "$work/rootfs/." "$(buildah mount "$c")/"
+    buildah umount "$c" >/dev/null
+    buildah config --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "$c"
+    buildah commit --quiet "$c" localhost/kube-authd-base:bookworm >/dev/null
+    # The build image: Debian's newest Rust for bookworm (rustc-web, from bookworm-security).
+    # It trusts the CAs this host added locally (/usr/local/share/ca-certificates), so cargo
+    # reaches crates.io through a TLS-inspecting proxy the host trusts.
+    mkdir -p "$work/build-image/extra-ca"
+    cp /usr/local/share/ca-certificates/*.crt "$work/build-image/extra-ca/" 2>/dev/null || true
+    cat >"$work/build-image/Containerfile" <<'EOF'
 FROM localhost/kube-authd-base:bookworm
-RUN echo 'deb http://deb.debian.org/debian-security bookworm-security main' \
+COPY extra-ca/ /usr/local/share/ca-certificates/
+RUN update-ca-certificates >/dev/null \
+ && echo 'deb http://deb.debian.org/debian-security bookworm-security main' \
       > /etc/apt/sources.list.d/security.list \
  && apt-get update -qq \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
       rustc-web cargo-web gcc libc6-dev git \
  && rm -rf /var/lib/apt/lists/*
 EOF
-  buildah bud --quiet -f "$work/Containerfile.build" -t localhost/kube-authd-build:bookworm "$work" >/dev/null
-  build_args=(--build-arg BUILD_IMAGE=localhost/kube-authd-build:bookworm
-              --build-arg RUNTIME_IMAGE=localhost/kube-authd-base:bookworm)
+    buildah bud --quiet -t localhost/kube-authd-build:bookworm "$work/build-image" >/dev/null
+  fi
 fi
 
 echo "== buildah bud -f deploy/Containerfile -t $image (fresh clone of $(git -C "$repo" rev-parse --short HEAD))"
