@@ -188,10 +188,15 @@ enum RevokeCommand {
 #[derive(Subcommand)]
 enum ConfigCommand {
     /// Validate an authd configuration (builds every source without contacting remote
-    /// services) and run its [[examples]] through mapping and cluster policy.
+    /// services) and run its [[examples]] through mapping and cluster policy; with --edge,
+    /// validate an edge configuration instead.
     Check {
-        /// The authd configuration (TOML).
+        /// The configuration (TOML): authd's, or the edge's with --edge.
         file: PathBuf,
+        /// FILE is an edge.toml: check it exactly as `authd-edge serve` does at start-up
+        /// (fields, [authd], every certificate, key and CA file); the ports are not bound.
+        #[arg(long)]
+        edge: bool,
     },
 }
 
@@ -302,7 +307,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Config {
-            command: ConfigCommand::Check { file },
+            command: ConfigCommand::Check { file, edge: true },
+        } => edge_config_check(&file),
+        Command::Config {
+            command: ConfigCommand::Check { file, edge: false },
         } => config_check(&file),
         Command::Certs {
             command:
@@ -449,6 +457,21 @@ async fn token(command: TokenCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `config check --edge`: the edge's own start-up loading, so it cannot call valid a file
+/// `authd-edge serve` refuses.
+fn edge_config_check(file: &std::path::Path) -> anyhow::Result<()> {
+    let config = authd_edge::load_for_serve(file)?;
+    let authd = config.authd.as_ref().context("[authd]")?;
+    println!(
+        "{}: valid edge configuration (default cluster {:?}, {} more clusters, authd {})",
+        file.display(),
+        config.default_cluster,
+        config.clusters.len(),
+        authd.replicas
+    );
+    Ok(())
 }
 
 /// `config check`: exits non-zero (an error) on an invalid file or any failing example.
