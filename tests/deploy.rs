@@ -170,7 +170,11 @@ fn every_component_renders_on_the_base() {
     names.sort();
     assert_eq!(
         names,
-        ["edge-host-network", "expose-loadbalancer", "expose-nodeport"]
+        [
+            "edge-host-network",
+            "expose-loadbalancer",
+            "expose-nodeport"
+        ]
     );
     for name in names {
         let dir = tempfile::tempdir().unwrap();
@@ -238,7 +242,10 @@ fn rendered_configurations_are_valid_and_mutual_tls_everywhere() {
         let mut served: Vec<&str> = e.clusters.keys().map(String::as_str).collect();
         served.push(&e.default_cluster);
         served.sort_unstable();
-        assert_eq!(c.clients["edge"].clusters, served, "{name}: clients.edge.clusters");
+        assert_eq!(
+            c.clients["edge"].clusters, served,
+            "{name}: clients.edge.clusters"
+        );
         assert!(
             served.iter().all(|s| c.clusters.contains_key(*s)),
             "{name}: [clusters]"
@@ -263,8 +270,14 @@ fn the_containerfile_builds_the_workspace_stripped_and_runs_as_non_root() {
         file.contains("cargo build --release --locked --workspace --bins"),
         "builds every binary of the workspace"
     );
-    assert!(file.contains("CARGO_PROFILE_RELEASE_STRIP=symbols"), "strips");
-    assert!(file.contains("CARGO_PROFILE_RELEASE_DEBUG=false"), "no debug info");
+    assert!(
+        file.contains("CARGO_PROFILE_RELEASE_STRIP=symbols"),
+        "strips"
+    );
+    assert!(
+        file.contains("CARGO_PROFILE_RELEASE_DEBUG=false"),
+        "no debug info"
+    );
     assert!(file.contains("\nUSER 65532:65532\n"), "non-root");
     for bin in ["authd", "authd-edge", "kube-authd"] {
         assert!(
@@ -321,7 +334,11 @@ fn the_build_context_leaves_out_build_output_and_secrets() {
     ];
     needed.iter().chain(&excluded).for_each(|f| put(f));
     std::fs::copy(root().join(".dockerignore"), ctx.join(".dockerignore")).unwrap();
-    std::fs::write(tmp.path().join("Containerfile"), "FROM scratch\nCOPY . /ctx/\n").unwrap();
+    std::fs::write(
+        tmp.path().join("Containerfile"),
+        "FROM scratch\nCOPY . /ctx/\n",
+    )
+    .unwrap();
     let store = [
         format!("--root={}", tmp.path().join("storage").display()),
         format!("--runroot={}", tmp.path().join("run").display()),
@@ -372,7 +389,10 @@ fn the_build_context_leaves_out_build_output_and_secrets() {
         assert!(copied.iter().any(|c| c == f), "{f} left out: {copied:?}");
     }
     for f in excluded {
-        assert!(!copied.iter().any(|c| c == f), "{f} in the context: {copied:?}");
+        assert!(
+            !copied.iter().any(|c| c == f),
+            "{f} in the context: {copied:?}"
+        );
     }
 }
 
@@ -382,4 +402,100 @@ fn which(tool: &str) -> Option<PathBuf> {
             .map(|d| d.join(tool))
             .find(|p| p.is_file())
     })
+}
+
+/// The alert rules load (`promtool check rules`) and fire as their unit tests say
+/// (`promtool test rules`): each on the series that should fire it, none on healthy ones.
+#[test]
+fn prometheus_rules_pass_promtool() {
+    let promtool = which("promtool").unwrap_or_else(|| {
+        panic!("promtool is missing: apt-get install prometheus (scripts/test.sh installs it)")
+    });
+    let dir = root().join("deploy/prometheus");
+    for args in [
+        ["check", "rules", "rules.yaml"],
+        ["test", "rules", "rules.test.yaml"],
+    ] {
+        let out = Command::new(&promtool)
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("run promtool");
+        assert!(
+            out.status.success(),
+            "promtool {args:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Every metric the code registers, as exposed: `PREFIX_NAME` from each
+/// `Registry::with_prefix("PREFIX")` file's `registered(&mut registry, "NAME", …)` and
+/// `registry.register("NAME", …)` calls.
+fn registered_metrics() -> Vec<String> {
+    let mut names = Vec::new();
+    for file in ["authd/src/metrics.rs", "edge/src/metrics.rs"] {
+        let text = std::fs::read_to_string(root().join(file))
+            .unwrap()
+            .replace(".register(", "registered(");
+        let prefix = text
+            .split_once("Registry::with_prefix(\"")
+            .and_then(|(_, r)| r.split_once('"'))
+            .map(|(p, _)| p.to_owned())
+            .unwrap_or_else(|| panic!("{file}: no Registry::with_prefix"));
+        for call in text.split("registered(").skip(1) {
+            let name = call
+                .split('"')
+                .nth(1)
+                .unwrap_or_else(|| panic!("{file}: registered( without a name"));
+            names.push(format!("{prefix}_{name}"));
+        }
+    }
+    names.sort();
+    names
+}
+
+/// The metrics reference in docs/operations.md lists exactly the registered metrics, and
+/// the alert rules use only those.
+#[test]
+fn metrics_reference_and_rules_match_the_code() {
+    let registered = registered_metrics();
+    assert!(registered.len() >= 15, "{registered:?}");
+    let doc = std::fs::read_to_string(root().join("docs/operations.md")).unwrap();
+    let section = doc
+        .split("### Metrics reference")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("a Metrics reference section");
+    let base = |m: &str| {
+        ["_total", "_bucket", "_sum", "_count"]
+            .iter()
+            .fold(m.to_owned(), |m, s| {
+                m.strip_suffix(s).unwrap_or(&m).to_owned()
+            })
+    };
+    let mut documented: Vec<String> = section
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split_once('`').map(|(m, _)| base(m)))
+        .collect();
+    documented.sort();
+    assert_eq!(
+        documented, registered,
+        "docs/operations.md's metrics reference differs from the metrics the code registers"
+    );
+    let rules = std::fs::read_to_string(root().join("deploy/prometheus/rules.yaml")).unwrap();
+    let used: Vec<String> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("authd_") || w.starts_with("edge_"))
+        .map(base)
+        .collect();
+    assert!(!used.is_empty());
+    for m in used {
+        assert!(
+            registered.contains(&m),
+            "rules.yaml uses {m}, which nothing registers"
+        );
+    }
 }
