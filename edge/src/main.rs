@@ -19,6 +19,7 @@ authd_runtime::server_main!(
 
 async fn serve(config: PathBuf) -> anyhow::Result<()> {
     // The same loading as every reload and `kube-authd config check --edge`.
+    let seen = authd_runtime::file_state::FileState::of(&config, None);
     let cfg = authd_edge::load_for_serve(&config)?;
     let authd = cfg.authd.as_ref().context("[authd]")?;
     let replicas = discovery::start(
@@ -46,6 +47,7 @@ async fn serve(config: PathBuf) -> anyhow::Result<()> {
     let admin = edge.admin_addr();
     authd_edge::reload::spawn(
         config.clone(),
+        seen,
         cfg.clone(),
         edge.control(),
         discovery,

@@ -45,27 +45,24 @@ struct Watch {
 }
 
 /// Watches `path` and applies its changes to the running edge; `running` is what the edge
-/// was started with.
+/// was started with, and `seen` the file's state taken before it was loaded (so an edit
+/// made during start-up is applied, never missed).
 pub fn spawn(
     path: PathBuf,
+    seen: FileState,
     running: Config,
     control: ServingControl,
     discovery: Discovery,
     interval: Duration,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let first = tokio::task::spawn_blocking(move || Watch {
-            seen: FileState::of(&path, None),
+        let mut watch = Watch {
+            seen,
             path,
             polls: 0,
             running,
             control,
             discovery,
-        })
-        .await;
-        let Ok(mut watch) = first else {
-            tracing::error!("edge.toml watcher could not start; hot reload is off");
-            return;
         };
         loop {
             tokio::time::sleep(interval).await;
