@@ -15,7 +15,7 @@
 # Needs buildah (apt-get install buildah; and debootstrap for --local-base), run as root.
 # Honours buildah's STORAGE_DRIVER (e.g. vfs where overlay mounts are refused) and
 # BUILDAH_ISOLATION (default here: chroot, which needs no user namespaces). The release
-# build runs under `nice -n 10`: on two cores it takes a while (≈ 20 min).
+# build runs under `nice -n 10`: on a shared two-core machine it took 98 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
