@@ -20,10 +20,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null || { echo "icount.sh: needs valgrind (apt-get install valgrind)" >&2; exit 1; }
-B=${ICOUNT_BIN:-target/release}
+# The release binaries are wherever cargo puts them (CARGO_TARGET_DIR honoured).
+T=$(cargo metadata --format-version 1 --no-deps --locked |
+  sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+B=${ICOUNT_BIN:-$T/release}
 # The set-up (certificates, tokens, configuration) and the load come from this build's
 # load generator, whatever binaries are measured.
-G=${ICOUNT_BENCH:-target/release/kube-authd-bench}
+G=${ICOUNT_BENCH:-$T/release/kube-authd-bench}
 [ -x $B/authd ] && [ -x $B/authd-edge ] && [ -x $G ] ||
   { echo "icount.sh: build first: cargo build --release --workspace --bins" >&2; exit 1; }
 W=$(mktemp -d)

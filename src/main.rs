@@ -211,10 +211,15 @@ enum RevokeCommand {
 #[derive(Subcommand)]
 enum ConfigCommand {
     /// Validate an authd configuration (builds every source without contacting remote
-    /// services) and run its [[examples]] through mapping and cluster policy.
+    /// services) and run its [[examples]] through mapping and cluster policy; with --edge,
+    /// validate an edge configuration instead.
     Check {
-        /// The authd configuration (TOML).
+        /// The configuration (TOML): authd's, or the edge's with --edge.
         file: PathBuf,
+        /// FILE is an edge.toml: check it exactly as `authd-edge serve` does at start-up
+        /// (fields, [authd], every certificate, key and CA file); the ports are not bound.
+        #[arg(long)]
+        edge: bool,
     },
 }
 
@@ -334,7 +339,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Config {
-            command: ConfigCommand::Check { file },
+            command: ConfigCommand::Check { file, edge: true },
+        } => edge_config_check(&file),
+        Command::Config {
+            command: ConfigCommand::Check { file, edge: false },
         } => config_check(&file),
         Command::Audit {
             command:
@@ -536,6 +544,21 @@ fn audit_hash(config: Option<PathBuf>, hmac_key_file: Option<PathBuf>) -> anyhow
     }
     let id = authd::fingerprint::Fingerprinter::new(&key).token_id(token);
     println!("{}", id.to_hex());
+    Ok(())
+}
+
+/// `config check --edge`: the edge's own start-up loading, so it cannot call valid a file
+/// `authd-edge serve` refuses.
+fn edge_config_check(file: &std::path::Path) -> anyhow::Result<()> {
+    let config = authd_edge::load_for_serve(file)?;
+    let authd = config.authd.as_ref().context("[authd]")?;
+    println!(
+        "{}: valid edge configuration (default cluster {:?}, {} more clusters, authd {})",
+        file.display(),
+        config.default_cluster,
+        config.clusters.len(),
+        authd.replicas
+    );
     Ok(())
 }
 

@@ -53,3 +53,46 @@ fn bench_suite_smoke_runs_with_zero_errors() {
         "targets do not use the rounds:\n{text}"
     );
 }
+
+/// `bench/run.sh` runs the benchmark binary from the target folder cargo builds into, so a
+/// `CARGO_TARGET_DIR` elsewhere is honoured. The release build is stood in for (a `cargo`
+/// ahead on PATH that skips `build` and passes everything else to the real one), and the
+/// benchmark binary in the other folder only reports how it was called.
+#[test]
+fn bench_run_sh_honours_cargo_target_dir() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = common::temp_dir();
+    let exe = |path: &std::path::Path, text: &str| {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    let real_cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    exe(
+        &dir.path().join("bin/cargo"),
+        &format!("#!/bin/sh\n[ \"$1\" = build ] && exit 0\nexec '{real_cargo}' \"$@\"\n"),
+    );
+    let target = dir.path().join("elsewhere");
+    exe(
+        &target.join("release/kube-authd-bench"),
+        "#!/bin/sh\necho \"elsewhere: $*\"\n",
+    );
+    let path = format!(
+        "{}:{}",
+        dir.path().join("bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new("bash")
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/run.sh"))
+        .args(["--smoke", "--only", "warm"])
+        .env("PATH", path)
+        .env("CARGO_TARGET_DIR", &target)
+        .output()
+        .expect("run bench/run.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.trim() == "elsewhere: suite --smoke --only warm",
+        "bench/run.sh did not run $CARGO_TARGET_DIR/release/kube-authd-bench:\n{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

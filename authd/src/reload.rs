@@ -4,15 +4,15 @@
 //!
 //! Polling rather than inotify: it sees editors' rename-over-write, files replaced through
 //! symlinks (Kubernetes ConfigMaps and Secrets) and network file systems alike. Each poll
-//! compares cheap metadata (size, mtime, ctime, inode); only a file whose metadata moved is
-//! read and hashed, and only a changed hash triggers a reload (a `touch` does not). Polls run
-//! on tokio's blocking pool: a large token file must never stall the request path.
+//! compares cheap metadata; only a file whose metadata moved is read and hashed, and only a
+//! changed hash triggers a reload (a `touch` does not): `authd_runtime::file_state`. Polls
+//! run on tokio's blocking pool: a large token file must never stall the request path.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use sha2::{Digest, Sha256};
+use authd_runtime::file_state::FileState;
 
 use crate::config::Config;
 use crate::metrics::ReloadLabels;
@@ -26,43 +26,8 @@ pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// rewrite within one kernel timestamp tick leaves the metadata unchanged.
 const FULL_CHECK_EVERY: u64 = 30;
 
-/// A file's metadata as far as change detection cares.
-type Meta = (u64, Option<SystemTime>, i64, i64, u64, u64);
-
-/// How a file looked when last polled; `None` when it could not be read.
-type FileState = Option<(Meta, [u8; 32])>;
-
 /// Produces a fresh, validated configuration; the error names file, line and field.
 pub type Loader = Box<dyn Fn() -> anyhow::Result<Config> + Send + Sync>;
-
-fn meta_of(m: &std::fs::Metadata) -> Meta {
-    use std::os::unix::fs::MetadataExt;
-    (
-        m.len(),
-        m.modified().ok(),
-        m.ctime(),
-        m.ctime_nsec(),
-        m.ino(),
-        m.dev(),
-    )
-}
-
-/// The file's state, reading and hashing it only when its metadata differs from `previous`.
-fn state_of(path: &PathBuf, previous: Option<&FileState>) -> FileState {
-    let meta = meta_of(&std::fs::metadata(path).ok()?);
-    if let Some(Some((m, hash))) = previous {
-        if *m == meta {
-            return Some((meta, *hash));
-        }
-    }
-    let bytes = std::fs::read(path).ok()?;
-    Some((meta, Sha256::digest(&bytes).into()))
-}
-
-/// Whether the content (or existence) differs; metadata alone does not count.
-fn content_differs(a: Option<&FileState>, b: &FileState) -> bool {
-    a.map(|s| s.as_ref().map(|(_, h)| *h)) != Some(b.as_ref().map(|(_, h)| *h))
-}
 
 fn watched(config_file: Option<&PathBuf>, config: &Config) -> BTreeMap<PathBuf, FileState> {
     config_file
@@ -70,7 +35,7 @@ fn watched(config_file: Option<&PathBuf>, config: &Config) -> BTreeMap<PathBuf, 
         .cloned()
         .chain(config.sources.iter().flat_map(|s| s.files()))
         .map(|p| {
-            let s = state_of(&p, None);
+            let s = FileState::of(&p, None);
             (p, s)
         })
         .collect()
@@ -137,11 +102,11 @@ impl Watch {
         let now: BTreeMap<PathBuf, FileState> = self
             .seen
             .iter()
-            .map(|(p, s)| (p.clone(), state_of(p, (!full).then_some(s))))
+            .map(|(p, s)| (p.clone(), FileState::of(p, (!full).then_some(s))))
             .collect();
         let changed: Vec<String> = now
             .iter()
-            .filter(|(p, s)| content_differs(self.seen.get(*p), s))
+            .filter(|(p, s)| s.differs_from(self.seen.get(*p)))
             .map(|(p, _)| p.display().to_string())
             .collect();
         // Remember what we saw even on failure: the next attempt waits for another edit
@@ -199,29 +164,5 @@ fn warn_restart_only(old: &Config, new: &Config) {
         tracing::warn!(
             "listen, admin_listen, shutdown_grace and cache settings changed: they take effect only after a restart"
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_content_changes_count() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("tokens.csv");
-        std::fs::write(&p, "a,alice,1\n").unwrap();
-        let first = state_of(&p, None);
-        assert!(!content_differs(Some(&first), &state_of(&p, Some(&first))));
-        // Same bytes rewritten (metadata moves): read again, but not a change.
-        std::thread::sleep(Duration::from_millis(20));
-        std::fs::write(&p, "a,alice,1\n").unwrap();
-        let touched = state_of(&p, Some(&first));
-        assert!(!content_differs(Some(&first), &touched));
-        std::fs::write(&p, "b,bobby,2\n").unwrap();
-        let edited = state_of(&p, None);
-        assert!(content_differs(Some(&touched), &edited));
-        std::fs::remove_file(&p).unwrap();
-        assert!(content_differs(Some(&edited), &state_of(&p, Some(&edited))));
     }
 }

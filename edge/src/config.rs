@@ -70,7 +70,7 @@ pub struct Config {
     pub clusters: BTreeMap<String, ClusterConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM certificate chain served to kube-apiserver.
@@ -117,7 +117,7 @@ struct AuthdFile {
 
 /// Where authd is and how to reach it, checked at load: endpoints are parsed URIs, the DNS
 /// name is split into host and port, paths are absolute.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AuthdConfig {
     pub replicas: Replicas,
     /// How often each replica's gRPC health is probed; failing replicas leave the rotation.
@@ -132,7 +132,7 @@ pub struct AuthdConfig {
 }
 
 /// The edge's client certificate and its key.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ClientIdentity {
     pub cert: PathBuf,
     pub key: PathBuf,
@@ -302,7 +302,7 @@ impl AuthdFile {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     /// PEM CA whose client certificates this cluster's endpoint requires: the certificate
@@ -357,6 +357,67 @@ impl Config {
         c.authd = c.authd_file.take().map(AuthdFile::check).transpose()?;
         c.validate()?;
         Ok(c)
+    }
+
+    /// Whether `other` serves the same routes with the same TLS: `tls.*`, `default_cluster`
+    /// and `clusters` (what a reload swaps for new connections).
+    pub fn same_routes(&self, other: &Config) -> bool {
+        self.tls == other.tls
+            && self.default_cluster == other.default_cluster
+            && self.clusters == other.clusters
+    }
+
+    /// This configuration as a running edge applies it on reload: the settings fixed for
+    /// the process's life (listeners, limits, timeouts) taken from `running`, with the
+    /// names of those that differ, for a warning. What reloads is the rest: `tls`,
+    /// `default_cluster`, `clusters` and `[authd]`.
+    pub fn with_restart_only_from(mut self, running: &Config) -> (Config, Vec<&'static str>) {
+        // Destructured without `..`: a new field must be sorted into one group or the other.
+        let Config {
+            listen,
+            admin_listen,
+            max_body_bytes,
+            header_read_timeout,
+            body_read_timeout,
+            idle_timeout,
+            handshake_timeout,
+            review_timeout,
+            max_in_flight_reviews,
+            max_buffered_body_bytes,
+            max_connections,
+            max_concurrent_streams,
+            shutdown_grace,
+            default_cluster: _,
+            tls: _,
+            authd_file: _,
+            authd: _,
+            clusters: _,
+        } = running;
+        let mut changed = Vec::new();
+        macro_rules! keep {
+            ($($field:ident),*) => {$(
+                if self.$field != *$field {
+                    changed.push(stringify!($field));
+                    self.$field = $field.clone();
+                }
+            )*};
+        }
+        keep!(
+            listen,
+            admin_listen,
+            max_body_bytes,
+            header_read_timeout,
+            body_read_timeout,
+            idle_timeout,
+            handshake_timeout,
+            review_timeout,
+            max_in_flight_reviews,
+            max_buffered_body_bytes,
+            max_connections,
+            max_concurrent_streams,
+            shutdown_grace
+        );
+        (self, changed)
     }
 
     fn validate(&self) -> Result<(), FieldError> {
@@ -545,6 +606,31 @@ mod tests {
         ] {
             assert!(parse(&format!("[authd]\n{ok}\n")).is_ok(), "{ok}");
         }
+    }
+
+    /// On reload, listeners, limits and timeouts stay as running (named for the warning);
+    /// routes, TLS and `[authd]` come from the new file.
+    #[test]
+    fn restart_only_settings_stay_as_running() {
+        let running = parse("[authd]\nendpoint = \"http://127.0.0.1:1\"\n").unwrap();
+        let new = Config::parse(
+            &format!(
+                "listen = \"0.0.0.0:9\"\nmax_connections = 7\nreview_timeout = \"1s\"\n{TLS}\
+                 [clusters.dev]\n[authd]\nendpoint = \"http://127.0.0.1:2\"\n"
+            ),
+            Path::new("/etc/edge"),
+        )
+        .unwrap();
+        assert!(!running.same_routes(&new));
+        let (applied, changed) = new.with_restart_only_from(&running);
+        assert_eq!(changed, ["listen", "review_timeout", "max_connections"]);
+        assert_eq!(applied.listen, running.listen);
+        assert_eq!(applied.max_connections, running.max_connections);
+        assert_eq!(applied.review_timeout, running.review_timeout);
+        assert!(applied.clusters.contains_key("dev"));
+        assert_ne!(applied.authd, running.authd);
+        let (same, none) = running.clone().with_restart_only_from(&running);
+        assert!(none.is_empty() && same.same_routes(&running));
     }
 
     /// Without a client CA the edge would answer anyone: a start-up error naming the field

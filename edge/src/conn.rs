@@ -171,13 +171,23 @@ impl From<&Config> for ConnSettings {
     }
 }
 
+/// What connections are served with: the serving TLS (certificate and client CAs, rebuilt
+/// when their files change) and the handler (routes), built from one configuration and
+/// replaced as one when `edge.toml` is reloaded.
+pub struct Serving {
+    pub tls: Reloading<ServerTls>,
+    pub handler: Arc<Handler>,
+}
+
 /// Accepts TLS connections until `shutdown` resolves, then stops accepting, lets open
 /// connections finish their in-flight reviews (up to the grace) and returns. Each
-/// connection uses the TLS material current when it was accepted (rotation).
+/// connection uses the TLS material current when it was accepted (rotation) and the
+/// [`Serving`] current then; when `serving` is replaced (a reload of `edge.toml`) the
+/// connections opened before are drained like at shutdown, so no connection answers under
+/// two configurations (kube-apiserver opens a new one).
 pub async fn serve(
     listener: TcpListener,
-    tls: Reloading<ServerTls>,
-    handler: Arc<Handler>,
+    serving: watch::Receiver<Arc<Serving>>,
     settings: ConnSettings,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -197,13 +207,16 @@ pub async fn serve(
                     continue;
                 };
                 let _ = tcp.set_nodelay(true);
+                // Marked seen here, so only a later replacement drains this connection.
+                let mut superseded = serving.clone();
+                let current = superseded.borrow_and_update().clone();
                 tokio::spawn(connection(
                     tcp,
                     peer,
-                    tls.get(),
-                    handler.clone(),
+                    current.tls.get(),
+                    current.handler.clone(),
                     settings.clone(),
-                    stop_rx.clone(),
+                    Signals { stop: stop_rx.clone(), superseded },
                     (drain_tx.clone(), permit),
                 ));
             }
@@ -224,13 +237,20 @@ pub async fn serve(
     }
 }
 
+/// What ends a connection from outside: the server stopping, or the configuration it was
+/// opened under being replaced.
+struct Signals {
+    stop: watch::Receiver<bool>,
+    superseded: watch::Receiver<Arc<Serving>>,
+}
+
 async fn connection(
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
     server_tls: Arc<ServerTls>,
     handler: Arc<Handler>,
     settings: ConnSettings,
-    mut stop: watch::Receiver<bool>,
+    mut signals: Signals,
     _held: (mpsc::Sender<()>, OwnedSemaphorePermit),
 ) {
     let acceptor = TlsAcceptor::from(server_tls.config.clone());
@@ -291,7 +311,15 @@ async fn connection(
             .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
             .max_local_error_reset_streams(H2_MAX_ERROR_RESETS)
             .serve_connection(io, svc);
-        drive(conn, peer, &settings, &seen_request, &activity, &mut stop).await;
+        drive(
+            conn,
+            peer,
+            &settings,
+            &seen_request,
+            &activity,
+            &mut signals,
+        )
+        .await;
     } else {
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
@@ -299,20 +327,28 @@ async fn connection(
             .max_buf_size(H1_MAX_BUF)
             .keep_alive(true)
             .serve_connection(io, svc);
-        drive(conn, peer, &settings, &seen_request, &activity, &mut stop).await;
+        drive(
+            conn,
+            peer,
+            &settings,
+            &seen_request,
+            &activity,
+            &mut signals,
+        )
+        .await;
     }
 }
 
 /// Runs one HTTP connection: closes it if no request arrives within the header timeout
 /// (a client holding a connection open without sending), and shuts it down gracefully
-/// (finishing in-flight requests) when the server stops.
+/// (finishing in-flight requests) when the server stops or its configuration is replaced.
 async fn drive<C>(
     conn: C,
     peer: SocketAddr,
     settings: &ConnSettings,
     seen_request: &AtomicBool,
     activity: &Activity,
-    stop: &mut watch::Receiver<bool>,
+    signals: &mut Signals,
 ) where
     C: hyper_util::server::graceful::GracefulConnection,
     C::Error: std::fmt::Display,
@@ -326,6 +362,7 @@ async fn drive<C>(
     // is checked again when the deadline fires: a busy keep-alive connection must not be
     // closed just because it is older than the header timeout.
     let mut deadline_passed = false;
+    let mut reloadable = true;
     loop {
         tokio::select! {
             res = conn.as_mut() => {
@@ -350,7 +387,17 @@ async fn drive<C>(
                     break;
                 }
             }
-            _ = stop.changed(), if !closing => {
+            _ = signals.stop.changed(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            changed = signals.superseded.changed(), if !closing && reloadable => {
+                if changed.is_err() {
+                    // Nothing can replace the configuration any more.
+                    reloadable = false;
+                    continue;
+                }
+                tracing::debug!(%peer, "configuration reloaded; draining a connection opened under the previous one");
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }

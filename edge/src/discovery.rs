@@ -3,6 +3,11 @@
 //! replica enters the balancer's rotation when healthy and leaves it when a probe fails or
 //! a call to it fails at the transport (passive ejection, so a retry goes elsewhere). The
 //! rotation is fed to the balancer as a `tower::discover` stream of changes.
+//!
+//! A reload of `edge.toml` may point the edge elsewhere (`Discovery::retarget`): replicas
+//! no longer configured leave, new ones join, and a replica kept at the same address
+//! under new connection settings (CA, client certificate, timeouts) stays in rotation on
+//! its old connection until its new one's first health check answers.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -41,6 +46,12 @@ pub struct Settings {
 struct Slot {
     client: Grpc<Channel>,
     in_rotation: bool,
+    /// The rotation holds a client on this replica's previous connection (the settings
+    /// changed); the first healthy probe of the new one replaces it.
+    stale: bool,
+    /// Where and under which settings (`Registry::generation`) `client` connects.
+    target: Target,
+    generation: u64,
     prober: tokio::task::AbortHandle,
     /// When a failing probe of a replica out of rotation was last logged: a replica that
     /// never becomes healthy (a wrong port, a TLS mismatch) is said so, once a minute.
@@ -55,6 +66,11 @@ struct Registry {
     changes: mpsc::UnboundedSender<Change<String, Replica>>,
     slots: HashMap<String, Slot>,
     reachability: Reachability,
+    /// How replicas are reached now, and its number (bumped by every retarget).
+    settings: Settings,
+    generation: u64,
+    /// The DNS re-resolution task, when replicas come from DNS.
+    resolver: Option<tokio::task::AbortHandle>,
 }
 
 type Shared = Arc<Mutex<Registry>>;
@@ -69,24 +85,34 @@ impl Registry {
         let Some(slot) = self.slots.get_mut(key) else {
             return;
         };
-        if slot.in_rotation == healthy {
-            if !healthy
-                && slot
-                    .last_complaint
-                    .is_none_or(|t| t.elapsed() >= COMPLAIN_EVERY)
-            {
-                slot.last_complaint = Some(std::time::Instant::now());
-                tracing::warn!(
-                    replica = key,
-                    reason = why,
-                    "authd replica not healthy; not in rotation (logged again in a minute if it stays so)"
-                );
-            }
+        if !healthy
+            && !slot.in_rotation
+            && slot
+                .last_complaint
+                .is_none_or(|t| t.elapsed() >= COMPLAIN_EVERY)
+        {
+            slot.last_complaint = Some(std::time::Instant::now());
+            tracing::warn!(
+                replica = key,
+                reason = why,
+                "authd replica not healthy; not in rotation (logged again in a minute if it stays so)"
+            );
+        }
+        if slot.in_rotation == healthy && !(healthy && slot.stale) {
             return;
         }
+        let replaced = slot.in_rotation && slot.stale;
         slot.in_rotation = healthy;
+        slot.stale = false;
         let change = if healthy {
-            tracing::info!(replica = key, "authd replica healthy; in rotation");
+            if replaced {
+                tracing::info!(
+                    replica = key,
+                    "authd replica healthy on its new connection settings; in rotation"
+                );
+            } else {
+                tracing::info!(replica = key, "authd replica healthy; in rotation");
+            }
             Change::Insert(
                 key.to_owned(),
                 Replica {
@@ -115,16 +141,15 @@ impl Registry {
         self.reachability.set(up > 0);
     }
 
-    fn add(
-        &mut self,
-        key: String,
-        target: &Target,
-        settings: &Settings,
-        me: &Weak<Mutex<Registry>>,
-    ) {
-        if self.slots.contains_key(&key) {
-            return;
+    /// Adds a replica, or reconnects one whose target or settings changed (it stays in
+    /// rotation on its old connection until the new one is found healthy).
+    fn add(&mut self, key: String, target: &Target, me: &Weak<Mutex<Registry>>) {
+        if let Some(slot) = self.slots.get(&key) {
+            if slot.generation == self.generation && slot.target == *target {
+                return;
+            }
         }
+        let settings = &self.settings;
         let channel = match channel::connect(target, settings.tls.clone(), settings.connect_timeout)
         {
             Ok(c) => c,
@@ -135,33 +160,117 @@ impl Registry {
         };
         let prober = tokio::spawn(probe(
             key.clone(),
+            self.generation,
             channel.clone(),
             settings.health_interval,
             me.clone(),
-        ));
-        tracing::info!(replica = key, "authd replica discovered");
-        self.slots.insert(
-            key,
-            Slot {
-                last_complaint: None,
-                client: Grpc::new(channel),
-                in_rotation: false,
-                prober: prober.abort_handle(),
-            },
-        );
+        ))
+        .abort_handle();
+        match self.slots.get_mut(&key) {
+            Some(slot) => {
+                slot.prober.abort();
+                slot.client = Grpc::new(channel);
+                slot.prober = prober;
+                slot.stale = slot.in_rotation;
+                slot.target = target.clone();
+                slot.generation = self.generation;
+                tracing::info!(
+                    replica = key,
+                    "authd replica reconnecting with new settings"
+                );
+            }
+            None => {
+                tracing::info!(replica = key, "authd replica discovered");
+                self.slots.insert(
+                    key,
+                    Slot {
+                        last_complaint: None,
+                        client: Grpc::new(channel),
+                        in_rotation: false,
+                        stale: false,
+                        target: target.clone(),
+                        generation: self.generation,
+                        prober,
+                    },
+                );
+            }
+        }
     }
 
-    fn remove(&mut self, key: &str, me: &Weak<Mutex<Registry>>) {
-        self.set(key, false, "no longer in DNS", me);
+    fn remove(&mut self, key: &str, why: &str, me: &Weak<Mutex<Registry>>) {
+        self.set(key, false, why, me);
         if let Some(slot) = self.slots.remove(key) {
             slot.prober.abort();
-            tracing::info!(replica = key, "authd replica gone from DNS");
+            tracing::info!(replica = key, reason = why, "authd replica removed");
+        }
+    }
+
+    /// Follows `replicas` from now on, under new `settings` if given (every replica then
+    /// reconnects): a fixed list is applied at once (replicas not in it leave); DNS
+    /// replaces the resolver task, whose first answer does the same.
+    fn retarget(&mut self, replicas: Replicas, settings: Option<Settings>, me: &Shared) {
+        if let Some(settings) = settings {
+            self.settings = settings;
+            self.generation += 1;
+        }
+        if let Some(r) = self.resolver.take() {
+            r.abort();
+        }
+        let weak = Arc::downgrade(me);
+        match replicas {
+            Replicas::Static(list) => {
+                let keep: Vec<&str> = list.iter().map(|t| t.addr.as_str()).collect();
+                let gone: Vec<String> = self
+                    .slots
+                    .keys()
+                    .filter(|k| !keep.contains(&k.as_str()))
+                    .cloned()
+                    .collect();
+                for k in gone {
+                    self.remove(&k, "no longer configured", &weak);
+                }
+                for t in &list {
+                    self.add(t.addr.clone(), t, &weak);
+                }
+            }
+            Replicas::Dns {
+                host,
+                port,
+                refresh,
+            } => {
+                let task = tokio::spawn(resolve(host, port, refresh, me.clone(), system_lookup));
+                self.resolver = Some(task.abort_handle());
+            }
         }
     }
 }
 
-/// Probes one replica's health every `interval` while the registry lives.
-async fn probe(key: String, channel: Channel, interval: Duration, registry: Weak<Mutex<Registry>>) {
+/// Points a running discovery elsewhere (a reload of `[authd]`).
+#[derive(Clone)]
+pub struct Discovery {
+    registry: Weak<Mutex<Registry>>,
+}
+
+impl Discovery {
+    /// From now on the replicas are `replicas`, reached under `settings` when given (else
+    /// as before).
+    pub fn retarget(&self, replicas: Replicas, settings: Option<Settings>) {
+        if let Some(r) = self.registry.upgrade() {
+            lock(&r).retarget(replicas, settings, &r);
+        }
+    }
+}
+
+/// Probes one replica's health every `interval` while the registry lives; `generation`
+/// is the settings' number the channel was made under (a verdict on an older connection
+/// is not applied to a replaced one).
+async fn probe(
+    key: String,
+    generation: u64,
+    channel: Channel,
+    interval: Duration,
+    registry: Weak<Mutex<Registry>>,
+) {
     let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
     loop {
         let mut req = tonic::Request::new(tonic_health::pb::HealthCheckRequest {
@@ -183,7 +292,13 @@ async fn probe(key: String, channel: Channel, interval: Duration, registry: Weak
             return;
         };
         let why = verdict.as_ref().err().map_or("", String::as_str);
-        lock(&registry).set(&key, verdict.is_ok(), why, &Arc::downgrade(&registry));
+        {
+            let mut r = lock(&registry);
+            if r.slots.get(&key).map(|s| s.generation) != Some(generation) {
+                return;
+            }
+            r.set(&key, verdict.is_ok(), why, &Arc::downgrade(&registry));
+        }
         drop(registry);
         tokio::time::sleep(interval).await;
     }
@@ -263,10 +378,12 @@ impl Upstream for Replica {
     }
 }
 
-/// The running replica set: its rotation changes (for the balancer) and readiness.
+/// The running replica set: its rotation changes (for the balancer), readiness, and the
+/// handle that points it elsewhere.
 pub struct ReplicaSet {
     pub changes: mpsc::UnboundedReceiver<Change<String, Replica>>,
     pub reachability: Reachability,
+    pub discovery: Discovery,
 }
 
 /// Starts discovery and health probing; the tasks stop when the balancer (the holder of
@@ -278,30 +395,14 @@ pub fn start(replicas: Replicas, settings: Settings) -> ReplicaSet {
         changes: tx,
         slots: HashMap::new(),
         reachability: reachability.clone(),
+        settings,
+        generation: 0,
+        resolver: None,
     }));
-    let me = Arc::downgrade(&registry);
-    match replicas {
-        Replicas::Static(list) => {
-            let mut r = lock(&registry);
-            for t in list {
-                r.add(t.addr.clone(), &t, &settings, &me);
-            }
-        }
-        Replicas::Dns {
-            host,
-            port,
-            refresh,
-        } => {
-            tokio::spawn(resolve(
-                host,
-                port,
-                refresh,
-                settings,
-                registry.clone(),
-                system_lookup,
-            ));
-        }
-    }
+    lock(&registry).retarget(replicas, None, &registry);
+    let discovery = Discovery {
+        registry: Arc::downgrade(&registry),
+    };
     // Replicas and probers hold weak references; the registry lives as long as the
     // balancer's change stream is open.
     let keep = registry;
@@ -313,6 +414,7 @@ pub fn start(replicas: Replicas, settings: Settings) -> ReplicaSet {
     ReplicaSet {
         changes: rx,
         reachability,
+        discovery,
     }
 }
 
@@ -326,14 +428,8 @@ async fn system_lookup(host: String, port: u16) -> std::io::Result<Vec<SocketAdd
 /// Re-resolves `host` every `refresh` with `lookup`; replicas whose address disappears
 /// leave, new ones join. A failed lookup keeps the current set (DNS trouble is not replica
 /// trouble).
-async fn resolve<L, F>(
-    host: String,
-    port: u16,
-    refresh: Duration,
-    settings: Settings,
-    registry: Shared,
-    lookup: L,
-) where
+async fn resolve<L, F>(host: String, port: u16, refresh: Duration, registry: Shared, lookup: L)
+where
     L: Fn(String, u16) -> F,
     F: Future<Output = std::io::Result<Vec<SocketAddr>>>,
 {
@@ -355,14 +451,14 @@ async fn resolve<L, F>(
                         .cloned()
                         .collect();
                     for k in gone {
-                        r.remove(&k, &me);
+                        r.remove(&k, "no longer in DNS", &me);
                     }
                     for k in &keys {
                         let target = Target {
                             addr: k.clone(),
                             server_name: host.clone(),
                         };
-                        r.add(k.clone(), &target, &settings, &me);
+                        r.add(k.clone(), &target, &me);
                     }
                     last = Some(keys);
                 }
@@ -439,10 +535,18 @@ mod tests {
     #[tokio::test]
     async fn membership_follows_re_resolution() {
         let (tx, _rx) = mpsc::unbounded_channel();
+        let settings = Settings {
+            tls: None,
+            connect_timeout: Duration::from_millis(100),
+            health_interval: Duration::from_secs(60),
+        };
         let registry: Shared = Arc::new(Mutex::new(Registry {
             changes: tx,
             slots: HashMap::new(),
             reachability: Reachability::never(),
+            settings,
+            generation: 0,
+            resolver: None,
         }));
         let answer: Arc<Mutex<std::io::Result<Vec<SocketAddr>>>> =
             Arc::new(Mutex::new(Ok(vec!["127.0.0.1:1".parse().unwrap()])));
@@ -454,16 +558,10 @@ mod tests {
             };
             async move { now }
         };
-        let settings = Settings {
-            tls: None,
-            connect_timeout: Duration::from_millis(100),
-            health_interval: Duration::from_secs(60),
-        };
         tokio::spawn(resolve(
             "authd.example".into(),
             1,
             Duration::from_millis(20),
-            settings,
             registry.clone(),
             lookup,
         ));

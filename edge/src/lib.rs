@@ -10,30 +10,92 @@ pub mod discovery;
 pub mod handler;
 pub mod layer;
 pub mod metrics;
+pub mod reload;
 pub mod review;
 pub mod route;
 pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
 use authd_runtime::admin::{self, AdminState, Encoder, Readiness};
-use authd_runtime::Reloading;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 pub use backend::{Backend, BackendError, Inner, Limits, Reachability};
 pub use config::Config;
+
+/// Loads `edge.toml` as `authd-edge serve` needs it: parsed and validated, `[authd]`
+/// present, and every certificate, key and CA it names loadable. Start-up, every reload
+/// and `kube-authd config check --edge` go through this one function, so none of them
+/// accepts a file another refuses. Binding the listeners is the one start-up step it
+/// leaves out. Blocking file I/O.
+pub fn load_for_serve(path: &Path) -> anyhow::Result<Config> {
+    let config = Config::load(path)?;
+    let authd = config.authd.as_ref().with_context(|| {
+        format!(
+            "config file {}: authd.endpoint (or authd.endpoints or authd.dns) is required for authd-edge",
+            path.display()
+        )
+    })?;
+    let file = || format!("config file {}", path.display());
+    tls::server_tls(&config).with_context(file)?;
+    tls::client_tls(authd).with_context(file)?;
+    Ok(config)
+}
 
 /// A bound, configured edge, ready to serve.
 pub struct Edge {
     listener: TcpListener,
     admin: Option<TcpListener>,
-    tls: Reloading<tls::ServerTls>,
-    handler: Arc<handler::Handler>,
+    serving: watch::Receiver<Arc<conn::Serving>>,
+    control: ServingControl,
     settings: conn::ConnSettings,
     admin_state: AdminState,
+}
+
+/// Replaces what a running edge serves: routes, client CAs and serving certificate, built
+/// from a new configuration (`reload.rs`). The backend and its admission, the listeners
+/// and the connection settings stay.
+#[derive(Clone)]
+pub struct ServingControl {
+    sender: Arc<watch::Sender<Arc<conn::Serving>>>,
+    backend: Backend,
+    metrics: Arc<metrics::Metrics>,
+}
+
+impl ServingControl {
+    fn build(
+        config: &Config,
+        backend: &Backend,
+        metrics: &Arc<metrics::Metrics>,
+    ) -> anyhow::Result<Arc<conn::Serving>> {
+        Ok(Arc::new(conn::Serving {
+            tls: tls::reloading_server(config)?,
+            handler: Arc::new(handler::Handler::new(
+                config,
+                backend.clone(),
+                metrics.clone(),
+            )),
+        }))
+    }
+
+    /// Serves `config`'s routes and TLS from now on: new connections get them, and the
+    /// connections opened before are drained (HTTP/2 GOAWAY, HTTP/1.1 closed after the
+    /// answer in progress). On error (a file that does not load) nothing changes.
+    pub fn replace(&self, config: &Config) -> anyhow::Result<()> {
+        let serving = Self::build(config, &self.backend, &self.metrics)?;
+        self.sender.send_replace(serving);
+        Ok(())
+    }
+
+    /// The edge's metrics (reload outcomes are counted there).
+    pub fn metrics(&self) -> &metrics::Metrics {
+        &self.metrics
+    }
 }
 
 impl Edge {
@@ -45,7 +107,9 @@ impl Edge {
         reachability: Reachability,
         extra_metrics: Vec<Encoder>,
     ) -> anyhow::Result<Self> {
-        let tls = tls::reloading_server(config)?;
+        let metrics = Arc::new(metrics::Metrics::new());
+        let initial = ServingControl::build(config, &backend, &metrics)?;
+        let (sender, serving) = watch::channel(initial);
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("listen: cannot bind {}", config.listen))?;
@@ -57,7 +121,6 @@ impl Edge {
             ),
             None => None,
         };
-        let metrics = Arc::new(metrics::Metrics::new());
         let m = metrics.clone();
         let mut encoders: Vec<Encoder> = vec![Arc::new(move || {
             authd_runtime::metrics::encode(&m.registry)
@@ -66,8 +129,12 @@ impl Edge {
         Ok(Self {
             listener,
             admin,
-            tls,
-            handler: Arc::new(handler::Handler::new(config, backend, metrics)),
+            serving,
+            control: ServingControl {
+                sender: Arc::new(sender),
+                backend,
+                metrics,
+            },
             settings: config.into(),
             admin_state: AdminState {
                 accepting: Readiness::default(),
@@ -91,6 +158,11 @@ impl Edge {
         self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
+    /// The handle that replaces what this edge serves (for hot reload).
+    pub fn control(&self) -> ServingControl {
+        self.control.clone()
+    }
+
     /// Serves until `shutdown` resolves; then readiness goes false first, open connections
     /// finish their in-flight reviews, and this returns.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
@@ -103,14 +175,8 @@ impl Edge {
             shutdown.await;
             accepting.set(false);
         };
-        conn::serve(
-            self.listener,
-            self.tls,
-            self.handler,
-            self.settings,
-            shutdown,
-        )
-        .await;
+        conn::serve(self.listener, self.serving, self.settings, shutdown).await;
+        drop(self.control);
         if let Some(t) = admin_task {
             t.abort();
         }

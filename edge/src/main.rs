@@ -18,13 +18,10 @@ authd_runtime::server_main!(
 );
 
 async fn serve(config: PathBuf) -> anyhow::Result<()> {
-    let cfg = authd_edge::Config::load(&config)?;
-    let authd = cfg.authd.as_ref().with_context(|| {
-        format!(
-            "config file {}: authd.endpoint (or authd.endpoints or authd.dns) is required for authd-edge",
-            config.display()
-        )
-    })?;
+    // The same loading as every reload and `kube-authd config check --edge`.
+    let seen = authd_runtime::file_state::FileState::of(&config, None);
+    let cfg = authd_edge::load_for_serve(&config)?;
+    let authd = cfg.authd.as_ref().context("[authd]")?;
     let replicas = discovery::start(
         authd.replicas.clone(),
         discovery::Settings {
@@ -34,6 +31,7 @@ async fn serve(config: PathBuf) -> anyhow::Result<()> {
         },
     );
     let reachability = replicas.reachability.clone();
+    let discovery = replicas.discovery.clone();
     let backend = authd_edge::Backend::layered(
         authd_edge::balance::balancer(replicas.changes),
         (&cfg).into(),
@@ -47,6 +45,14 @@ async fn serve(config: PathBuf) -> anyhow::Result<()> {
     let edge = authd_edge::Edge::bind(&cfg, backend, reachability, Vec::new()).await?;
     let addr = edge.local_addr()?;
     let admin = edge.admin_addr();
+    authd_edge::reload::spawn(
+        config.clone(),
+        seen,
+        cfg.clone(),
+        edge.control(),
+        discovery,
+        authd_edge::reload::POLL_INTERVAL,
+    );
     tracing::info!(%addr, ?admin, authd = %authd.replicas, clusters = cfg.clusters.len(), "edge serving");
     println!(
         "authd-edge ready https=https://{addr} admin={}",

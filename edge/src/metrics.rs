@@ -1,5 +1,6 @@
-//! The edge's Prometheus metrics: reviews by cluster, apiVersion, result and HTTP code, and
-//! a latency histogram. Label values come from fixed sets or configured cluster names.
+//! The edge's Prometheus metrics: reviews by cluster, apiVersion, result and HTTP code, a
+//! latency histogram and configuration reloads. Label values come from fixed sets or
+//! configured cluster names.
 
 use authd_runtime::metrics::{latency_buckets, registered, LatencyHistogram};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -19,8 +20,16 @@ pub struct ReviewLabels {
     pub code: u16,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// success | failure
+    pub result: &'static str,
+}
+
 pub struct Metrics {
     pub reviews: Family<ReviewLabels, Counter>,
+    /// Reloads of `edge.toml` by outcome.
+    pub config_reloads: Family<ReloadLabels, Counter>,
     pub latency: LatencyHistogram,
     pub registry: Registry,
 }
@@ -34,6 +43,12 @@ impl Metrics {
             "TokenReviews answered, by cluster, apiVersion, result and HTTP code",
             Family::<ReviewLabels, Counter>::default(),
         );
+        let config_reloads = registered(
+            &mut registry,
+            "config_reloads",
+            "Reloads of edge.toml after it changed, by result (success, failure: the running configuration stays)",
+            Family::<ReloadLabels, Counter>::default(),
+        );
         let latency = registered(
             &mut registry,
             "review_duration_seconds",
@@ -42,6 +57,7 @@ impl Metrics {
         );
         Self {
             reviews,
+            config_reloads,
             latency,
             registry,
         }

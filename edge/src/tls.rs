@@ -221,36 +221,43 @@ pub fn reloading_server(config: &Config) -> anyhow::Result<Reloading<ServerTls>>
     })
 }
 
-/// TLS to authd: its CA, and the edge's client certificate when configured; rebuilt when
-/// the files change. `None` without `authd.ca` (plaintext gRPC).
+/// TLS to authd: its CA, and the edge's client certificate when configured. `None`
+/// without `authd.ca` (plaintext gRPC).
+pub fn client_tls(authd: &AuthdConfig) -> anyhow::Result<Option<ClientConfig>> {
+    let Some(ca) = &authd.ca else {
+        return Ok(None);
+    };
+    let verifier =
+        WebPkiServerVerifier::builder(Arc::new(root_store([(ca.as_path(), "authd.ca")])?))
+            .build()
+            .context("authd.ca")?;
+    let b = ClientConfig::builder().with_webpki_verifier(verifier);
+    let mut config = match &authd.client_identity {
+        Some(id) => {
+            b.with_client_auth_cert(
+                load_certs(&id.cert, "authd.client_cert")?,
+                load_key(&id.key, "authd.client_key")?,
+            )
+            .context("authd.client_cert/authd.client_key: the key does not match the certificate")?
+        }
+        None => b.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Some(config))
+}
+
+/// [`client_tls`], rebuilt when its files change. `None` without `authd.ca`.
 pub fn reloading_client(authd: &AuthdConfig) -> anyhow::Result<Option<Reloading<ClientConfig>>> {
     let Some(ca) = authd.ca.clone() else {
         return Ok(None);
     };
-    let identity = authd.client_identity.clone();
-    let mut files = vec![ca.clone()];
-    if let Some(id) = &identity {
+    let mut files = vec![ca];
+    if let Some(id) = &authd.client_identity {
         files.extend([id.cert.clone(), id.key.clone()]);
     }
+    let authd = authd.clone();
     let build = move || -> anyhow::Result<ClientConfig> {
-        let verifier =
-            WebPkiServerVerifier::builder(Arc::new(root_store([(ca.as_path(), "authd.ca")])?))
-                .build()
-                .context("authd.ca")?;
-        let b = ClientConfig::builder().with_webpki_verifier(verifier);
-        let mut config = match &identity {
-            Some(id) => b
-                .with_client_auth_cert(
-                    load_certs(&id.cert, "authd.client_cert")?,
-                    load_key(&id.key, "authd.client_key")?,
-                )
-                .context(
-                    "authd.client_cert/authd.client_key: the key does not match the certificate",
-                )?,
-            None => b.with_no_client_auth(),
-        };
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        Ok(config)
+        client_tls(&authd)?.context("authd.ca: not set")
     };
     Ok(Some(Reloading::start(
         "edge client TLS to authd",

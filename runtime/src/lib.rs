@@ -1,7 +1,7 @@
 //! The runtime pieces authd and the edge both need, once: files that reload when they
-//! change, the admin listener, the shutdown signal, logging and process set-up, a lock-free
-//! latency histogram, config file loading, PEM loading, certificate names and the plaintext
-//! rule for remote transports.
+//! change, content-change detection for polled files, the admin listener, the shutdown
+//! signal, logging and process set-up, a lock-free latency histogram, config file loading,
+//! PEM loading, certificate names and the plaintext rule for remote transports.
 //!
 //! No domain types live here (no tokens, reviews or verdicts), and this crate depends on
 //! none of authd-proto, authd or authd-edge: it sits below both servers, so sharing it adds
@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod cert;
 pub mod config;
+pub mod file_state;
 pub mod metrics;
 pub mod net;
 pub mod pem;
