@@ -23,6 +23,7 @@ use serde::Serialize;
 
 use crate::config::AuditConfig;
 use crate::fingerprint::Fingerprint;
+use crate::metrics::Metrics;
 
 /// One decision.
 pub struct Record {
@@ -196,10 +197,7 @@ fn is_stdout(path: &Path) -> bool {
 impl Audit {
     /// Opens the sink (a bad path is a start-up error naming `audit.path`) and starts the
     /// writer thread. `None` when the audit log is off.
-    pub fn start(
-        config: &AuditConfig,
-        registry: &mut prometheus_client::registry::Registry,
-    ) -> Result<Option<Self>, AuditError> {
+    pub fn start(config: &AuditConfig, metrics: &Metrics) -> Result<Option<Self>, AuditError> {
         let Some(path) = &config.path else {
             return Ok(None);
         };
@@ -212,19 +210,8 @@ impl Audit {
             }
         };
         let (queue, records) = sync_channel(config.queue.max(1));
-        let written = Counter::default();
-        let dropped = Counter::default();
-        registry.register(
-            "audit_records",
-            "Decisions written to the audit log",
-            written.clone(),
-        );
-        registry.register(
-            "audit_dropped",
-            "Decisions not written to the audit log because its queue was full (the writer \
-             could not keep up)",
-            dropped.clone(),
-        );
+        let written = metrics.audit_records.clone();
+        let dropped = metrics.audit_dropped.clone();
         let w = written.clone();
         std::thread::Builder::new()
             .name("audit-writer".into())

@@ -117,6 +117,9 @@ pub struct Metrics {
     pub cache_integrity_failures: Counter,
     /// Shared-cache writes the epoch check refused: the lookup began before a revocation.
     pub cache_late_writes_refused: Counter,
+    /// Decisions written to the audit log, and dropped because its queue was full.
+    pub audit_records: Counter,
+    pub audit_dropped: Counter,
     pub registry: Registry,
 }
 
@@ -228,6 +231,19 @@ impl Metrics {
              their lookup began (the revocation epoch moved)",
             cache_late_writes_refused.clone(),
         );
+        let audit_records = Counter::default();
+        registry.register(
+            "audit_records",
+            "Decisions written to the audit log",
+            audit_records.clone(),
+        );
+        let audit_dropped = Counter::default();
+        registry.register(
+            "audit_dropped",
+            "Decisions not written to the audit log because its queue was full (the writer \
+             could not keep up)",
+            audit_dropped.clone(),
+        );
         let local_hits = cache_hits
             .get_or_create(&LevelLabels { level: "local" })
             .clone();
@@ -242,6 +258,8 @@ impl Metrics {
             redis_latency,
             cache_integrity_failures,
             cache_late_writes_refused,
+            audit_records,
+            audit_dropped,
             verdicts,
             source_calls,
             source_latency,

@@ -43,9 +43,8 @@ pub fn build(config: &Config) -> anyhow::Result<Authd> {
         negative: config.cache.negative_ttl,
         stale_grace: config.cache.stale_if_error,
     };
-    let mut metrics = Metrics::new();
-    let audit = crate::audit::Audit::start(&config.audit, &mut metrics.registry)?;
-    let metrics = Arc::new(metrics);
+    let metrics = Arc::new(Metrics::new());
+    let audit = crate::audit::Audit::start(&config.audit, &metrics)?;
     let shared = match &config.cache.redis {
         Some(redis) => {
             // Index sets must outlive every verdict they list.
