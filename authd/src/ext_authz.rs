@@ -121,10 +121,7 @@ impl Authorization for ExtAuthzGrpc {
                 caller.count_check();
                 let via = crate::service::Via {
                     entry: "ext_authz",
-                    caller: self
-                        .authd
-                        .audits()
-                        .then(|| caller.identity.0.clone()),
+                    caller: self.authd.audits().then(|| caller.identity.0.clone()),
                 };
                 self.decide(&http, cluster.clone(), request_id.clone(), via)
                     .await
