@@ -94,6 +94,11 @@ async fn an_edited_edge_toml_changes_routes_and_replicas_and_a_bad_edit_keeps_se
     // One edit: cluster qa is served, and the replica is authd B.
     replace(&path, &edge_toml("[clusters.qa]\n", &grpc_b));
     wait_reloads(&edge, "success", 1.0).await;
+    // A new replica joins the rotation after its first healthy probe.
+    common::eventually(Duration::from_secs(10), "authd B in rotation", || async {
+        review(&h2, &qa, &tok_b).await.authenticated()
+    })
+    .await;
     for client in [&h2, &h1] {
         let a = review(client, &qa, &tok_b).await;
         assert!(a.authenticated() && a.username() == "bob", "{a:?}");
