@@ -519,21 +519,24 @@ async fn token(command: TokenCommand) -> anyhow::Result<()> {
 
 /// `audit hash`: the keyed id of the token on stdin.
 fn audit_hash(config: Option<PathBuf>, hmac_key_file: Option<PathBuf>) -> anyhow::Result<()> {
-    let key_file = match (config, hmac_key_file) {
-        (_, Some(k)) => k,
-        (Some(c), None) => authd::config::Config::load(&c)?
-            .cache
-            .hmac_key_file
-            .with_context(|| {
-                format!(
+    let ring = match (config, hmac_key_file) {
+        (_, Some(k)) => authd::fingerprint::Fingerprinter::new(&authd::server::read_hmac_key(
+            "--hmac-key-file",
+            &k,
+        )?),
+        (Some(c), None) => {
+            let cache = authd::config::Config::load(&c)?.cache;
+            if cache.hmac_key_file.is_none() {
+                anyhow::bail!(
                     "{}: no cache.hmac_key_file (authd then keys ids with a random key that \
                      no one can reproduce)",
                     c.display()
-                )
-            })?,
+                );
+            }
+            authd::server::cache_fingerprinter(&cache)?
+        }
         (None, None) => anyhow::bail!("give --config or --hmac-key-file"),
     };
-    let key = authd::server::read_hmac_key(&key_file)?;
     let mut token = String::new();
     std::io::stdin()
         .read_line(&mut token)
@@ -542,8 +545,11 @@ fn audit_hash(config: Option<PathBuf>, hmac_key_file: Option<PathBuf>) -> anyhow
     if token.is_empty() {
         anyhow::bail!("no token on stdin");
     }
-    let id = authd::fingerprint::Fingerprinter::new(&key).token_id(token);
-    println!("{}", id.to_hex());
+    // The current key's id first; during a key rotation, one more line per previous key
+    // (lines written before the rotation carry those): `grep -F -f` takes them all.
+    for f in ring.ring() {
+        println!("{}", f.token_id(token).to_hex());
+    }
     Ok(())
 }
 

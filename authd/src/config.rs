@@ -348,6 +348,12 @@ pub struct CacheConfig {
     /// File holding the HMAC key for cache keys (any bytes, at least 32). Without it a
     /// random key is made at start-up. Required with `redis`: replicas must share it.
     pub hmac_key_file: Option<PathBuf>,
+    /// Keys being rotated out (each at least 32 bytes): revocations made under them keep
+    /// holding, and revocations made now are written under them too, so replicas that
+    /// still use one as their current key refuse what this one revoked. See the rotation
+    /// runbook in docs/operations.md.
+    #[serde(default)]
+    pub previous_hmac_key_files: Vec<PathBuf>,
     /// With a shared level, how long a replica trusts its in-process copy before asking
     /// Redis again (bounds the effect of a missed revocation message).
     #[serde(default = "secs::<10>", with = "humantime_serde")]
@@ -441,6 +447,7 @@ impl Default for CacheConfig {
             stale_if_error: Duration::ZERO,
             max_entries: default_max_entries(),
             hmac_key_file: None,
+            previous_hmac_key_files: Vec::new(),
             local_ttl: secs::<10>(),
             redis: None,
         }
@@ -517,6 +524,7 @@ impl Config {
         if let Some(p) = self.cache.hmac_key_file.as_mut() {
             fix(p);
         }
+        self.cache.previous_hmac_key_files.iter_mut().for_each(fix);
         if let Some(r) = self.cache.redis.as_mut() {
             for p in [r.password_file.as_mut(), r.ca_file.as_mut()]
                 .into_iter()
@@ -570,6 +578,12 @@ impl Config {
         }
         if let Some(r) = &self.cache.redis {
             self.validate_redis(r)?;
+        }
+        if !self.cache.previous_hmac_key_files.is_empty() && self.cache.hmac_key_file.is_none() {
+            return Err(FieldError::new(
+                "cache.previous_hmac_key_files",
+                "needs cache.hmac_key_file (the current key of the ring)",
+            ));
         }
         if self.audit.path.is_some() {
             if self.cache.hmac_key_file.is_none() {

@@ -5,6 +5,15 @@
 //! prefixes make the encoding unambiguous (token "ab" + audience "c" never collides with
 //! token "a" + audience "bc"); the key prevents precomputation, so a leaked cache does not
 //! reveal tokens.
+//!
+//! The key is a ring: one current key (`cache.hmac_key_file`) that every new fingerprint
+//! is made under, and previous keys (`cache.previous_hmac_key_files`) kept while a rotation
+//! is under way. Cached verdicts need no previous key (a verdict under another key is a
+//! miss, and the sources answer again), but revocations do: a deny-list entry is a keyed
+//! id that cannot be recomputed under a new key without the token, so a revocation is
+//! written under every key of the ring and checked under every key of the ring.
+
+use std::sync::Arc;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -42,20 +51,54 @@ impl std::fmt::Debug for Fingerprint {
     }
 }
 
-/// Computes fingerprints under one secret key.
+/// Computes fingerprints under the current secret key, and keyed ids under the previous
+/// keys of the ring for the deny-list.
 ///
 /// The keyed HMAC state is built once and cloned per call, so the hot path does not redo
 /// the key schedule.
 #[derive(Clone)]
 pub struct Fingerprinter {
     keyed: HmacSha256,
+    /// Keys being rotated out, newest first; empty outside a rotation, and then nothing
+    /// on any path computes more than it did before key rings existed.
+    previous: Arc<[Fingerprinter]>,
 }
 
 impl Fingerprinter {
     pub fn new(key: &[u8]) -> Self {
+        Self::with_previous::<&[u8]>(key, &[])
+    }
+
+    /// A ring: `current` makes every fingerprint, `previous` are only checked.
+    pub fn with_previous<K: AsRef<[u8]>>(current: &[u8], previous: &[K]) -> Self {
         // HMAC accepts keys of any length; this cannot fail.
-        let keyed = <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC takes any key length");
-        Self { keyed }
+        let keyed =
+            <HmacSha256 as Mac>::new_from_slice(current).expect("HMAC takes any key length");
+        let previous = previous
+            .iter()
+            .map(|k| Self::new(k.as_ref()))
+            .collect::<Vec<_>>()
+            .into();
+        Self { keyed, previous }
+    }
+
+    /// The previous keys of the ring, each as a one-key fingerprinter.
+    pub fn previous(&self) -> &[Fingerprinter] {
+        &self.previous
+    }
+
+    /// Every key of the ring, current first, each as a fingerprinter whose single-key
+    /// methods (`token_id`, `username`, `credential`) hash under that key.
+    pub fn ring(&self) -> impl Iterator<Item = &Fingerprinter> {
+        std::iter::once(self).chain(self.previous.iter())
+    }
+
+    /// A short public name of the current key (not a secret: a keyed hash of a constant),
+    /// so logs and the rotation runbook can say which key a replica uses.
+    pub fn key_id(&self) -> String {
+        let mut mac = self.keyed.clone();
+        mac.update(b"key-id\0");
+        hex::encode(&mac.finalize().into_bytes()[..4])
     }
 
     /// A fingerprinter with a random key, for a single process without a shared cache.
@@ -144,5 +187,19 @@ mod tests {
         assert_ne!(f.derive_key("t"), f.derive_key("u"));
         assert_ne!(f.credential("t"), f.username("t"));
         assert_ne!(f.credential("t"), f.token_id("t"));
+    }
+
+    #[test]
+    fn a_ring_hashes_under_its_current_key_and_lists_the_previous_ones() {
+        let ring = Fingerprinter::with_previous(b"new", &[b"old".as_slice()]);
+        let old = Fingerprinter::new(b"old");
+        let new = Fingerprinter::new(b"new");
+        assert_eq!(ring.token_id("t"), new.token_id("t"));
+        assert_eq!(ring.derive_key("l"), new.derive_key("l"));
+        let ids: Vec<_> = ring.ring().map(|f| f.username("u")).collect();
+        assert_eq!(ids, [new.username("u"), old.username("u")]);
+        assert_eq!(ring.key_id(), new.key_id());
+        assert_ne!(new.key_id(), old.key_id());
+        assert!(new.previous().is_empty());
     }
 }

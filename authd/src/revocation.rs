@@ -138,7 +138,6 @@ impl Admin for AdminGrpc {
     ) -> Result<Response<UnrevokeResponse>, Status> {
         let caller = self.authorize(&request, "Unrevoke")?;
         let req = request.into_inner();
-        let f = self.authd.fingerprinter();
         let given = [
             !req.id.is_empty(),
             !req.username.is_empty(),
@@ -150,7 +149,13 @@ impl Admin for AdminGrpc {
                 "give exactly one of id, username, token, credential_id",
             ));
         }
-        let (kind, id) = if !req.id.is_empty() {
+        if req.token.len() > MAX_TOKEN_BYTES {
+            return Err(Status::invalid_argument("token too long"));
+        }
+        // By what it revoked: lifted under every key of the cache key ring, as it was made.
+        // By id: that one entry.
+        let current = self.authd.fingerprinter();
+        let (kind, id, result) = if !req.id.is_empty() {
             let id = revocations::parse_id(&req.id)
                 .ok_or_else(|| Status::invalid_argument("id: expected 64 hex digits"))?;
             // The kind is only for the log line and the channel: ids never collide.
@@ -160,18 +165,27 @@ impl Admin for AdminGrpc {
                 .iter()
                 .find(|d| d.id == id)
                 .map_or(Kind::Token, |d| d.kind);
-            (kind, id)
+            (kind, id, self.authd.unrevoke(kind, id).await)
         } else if !req.username.is_empty() {
-            (Kind::User, f.username(&req.username))
+            let name = req.username.as_str();
+            let lifted = self
+                .authd
+                .unrevoke_under_every_key(Kind::User, |f| f.username(name));
+            (Kind::User, current.username(name), lifted.await)
         } else if !req.token.is_empty() {
-            if req.token.len() > MAX_TOKEN_BYTES {
-                return Err(Status::invalid_argument("token too long"));
-            }
-            (Kind::Token, f.token_id(&req.token))
+            let token = req.token.as_str();
+            let lifted = self
+                .authd
+                .unrevoke_under_every_key(Kind::Token, |f| f.token_id(token));
+            (Kind::Token, current.token_id(token), lifted.await)
         } else {
-            (Kind::Credential, f.credential(&req.credential_id))
+            let c = req.credential_id.as_str();
+            let lifted = self
+                .authd
+                .unrevoke_under_every_key(Kind::Credential, |f| f.credential(c));
+            (Kind::Credential, current.credential(c), lifted.await)
         };
-        match self.authd.unrevoke(kind, id).await {
+        match result {
             Ok(lifted) => {
                 tracing::info!(caller = %caller.0, kind = kind.label(), id = %id.to_hex(), lifted,
                     "revocation lifted");

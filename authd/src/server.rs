@@ -33,10 +33,7 @@ use crate::tls;
 /// Builds the service (sources, caches, policy) from a validated configuration. Must run
 /// inside a Tokio runtime when a shared cache is configured (it starts its subscriber).
 pub fn build(config: &Config) -> anyhow::Result<Authd> {
-    let fingerprinter = match &config.cache.hmac_key_file {
-        Some(path) => Fingerprinter::new(&read_hmac_key(path)?),
-        None => Fingerprinter::random(),
-    };
+    let fingerprinter = cache_fingerprinter(&config.cache)?;
     let pipeline = Pipeline::from_config(config)?;
     let ttls = Ttls {
         positive: config.cache.positive_ttl,
@@ -79,10 +76,7 @@ pub fn build(config: &Config) -> anyhow::Result<Authd> {
 /// admin secret, the audit log's folder — through the same functions, so `kube-authd
 /// config check` cannot call a file valid that `serve` refuses. Contacts nothing remote.
 pub fn preflight(config: &Config) -> anyhow::Result<()> {
-    let fingerprinter = match &config.cache.hmac_key_file {
-        Some(path) => Fingerprinter::new(&read_hmac_key(path)?),
-        None => Fingerprinter::random(),
-    };
+    let fingerprinter = cache_fingerprinter(&config.cache)?;
     Pipeline::from_config(config)?;
     if let Some(redis) = &config.cache.redis {
         SharedCache::new(
@@ -100,13 +94,37 @@ pub fn preflight(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reads `cache.hmac_key_file` as `authd serve` does (any bytes, at least 32).
-pub fn read_hmac_key(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
-    let key = std::fs::read(path)
-        .with_context(|| format!("cache.hmac_key_file {}: cannot read", path.display()))?;
+/// The cache key ring as `authd serve` builds it: `cache.hmac_key_file` and
+/// `cache.previous_hmac_key_files`, or a random key when none is configured.
+pub fn cache_fingerprinter(cache: &crate::config::CacheConfig) -> anyhow::Result<Fingerprinter> {
+    let Some(path) = &cache.hmac_key_file else {
+        return Ok(Fingerprinter::random());
+    };
+    let current = read_hmac_key("cache.hmac_key_file", path)?;
+    let mut previous = Vec::new();
+    for (i, path) in cache.previous_hmac_key_files.iter().enumerate() {
+        let field = format!("cache.previous_hmac_key_files[{i}]");
+        let key = read_hmac_key(&field, path)?;
+        if key == current || previous.contains(&key) {
+            anyhow::bail!(
+                "{field} {}: the same key as another of the ring (the current key is \
+                 cache.hmac_key_file; list each previous key once)",
+                path.display()
+            );
+        }
+        previous.push(key);
+    }
+    Ok(Fingerprinter::with_previous(&current, &previous))
+}
+
+/// Reads one HMAC key file as `authd serve` does (any bytes, at least 32); `field` names
+/// the setting in errors.
+pub fn read_hmac_key(field: &str, path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    let key =
+        std::fs::read(path).with_context(|| format!("{field} {}: cannot read", path.display()))?;
     if key.len() < 32 {
         anyhow::bail!(
-            "cache.hmac_key_file {}: key must be at least 32 bytes, found {}",
+            "{field} {}: key must be at least 32 bytes, found {}",
             path.display(),
             key.len()
         );

@@ -108,7 +108,7 @@ struct Reviewed {
 struct Prepared {
     cluster: Arc<Cluster>,
     digest: [u8; 32],
-    credential: Option<Fingerprint>,
+    credential: Option<String>,
 }
 
 /// Longest token looked up; longer ones are rejected without touching caches or sources.
@@ -277,6 +277,16 @@ impl Authd {
         self.inner.cache.unrevoke(kind, id).await
     }
 
+    /// Lifts a revocation named by what it revoked (a token, a username, a credential id)
+    /// under every key of the cache key ring, on every replica.
+    pub async fn unrevoke_under_every_key(
+        &self,
+        kind: Kind,
+        id: impl Fn(&Fingerprinter) -> Fingerprint,
+    ) -> Result<bool, SharedCacheError> {
+        self.inner.cache.unrevoke_under_every_key(kind, id).await
+    }
+
     /// The revocations in force.
     pub fn revocations(&self) -> Vec<Denial> {
         self.inner.cache.revocations()
@@ -310,7 +320,7 @@ impl Authd {
             .denies_credentials()
             .then(|| pipeline.credential_id(&req.token))
             .flatten()
-            .map(|id| cache.fingerprinter().credential(id));
+            .map(str::to_owned);
         Ok(Prepared {
             cluster,
             digest: pipeline.digest,
@@ -456,7 +466,9 @@ impl Authd {
                     .await
             }
         };
-        let answer = cache.lookup(fp, &req.token, credential, ask).await;
+        let answer = cache
+            .lookup(fp, &req.token, credential.as_deref(), ask)
+            .await;
         let outcome = answer.outcome();
         let cached = outcome.cached();
         let (response, result, reason) = match answer {

@@ -225,6 +225,11 @@ impl DenyList {
         })
     }
 
+    /// Whether nothing is revoked (one atomic load).
+    pub fn is_empty(&self) -> bool {
+        self.len.load(Ordering::Acquire) == 0
+    }
+
     /// Whether a credential id could match (see `credentials`).
     pub fn has_credentials(&self) -> bool {
         self.credentials.load(Ordering::Acquire) != 0

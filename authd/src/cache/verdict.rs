@@ -33,7 +33,7 @@ use super::redis::SharedCache;
 use super::revocations::{self, Denial, DenyList, Kind};
 use super::{CachedVerdict, SharedStore, Ttls};
 use crate::fingerprint::{Fingerprint, Fingerprinter};
-use crate::identity::Verdict;
+use crate::identity::{Identity, Verdict};
 use crate::metrics::{LevelLabels, Metrics};
 use crate::source::Expiry;
 
@@ -293,13 +293,13 @@ impl<S: SharedStore> VerdictCache<S> {
     /// revocation or reload happened meanwhile. `ask` is called only by the caller that
     /// starts a lookup.
     ///
-    /// Every answer passes the deny-list last: `credential` is the keyed credential id of
-    /// the token when a credential revocation is in force (`denies_credentials`).
+    /// Every answer passes the deny-list last: `credential` is the token's credential id
+    /// (its source's) when a credential revocation is in force (`denies_credentials`).
     pub async fn lookup<F, Fut>(
         self: &Arc<Self>,
         fp: Fingerprint,
         token: &str,
-        credential: Option<Fingerprint>,
+        credential: Option<&str>,
         ask: F,
     ) -> Answer
     where
@@ -311,9 +311,15 @@ impl<S: SharedStore> VerdictCache<S> {
             Some(entry) if entry.is_fresh(now) => {
                 self.metrics.local_hits.inc();
                 // The entry carries its keyed ids: no hashing on the warm path.
+                let credential_id = credential.map(|c| self.fingerprinter.credential(c));
                 if self
                     .deny
-                    .denies(&[Some(entry.token_id), entry.user_id, credential])
+                    .denies(&[Some(entry.token_id), entry.user_id, credential_id])
+                    || self.denied_under_previous_keys(
+                        token,
+                        entry.verdict.verdict.identity.as_ref(),
+                        credential,
+                    )
                 {
                     return Answer::Revoked(CacheOutcome::HitLocal);
                 }
@@ -325,27 +331,53 @@ impl<S: SharedStore> VerdictCache<S> {
         // Outside the lock that every miss takes.
         let token_id = self.fingerprinter.token_id(token);
         let answer = self.missed(fp, token_id, local, now, ask).await;
-        self.unless_revoked(answer, token_id, credential)
+        self.unless_revoked(answer, token, token_id, credential)
     }
 
     /// The answer, or `Revoked` when a revocation in force denies its positive verdict.
     fn unless_revoked(
         &self,
         answer: Answer,
+        token: &str,
         token_id: Fingerprint,
-        credential: Option<Fingerprint>,
+        credential: Option<&str>,
     ) -> Answer {
         let Some(verdict) = answer.positive() else {
             return answer;
         };
-        if !self.deny.denies(&[Some(token_id), credential]) {
-            let user = verdict.verdict.identity.as_ref().map(|i| &i.username);
-            let user_id = user.map(|u| self.fingerprinter.username(u));
-            if !self.deny.denies(&[user_id]) {
+        let identity = verdict.verdict.identity.as_ref();
+        let credential_id = credential.map(|c| self.fingerprinter.credential(c));
+        if !self.deny.denies(&[Some(token_id), credential_id]) {
+            let user_id = identity.map(|i| self.fingerprinter.username(&i.username));
+            if !self.deny.denies(&[user_id])
+                && !self.denied_under_previous_keys(token, identity, credential)
+            {
                 return answer;
             }
         }
         Answer::Revoked(answer.outcome())
+    }
+
+    /// Whether a revocation made under a previous key of the ring denies this token, its
+    /// user or its credential. Outside a key rotation, or while nothing is revoked, this
+    /// computes nothing.
+    fn denied_under_previous_keys(
+        &self,
+        token: &str,
+        identity: Option<&Identity>,
+        credential: Option<&str>,
+    ) -> bool {
+        let previous = self.fingerprinter.previous();
+        if previous.is_empty() || self.deny.is_empty() {
+            return false;
+        }
+        previous.iter().any(|f| {
+            self.deny.denies(&[
+                Some(f.token_id(token)),
+                identity.map(|i| f.username(&i.username)),
+                credential.map(|c| f.credential(c)),
+            ])
+        })
     }
 
     /// A local miss: the shared level and the sources (one lookup per key), then
@@ -587,7 +619,6 @@ impl<S: SharedStore> VerdictCache<S> {
         until: Option<SystemTime>,
         known: Expiry,
     ) -> Result<Revoked, S::Error> {
-        let id = self.fingerprinter.token_id(token);
         let until = match (until, known) {
             (Some(until), _) => Some(until),
             (None, Expiry::At(at)) => Some(at),
@@ -597,12 +628,9 @@ impl<S: SharedStore> VerdictCache<S> {
                     .unwrap_or_else(|| SystemTime::now() + self.revocation.max_token_ttl),
             ),
         };
-        let denial = Denial {
-            kind: Kind::Token,
-            id,
-            until: until.map(|u| u.max(self.outlives_every_verdict())),
-        };
-        self.revoke(denial).await
+        let until = until.map(|u| u.max(self.outlives_every_verdict()));
+        self.revoke_under_every_key(Kind::Token, until, |f| f.token_id(token))
+            .await
     }
 
     /// Denies every credential mapping to this username until `until` (`None`: until
@@ -612,12 +640,8 @@ impl<S: SharedStore> VerdictCache<S> {
         username: &str,
         until: Option<SystemTime>,
     ) -> Result<Revoked, S::Error> {
-        let denial = Denial {
-            kind: Kind::User,
-            id: self.fingerprinter.username(username),
-            until,
-        };
-        self.revoke(denial).await
+        self.revoke_under_every_key(Kind::User, until, |f| f.username(username))
+            .await
     }
 
     /// Denies one credential by its source's id until `until` (by default
@@ -628,12 +652,34 @@ impl<S: SharedStore> VerdictCache<S> {
         until: Option<SystemTime>,
     ) -> Result<Revoked, S::Error> {
         let until = until.unwrap_or_else(|| SystemTime::now() + self.revocation.max_token_ttl);
-        let denial = Denial {
-            kind: Kind::Credential,
-            id: self.fingerprinter.credential(credential_id),
-            until: Some(until.max(self.outlives_every_verdict())),
-        };
-        self.revoke(denial).await
+        let until = Some(until.max(self.outlives_every_verdict()));
+        self.revoke_under_every_key(Kind::Credential, until, |f| f.credential(credential_id))
+            .await
+    }
+
+    /// One revocation under every key of the ring (current first; only the current one
+    /// outside a rotation), so a replica still on a previous key refuses it too. Answers
+    /// the current key's denial, with the verdicts dropped under all of them.
+    async fn revoke_under_every_key(
+        &self,
+        kind: Kind,
+        until: Option<SystemTime>,
+        id: impl Fn(&Fingerprinter) -> Fingerprint,
+    ) -> Result<Revoked, S::Error> {
+        let mut first: Option<Revoked> = None;
+        for f in self.fingerprinter.ring() {
+            let denial = Denial {
+                kind,
+                id: id(f),
+                until,
+            };
+            let r = self.revoke(denial).await?;
+            match &mut first {
+                Some(first) => first.removed += r.removed,
+                None => first = Some(r),
+            }
+        }
+        Ok(first.expect("a ring has a current key"))
     }
 
     /// The latest a verdict cached now could still be served: a revocation lasting at
@@ -700,6 +746,19 @@ impl<S: SharedStore> VerdictCache<S> {
             None => false,
         };
         Ok(here || shared)
+    }
+
+    /// Lifts what `revoke_*` put in force: the revocation under every key of the ring.
+    pub async fn unrevoke_under_every_key(
+        &self,
+        kind: Kind,
+        id: impl Fn(&Fingerprinter) -> Fingerprint,
+    ) -> Result<bool, S::Error> {
+        let mut lifted = false;
+        for f in self.fingerprinter.ring() {
+            lifted |= self.unrevoke(kind, id(f)).await?;
+        }
+        Ok(lifted)
     }
 
     /// The revocations in force on this replica.
@@ -791,13 +850,23 @@ mod tests {
 
     type Cache = Arc<VerdictCache<MemoryShared>>;
 
+    const KEY: &[u8] = b"the verdict cache test key 0123456789";
+
     fn cache(shared: Option<&Arc<MemoryShared>>, stale_grace: Duration) -> Cache {
+        keyed_cache(Fingerprinter::new(KEY), shared, stale_grace)
+    }
+
+    fn keyed_cache(
+        fingerprinter: Fingerprinter,
+        shared: Option<&Arc<MemoryShared>>,
+        stale_grace: Duration,
+    ) -> Cache {
         let shared = shared.map(|cache| SharedLevel {
             cache: cache.clone(),
             local_ttl: Duration::from_secs(10),
         });
         Arc::new(VerdictCache::new(
-            Fingerprinter::new(b"the verdict cache test key 0123456789"),
+            fingerprinter,
             Ttls {
                 positive: Duration::from_secs(60),
                 negative: Duration::from_secs(60),
@@ -1071,10 +1140,65 @@ mod tests {
         // By credential id: only when the caller names the token's credential.
         c.revoke_credential("0123abcd", None).await.unwrap();
         assert!(c.denies_credentials());
-        let cred = Some(c.fingerprinter().credential("0123abcd"));
+        let cred = Some("0123abcd");
         assert_eq!(seen(&lookup(&c, &source).await).0, Some("alice"));
         let answer = c.lookup(fp(&c), TOKEN, cred, source.ask()).await;
         assert_eq!(revoked(&answer), Some(CacheOutcome::HitLocal));
+    }
+
+    /// A cache key rotation: revocations made under the old key keep holding on a replica
+    /// whose ring has the new key current, and those it makes hold on a replica still on
+    /// the old key; lifting by name lifts them under every key.
+    #[tokio::test]
+    async fn revocations_hold_across_a_cache_key_rotation() {
+        const NEW: &[u8] = b"the next verdict cache test key 0123456789";
+        let shared = Arc::new(MemoryShared::default());
+        let old = cache(Some(&shared), Duration::ZERO);
+        let ring = keyed_cache(
+            Fingerprinter::with_previous(NEW, &[KEY]),
+            Some(&shared),
+            Duration::ZERO,
+        );
+        // One token per user (a cached verdict is per token).
+        let (alice, bob) = (Source::new(user("alice")), Source::new(user("bob")));
+        let at =
+            |c: &Cache, token: &'static str, credential: Option<&'static str>, s: &Arc<Source>| {
+                let (c, ask) = (c.clone(), s.ask());
+                async move {
+                    let fp = c.fingerprinter().token(token, &[]);
+                    c.lookup(fp, token, credential, ask).await
+                }
+            };
+        // Admitted before anything is revoked (cached: the local-hit path checks too).
+        assert_eq!(seen(&at(&ring, "ta", None, &alice).await).0, Some("alice"));
+        old.revoke_user("alice", None).await.unwrap();
+        old.revoke_credential("0123abcd", None).await.unwrap();
+        old.revoke_token("tb", None, Expiry::Unknown).await.unwrap();
+        ring.load_revocations().await.unwrap();
+        assert!(
+            revoked(&at(&ring, "ta", None, &alice).await).is_some(),
+            "user, old key"
+        );
+        let answer = at(&ring, "tb2", Some("0123abcd"), &bob).await;
+        assert!(revoked(&answer).is_some(), "credential, old key");
+        assert!(
+            revoked(&at(&ring, "tb", None, &bob).await).is_some(),
+            "token, old key"
+        );
+        // The ring's revocation reaches the replica still on the old key.
+        ring.revoke_user("bob", None).await.unwrap();
+        old.load_revocations().await.unwrap();
+        assert!(
+            revoked(&at(&old, "tb3", None, &bob).await).is_some(),
+            "ring's, on the old key"
+        );
+        // Lifted by name on the ring: lifted under both keys.
+        let lifted = ring.unrevoke_under_every_key(Kind::User, |f| f.username("alice"));
+        assert!(lifted.await.unwrap());
+        old.load_revocations().await.unwrap();
+        ring.load_revocations().await.unwrap();
+        assert_eq!(seen(&at(&ring, "ta", None, &alice).await).0, Some("alice"));
+        assert_eq!(seen(&at(&old, "ta", None, &alice).await).0, Some("alice"));
     }
 
     #[tokio::test]

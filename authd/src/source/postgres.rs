@@ -7,6 +7,13 @@
 //! parameterised and prepared once per connection (sqlx caches the statement). Disabled or
 //! expired rows are rejected; the row's expiry is handed on so no cached verdict outlives
 //! it. A database that is down or slower than `timeout` is "could not decide".
+//!
+//! The secret key is a ring: `secret_key_file` hashes every new token, and
+//! `previous_secret_key_files` are tried after it, so the key rotates without a flag day.
+//! A token that verifies under a previous key is re-hashed under the current one at that
+//! use (a conditional `UPDATE`, so two replicas racing write the same row once); each row
+//! records which key hashed it (`secret_key_id`), which tells the operator when the old key
+//! can go (`kube-authd token keys`).
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -57,6 +64,10 @@ pub struct Config {
     pub allow_plaintext: bool,
     /// Key (at least 32 bytes) for the HMAC-SHA256 of token secrets.
     pub secret_key_file: PathBuf,
+    /// Keys being rotated out: tokens hashed under them still verify, and are re-hashed
+    /// under `secret_key_file` when used.
+    #[serde(default)]
+    pub previous_secret_key_files: Vec<PathBuf>,
     /// Token prefix; the source owns only tokens of the form `<prefix><id>.<secret>`.
     #[serde(default = "default_prefix")]
     pub prefix: String,
@@ -89,12 +100,16 @@ impl Kind for Config {
 
     fn files(&self) -> Vec<&Path> {
         std::iter::once(self.secret_key_file.as_path())
+            .chain(self.previous_secret_key_files.iter().map(PathBuf::as_path))
             .chain(self.password_file.as_deref())
             .collect()
     }
 
     fn resolve_paths(&mut self, base: &Path) {
         resolve(base, &mut self.secret_key_file);
+        for p in &mut self.previous_secret_key_files {
+            resolve(base, p);
+        }
         self.password_file.iter_mut().for_each(|p| resolve(base, p));
     }
 
@@ -135,8 +150,14 @@ impl Kind for Config {
 pub enum PostgresError {
     #[error(transparent)]
     Read(#[from] FileError),
-    #[error("secret_key_file {path}: key must be at least {MIN_KEY_LEN} bytes, found {len}")]
-    ShortKey { path: String, len: usize },
+    #[error("{field} {path}: key must be at least {MIN_KEY_LEN} bytes, found {len}")]
+    ShortKey {
+        field: String,
+        path: String,
+        len: usize,
+    },
+    #[error("{field} {path}: the same key as another of the ring (list each key once)")]
+    DuplicateKey { field: String, path: String },
     #[error("database_url: {0}")]
     Url(sqlx::Error),
     #[error("database: {0}")]
@@ -156,15 +177,26 @@ struct Embedded;
 impl MigrationSource<'static> for Embedded {
     fn resolve(self) -> BoxFuture<'static, Result<Vec<Migration>, sqlx::error::BoxDynError>> {
         Box::pin(async {
-            Ok(vec![Migration::new(
-                20261128000000,
-                Cow::Borrowed("authd tokens"),
-                MigrationType::Simple,
-                Cow::Borrowed(include_str!(
-                    "../../migrations/20261128000000_authd_tokens.sql"
-                )),
-                false,
-            )])
+            Ok(vec![
+                Migration::new(
+                    20261128000000,
+                    Cow::Borrowed("authd tokens"),
+                    MigrationType::Simple,
+                    Cow::Borrowed(include_str!(
+                        "../../migrations/20261128000000_authd_tokens.sql"
+                    )),
+                    false,
+                ),
+                Migration::new(
+                    20261130000000,
+                    Cow::Borrowed("authd tokens secret key id"),
+                    MigrationType::Simple,
+                    Cow::Borrowed(include_str!(
+                        "../../migrations/20261130000000_authd_tokens_secret_key_id.sql"
+                    )),
+                    false,
+                ),
+            ])
         })
     }
 }
@@ -177,15 +209,101 @@ pub async fn migrate(pool: &PgPool) -> Result<(), PostgresError> {
 
 /// Reads the HMAC key for token secrets.
 pub fn read_key(path: &Path) -> Result<Vec<u8>, PostgresError> {
+    read_key_field("secret_key_file", path)
+}
+
+fn read_key_field(field: &'static str, path: &Path) -> Result<Vec<u8>, PostgresError> {
     let key = std::fs::read(path)
-        .map_err(|e| FileError::new("secret_key_file", path, format!("cannot read: {e}")))?;
+        .map_err(|e| FileError::new(field, path, format!("cannot read: {e}")))?;
     if key.len() < MIN_KEY_LEN {
         return Err(PostgresError::ShortKey {
+            field: field.to_owned(),
             path: path.display().to_string(),
             len: key.len(),
         });
     }
     Ok(key)
+}
+
+/// The ring of token secret keys: the current one hashes, the previous ones still verify.
+pub struct SecretKeys {
+    /// Current first.
+    keys: Vec<Vec<u8>>,
+}
+
+impl SecretKeys {
+    /// `secret_key_file` and `previous_secret_key_files`, as the source reads them.
+    pub fn read(current: &Path, previous: &[PathBuf]) -> Result<Self, PostgresError> {
+        let mut keys = vec![read_key(current)?];
+        for (i, path) in previous.iter().enumerate() {
+            let field = format!("previous_secret_key_files[{i}]");
+            let key = read_key_field("previous_secret_key_files", path).map_err(|e| match e {
+                PostgresError::ShortKey { path, len, .. } => PostgresError::ShortKey {
+                    field: field.clone(),
+                    path,
+                    len,
+                },
+                e => e,
+            })?;
+            if keys.contains(&key) {
+                return Err(PostgresError::DuplicateKey {
+                    field,
+                    path: path.display().to_string(),
+                });
+            }
+            keys.push(key);
+        }
+        Ok(Self { keys })
+    }
+
+    pub fn current(&self) -> &[u8] {
+        &self.keys[0]
+    }
+
+    /// A short public name of a key (a keyed hash of a constant, not a secret), stored
+    /// with each row it hashed.
+    pub fn id(key: &[u8]) -> String {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
+        mac.update(b"kube-authd secret key id");
+        hex::encode(&mac.finalize().into_bytes()[..4])
+    }
+
+    /// `(id, "current" | "previous")` for every key of the ring.
+    pub fn ids(&self) -> Vec<(String, &'static str)> {
+        self.keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (Self::id(k), if i == 0 { "current" } else { "previous" }))
+            .collect()
+    }
+
+    /// Which key of the ring `stored` is the hash of this token under (0: the current
+    /// one), comparing each in constant time; `None`: none of them.
+    fn matching(&self, stored: &[u8], id: &str, secret: &str) -> Option<usize> {
+        let mut found = None;
+        for (i, key) in self.keys.iter().enumerate() {
+            let hash = secret_hash(key, id, secret);
+            if bool::from(stored.ct_eq(hash.as_slice())) && found.is_none() {
+                found = Some(i);
+            }
+        }
+        found
+    }
+}
+
+/// Live tokens (neither disabled nor expired) by the key that hashed them, for
+/// `kube-authd token keys`: `(secret_key_id or None for rows older than the column, count)`.
+pub async fn count_by_key(pool: &PgPool) -> Result<Vec<(Option<String>, i64)>, PostgresError> {
+    let rows = sqlx::query(
+        "SELECT secret_key_id, count(*) AS n FROM authd_tokens \
+         WHERE NOT disabled AND (expires_at IS NULL OR expires_at > now()) \
+         GROUP BY secret_key_id ORDER BY secret_key_id",
+    )
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("secret_key_id")?, r.try_get("n")?)))
+        .collect()
 }
 
 /// Connection options from a URL plus an optional password file; every statement is
@@ -308,8 +426,9 @@ pub async fn create_token(
         serde_json::to_string(&new.extra).map_err(|e| PostgresError::Extra(e.to_string()))?;
     let ttl_secs = new.ttl.map(|t| t.as_secs_f64());
     sqlx::query(
-        "INSERT INTO authd_tokens (id, secret_hash, username, uid, groups, extra, expires_at) \
-         VALUES ($1, $2, $3, $4, $5, $6::jsonb, now() + $7 * interval '1 second')",
+        "INSERT INTO authd_tokens \
+         (id, secret_hash, username, uid, groups, extra, expires_at, secret_key_id) \
+         VALUES ($1, $2, $3, $4, $5, $6::jsonb, now() + $7 * interval '1 second', $8)",
     )
     .bind(&id)
     .bind(secret_hash(key, &id, &secret).as_slice())
@@ -318,6 +437,7 @@ pub async fn create_token(
     .bind(&new.groups)
     .bind(extra)
     .bind(ttl_secs)
+    .bind(SecretKeys::id(key))
     .execute(pool)
     .await?;
     let token = format!("{prefix}{id}.{secret}");
@@ -341,7 +461,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 pub struct PostgresVerifier {
     name: String,
     prefix: String,
-    key: Vec<u8>,
+    keys: SecretKeys,
     pool: PgPool,
     timeout: Duration,
     migrate: bool,
@@ -361,7 +481,7 @@ impl PostgresVerifier {
         let verifier = Arc::new(Self {
             name: config.name.clone(),
             prefix: config.prefix.clone(),
-            key: read_key(&config.secret_key_file)?,
+            keys: SecretKeys::read(&config.secret_key_file, &config.previous_secret_key_files)?,
             pool: pool(options, config.max_connections, config.timeout),
             timeout: config.timeout,
             migrate: config.migrate,
@@ -400,9 +520,12 @@ impl PostgresVerifier {
 
     async fn lookup(&self, id: &str, secret: &str) -> Result<Outcome, PostgresError> {
         self.ensure_migrated().await?;
+        // `secret_key_id` through to_jsonb: a database whose schema predates the column
+        // (migrate = false, migrations not run yet) still answers, with NULL.
         let row = sqlx::query(
             "SELECT secret_hash, username, uid, groups, extra::text AS extra, disabled, \
-             (extract(epoch FROM expires_at) * 1000)::int8 AS expires_ms \
+             (extract(epoch FROM expires_at) * 1000)::int8 AS expires_ms, \
+             to_jsonb(authd_tokens) ->> 'secret_key_id' AS secret_key_id \
              FROM authd_tokens WHERE id = $1",
         )
         .bind(id)
@@ -413,10 +536,14 @@ impl PostgresVerifier {
             return Ok(Outcome::Rejected);
         };
         let stored: Vec<u8> = row.try_get("secret_hash")?;
-        let hash = secret_hash(&self.key, id, secret);
-        if !bool::from(stored.as_slice().ct_eq(hash.as_slice())) {
+        let Some(key) = self.keys.matching(&stored, id, secret) else {
             tracing::info!(source = %self.name, id, "postgres: wrong secret; rejected");
             return Ok(Outcome::Rejected);
+        };
+        let key_id: Option<String> = row.try_get("secret_key_id")?;
+        let current_id = SecretKeys::id(self.keys.current());
+        if key != 0 || key_id.as_deref() != Some(current_id.as_str()) {
+            self.rehash(id, secret, &stored, &current_id).await;
         }
         if row.try_get::<bool, _>("disabled")? {
             tracing::info!(source = %self.name, id, "postgres: token disabled; rejected");
@@ -444,6 +571,31 @@ impl PostgresVerifier {
             expires_at,
             ..Identity::default()
         }))
+    }
+}
+
+impl PostgresVerifier {
+    /// Re-hashes a row under the current key (it verified under a previous one, or its
+    /// key was not recorded), only if no one changed it meanwhile. A failure is logged and
+    /// changes nothing for this lookup: the token verified.
+    async fn rehash(&self, id: &str, secret: &str, stored: &[u8], current_id: &str) {
+        let done = sqlx::query(
+            "UPDATE authd_tokens SET secret_hash = $2, secret_key_id = $3 \
+             WHERE id = $1 AND secret_hash = $4",
+        )
+        .bind(id)
+        .bind(secret_hash(self.keys.current(), id, secret).as_slice())
+        .bind(current_id)
+        .bind(stored)
+        .execute(&self.pool)
+        .await;
+        match done {
+            Ok(_) => tracing::info!(source = %self.name, id, key = current_id,
+                "postgres: token re-hashed under the current secret key"),
+            Err(e) => tracing::warn!(source = %self.name, id, error = %e,
+                "postgres: could not re-hash a token under the current secret key (are the \
+                 migrations applied? `migrate = true` or `kube-authd token create` applies them)"),
+        }
     }
 }
 
