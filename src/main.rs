@@ -117,7 +117,8 @@ enum AuditCommand {
     /// Read a token from stdin and print its keyed id, as the audit log's `token_id` (and
     /// `kube-authd revoke`) name it: grep the audit log for it.
     Hash {
-        /// The authd configuration whose `cache.hmac_key_file` keys the ids.
+        /// The authd configuration whose `cache.hmac_key_file` keys the ids (during a key
+        /// rotation, one more line per key of `cache.previous_hmac_key_files`).
         #[arg(long, required_unless_present = "hmac_key_file")]
         config: Option<PathBuf>,
         /// The key file itself, instead of --config.
@@ -190,6 +191,22 @@ enum TokenCommand {
         /// authd takes the same --allow-plaintext as the database.
         #[arg(long)]
         ca: Option<PathBuf>,
+    },
+    /// Count live tokens (neither disabled nor expired) by the secret key that hashed them,
+    /// for a key rotation: the previous key can go once no live token is hashed under it
+    /// (authd re-hashes a token under the current key when it is used).
+    Keys {
+        #[command(flatten)]
+        db: TokenDb,
+        /// The source's `secret_key_file` (the current key).
+        #[arg(long)]
+        secret_key_file: PathBuf,
+        /// The source's `previous_secret_key_files` (repeat).
+        #[arg(long = "previous-secret-key-file")]
+        previous_secret_key_files: Vec<PathBuf>,
+        /// The source's `next_secret_key_files` (repeat).
+        #[arg(long = "next-secret-key-file")]
+        next_secret_key_files: Vec<PathBuf>,
     },
 }
 
@@ -419,7 +436,9 @@ fn token_pool(db: &TokenDb) -> anyhow::Result<authd::source::postgres::PgPoolHan
 
 async fn token(command: TokenCommand) -> anyhow::Result<()> {
     use authd::source::postgres;
-    let (TokenCommand::Create { db, .. } | TokenCommand::Disable { db, .. }) = &command;
+    let (TokenCommand::Create { db, .. }
+    | TokenCommand::Disable { db, .. }
+    | TokenCommand::Keys { db, .. }) = &command;
     check_token_db(db)?;
     let target = postgres::describe(&db.database_url);
     let db_hint = || {
@@ -511,6 +530,40 @@ async fn token(command: TokenCommand) -> anyhow::Result<()> {
                     "not revoked in authd (no --authd): a replica may answer from a cached \
                      verdict until it expires"
                 ),
+            }
+            Ok(())
+        }
+        TokenCommand::Keys {
+            db,
+            secret_key_file,
+            previous_secret_key_files,
+            next_secret_key_files,
+        } => {
+            let keys = postgres::SecretKeys::read(
+                &secret_key_file,
+                &previous_secret_key_files,
+                &next_secret_key_files,
+            )?;
+            let pool = token_pool(&db)?;
+            postgres::migrate(&pool).await.with_context(db_hint)?;
+            let counts = postgres::count_by_key(&pool).await.with_context(db_hint)?;
+            let ring = keys.ids();
+            let count = |id: &str| {
+                counts
+                    .iter()
+                    .find(|(k, _)| k.as_deref() == Some(id))
+                    .map_or(0, |(_, n)| *n)
+            };
+            // One line per key: `<key id> <current|previous|next|not-in-ring> <live tokens>`.
+            for (id, role) in &ring {
+                println!("{id} {} {}", role.label(), count(id));
+            }
+            for (id, n) in &counts {
+                match id {
+                    Some(id) if ring.iter().any(|(k, _)| k == id) => {}
+                    Some(id) => println!("{id} not-in-ring {n}"),
+                    None => println!("unrecorded unrecorded {n}"),
+                }
             }
             Ok(())
         }

@@ -8,12 +8,14 @@
 //! expired rows are rejected; the row's expiry is handed on so no cached verdict outlives
 //! it. A database that is down or slower than `timeout` is "could not decide".
 //!
-//! The secret key is a ring: `secret_key_file` hashes every new token, and
-//! `previous_secret_key_files` are tried after it, so the key rotates without a flag day.
-//! A token that verifies under a previous key is re-hashed under the current one at that
-//! use (a conditional `UPDATE`, so two replicas racing write the same row once); each row
-//! records which key hashed it (`secret_key_id`), which tells the operator when the old key
-//! can go (`kube-authd token keys`).
+//! The secret key is a ring, so it rotates without a flag day: `secret_key_file` hashes
+//! every new token; `next_secret_key_files` (the key about to become current, step 1 of
+//! the runbook) and `previous_secret_key_files` (the keys being retired) are tried after
+//! it. A token that verifies under a previous key is re-hashed under the current one at
+//! that use (a conditional `UPDATE`, so two replicas racing write the row once); one under
+//! a next key is left as it is, so replicas not yet switched never undo the rotation. Each
+//! row records which key hashed it (`secret_key_id`), which tells the operator when the
+//! old key can go (`kube-authd token keys`).
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -68,6 +70,10 @@ pub struct Config {
     /// under `secret_key_file` when used.
     #[serde(default)]
     pub previous_secret_key_files: Vec<PathBuf>,
+    /// Keys about to become current (step 1 of a rotation): tokens hashed under them
+    /// verify, and are left as they are.
+    #[serde(default)]
+    pub next_secret_key_files: Vec<PathBuf>,
     /// Token prefix; the source owns only tokens of the form `<prefix><id>.<secret>`.
     #[serde(default = "default_prefix")]
     pub prefix: String,
@@ -101,13 +107,18 @@ impl Kind for Config {
     fn files(&self) -> Vec<&Path> {
         std::iter::once(self.secret_key_file.as_path())
             .chain(self.previous_secret_key_files.iter().map(PathBuf::as_path))
+            .chain(self.next_secret_key_files.iter().map(PathBuf::as_path))
             .chain(self.password_file.as_deref())
             .collect()
     }
 
     fn resolve_paths(&mut self, base: &Path) {
         resolve(base, &mut self.secret_key_file);
-        for p in &mut self.previous_secret_key_files {
+        for p in self
+            .previous_secret_key_files
+            .iter_mut()
+            .chain(&mut self.next_secret_key_files)
+        {
             resolve(base, p);
         }
         self.password_file.iter_mut().for_each(|p| resolve(base, p));
@@ -225,19 +236,54 @@ fn read_key_field(field: &'static str, path: &Path) -> Result<Vec<u8>, PostgresE
     Ok(key)
 }
 
-/// The ring of token secret keys: the current one hashes, the previous ones still verify.
+/// What a key of the ring is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Hashes new tokens and re-hashed ones.
+    Current,
+    /// Being retired: its tokens verify and move to the current key when used.
+    Previous,
+    /// About to become current: its tokens verify and stay as they are.
+    Next,
+}
+
+impl Role {
+    pub fn label(self) -> &'static str {
+        match self {
+            Role::Current => "current",
+            Role::Previous => "previous",
+            Role::Next => "next",
+        }
+    }
+}
+
+/// The ring of token secret keys: the current one hashes, the others still verify.
 pub struct SecretKeys {
     /// Current first.
-    keys: Vec<Vec<u8>>,
+    keys: Vec<(Vec<u8>, Role)>,
 }
 
 impl SecretKeys {
-    /// `secret_key_file` and `previous_secret_key_files`, as the source reads them.
-    pub fn read(current: &Path, previous: &[PathBuf]) -> Result<Self, PostgresError> {
-        let mut keys = vec![read_key(current)?];
-        for (i, path) in previous.iter().enumerate() {
-            let field = format!("previous_secret_key_files[{i}]");
-            let key = read_key_field("previous_secret_key_files", path).map_err(|e| match e {
+    /// `secret_key_file`, `previous_secret_key_files` and `next_secret_key_files`, as the
+    /// source reads them.
+    pub fn read(
+        current: &Path,
+        previous: &[PathBuf],
+        next: &[PathBuf],
+    ) -> Result<Self, PostgresError> {
+        let mut keys = vec![(read_key(current)?, Role::Current)];
+        let others = previous
+            .iter()
+            .enumerate()
+            .map(|(i, p)| ("previous_secret_key_files", i, p, Role::Previous))
+            .chain(
+                next.iter()
+                    .enumerate()
+                    .map(|(i, p)| ("next_secret_key_files", i, p, Role::Next)),
+            );
+        for (name, i, path, role) in others {
+            let field = format!("{name}[{i}]");
+            let key = read_key_field(name, path).map_err(|e| match e {
                 PostgresError::ShortKey { path, len, .. } => PostgresError::ShortKey {
                     field: field.clone(),
                     path,
@@ -245,19 +291,19 @@ impl SecretKeys {
                 },
                 e => e,
             })?;
-            if keys.contains(&key) {
+            if keys.iter().any(|(k, _)| *k == key) {
                 return Err(PostgresError::DuplicateKey {
                     field,
                     path: path.display().to_string(),
                 });
             }
-            keys.push(key);
+            keys.push((key, role));
         }
         Ok(Self { keys })
     }
 
     pub fn current(&self) -> &[u8] {
-        &self.keys[0]
+        &self.keys[0].0
     }
 
     /// A short public name of a key (a keyed hash of a constant, not a secret), stored
@@ -268,23 +314,19 @@ impl SecretKeys {
         hex::encode(&mac.finalize().into_bytes()[..4])
     }
 
-    /// `(id, "current" | "previous")` for every key of the ring.
-    pub fn ids(&self) -> Vec<(String, &'static str)> {
-        self.keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| (Self::id(k), if i == 0 { "current" } else { "previous" }))
-            .collect()
+    /// `(id, role)` for every key of the ring.
+    pub fn ids(&self) -> Vec<(String, Role)> {
+        self.keys.iter().map(|(k, r)| (Self::id(k), *r)).collect()
     }
 
-    /// Which key of the ring `stored` is the hash of this token under (0: the current
-    /// one), comparing each in constant time; `None`: none of them.
-    fn matching(&self, stored: &[u8], id: &str, secret: &str) -> Option<usize> {
+    /// The role of the key of the ring `stored` is the hash of this token under, comparing
+    /// under every key in constant time; `None`: none of them.
+    fn matching(&self, stored: &[u8], id: &str, secret: &str) -> Option<Role> {
         let mut found = None;
-        for (i, key) in self.keys.iter().enumerate() {
+        for (key, role) in &self.keys {
             let hash = secret_hash(key, id, secret);
             if bool::from(stored.ct_eq(hash.as_slice())) && found.is_none() {
-                found = Some(i);
+                found = Some(*role);
             }
         }
         found
@@ -481,7 +523,11 @@ impl PostgresVerifier {
         let verifier = Arc::new(Self {
             name: config.name.clone(),
             prefix: config.prefix.clone(),
-            keys: SecretKeys::read(&config.secret_key_file, &config.previous_secret_key_files)?,
+            keys: SecretKeys::read(
+                &config.secret_key_file,
+                &config.previous_secret_key_files,
+                &config.next_secret_key_files,
+            )?,
             pool: pool(options, config.max_connections, config.timeout),
             timeout: config.timeout,
             migrate: config.migrate,
@@ -536,13 +582,14 @@ impl PostgresVerifier {
             return Ok(Outcome::Rejected);
         };
         let stored: Vec<u8> = row.try_get("secret_hash")?;
-        let Some(key) = self.keys.matching(&stored, id, secret) else {
+        let Some(role) = self.keys.matching(&stored, id, secret) else {
             tracing::info!(source = %self.name, id, "postgres: wrong secret; rejected");
             return Ok(Outcome::Rejected);
         };
         let key_id: Option<String> = row.try_get("secret_key_id")?;
         let current_id = SecretKeys::id(self.keys.current());
-        if key != 0 || key_id.as_deref() != Some(current_id.as_str()) {
+        let unrecorded = role == Role::Current && key_id.as_deref() != Some(current_id.as_str());
+        if role == Role::Previous || unrecorded {
             self.rehash(id, secret, &stored, &current_id).await;
         }
         if row.try_get::<bool, _>("disabled")? {
