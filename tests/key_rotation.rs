@@ -14,8 +14,6 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use authd_proto::v1::authenticator_client::AuthenticatorClient;
-use authd_proto::v1::AuthenticateRequest;
 use common::fleet::Replica;
 use common::postgres::Postgres;
 use common::procs::kube_authd_revoke;
@@ -25,21 +23,7 @@ use common::*;
 const ADMIN_SECRET: &str = "key-rotation-admin-secret-0123456789";
 
 async fn review(r: &Replica, token: &str) -> bool {
-    let mut c = AuthenticatorClient::connect(format!("http://{}", r.addr))
-        .await
-        .expect("connect to authd");
-    let a = c
-        .authenticate(AuthenticateRequest {
-            token: token.to_owned(),
-            request_id: "key-rotation-test".into(),
-            cluster: "default".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("Authenticate")
-        .into_inner();
-    assert!(a.error.is_empty(), "{}: {a:?}", r.name);
-    a.authenticated
+    r.review(token).await
 }
 
 /// Polls until `r` answers `want` for `token`, within a second.

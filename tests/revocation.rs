@@ -11,8 +11,6 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use authd_proto::v1::authenticator_client::AuthenticatorClient;
-use authd_proto::v1::AuthenticateRequest;
 use common::basic_auth::{BasicAuthServer, Mode};
 use common::delay::DelayProxy;
 use common::fleet::{endpoints_toml, start_fleet_edge, Replica};
@@ -78,21 +76,7 @@ fn basic_auth_source(idp: &BasicAuthServer) -> String {
 }
 
 async fn grpc_review(r: &Replica, token: &str) -> bool {
-    let mut c = AuthenticatorClient::connect(format!("http://{}", r.addr))
-        .await
-        .expect("connect to authd");
-    let a = c
-        .authenticate(AuthenticateRequest {
-            token: token.to_owned(),
-            request_id: "revocation-test".into(),
-            cluster: "default".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("Authenticate")
-        .into_inner();
-    assert!(a.error.is_empty(), "{}: {a:?}", r.name);
-    a.authenticated
+    r.review(token).await
 }
 
 /// Runs `kube-authd revoke` against replica `r`; `stdin` is the token for --token-stdin.

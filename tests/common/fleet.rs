@@ -76,6 +76,28 @@ impl Replica {
         self.proc.as_ref().expect("replica running")
     }
 
+    /// One gRPC review of `token` for the default cluster: whether it was authenticated
+    /// (a review that could not decide fails the test).
+    pub async fn review(&self, token: &str) -> bool {
+        use authd_proto::v1::authenticator_client::AuthenticatorClient;
+        use authd_proto::v1::AuthenticateRequest;
+        let mut c = AuthenticatorClient::connect(format!("http://{}", self.addr))
+            .await
+            .expect("connect to authd");
+        let a = c
+            .authenticate(AuthenticateRequest {
+                token: token.to_owned(),
+                request_id: "fleet-test".into(),
+                cluster: "default".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("Authenticate")
+            .into_inner();
+        assert!(a.error.is_empty(), "{}: {a:?}", self.name);
+        a.authenticated
+    }
+
     /// authd_verdicts_total of the running process.
     pub async fn verdicts(&self) -> f64 {
         let (_, text) = admin_get(&self.proc().ready_field("admin"), "/metrics").await;
