@@ -570,9 +570,9 @@ fn the_envoy_benchmark_runs_with_zero_errors() {
         "bench envoy failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        stdout.contains("| authz |") && stdout.contains("| plain |"),
-        "{stdout}"
-    );
+    for listener in ["| authz |", "| plain |", "| ceiling |"] {
+        assert!(stdout.contains(listener), "{stdout}");
+    }
     assert!(stdout.contains("ext_authz rate"), "{stdout}");
+    assert!(stdout.contains("of the ceiling's rate"), "{stdout}");
 }

