@@ -427,6 +427,47 @@ impl SharedCache {
         })
     }
 
+    /// `rest` under the configured key prefix, for another module's keys (the throttle's).
+    pub fn prefixed(&self, rest: &str) -> String {
+        format!("{}{rest}", self.prefix)
+    }
+
+    /// Runs a Lua script for another module (the throttle) on the review path: the same
+    /// connection, timeout, health tracking (skipped while Redis is down) and metrics as
+    /// the cache's own commands. Every key must be in one slot on a Redis Cluster.
+    pub async fn eval<T: FromRedisValue, A: redis::ToRedisArgs>(
+        &self,
+        op: &'static str,
+        script: &redis::Script,
+        keys: &[String],
+        args: &[A],
+    ) -> Result<T, SharedCacheError> {
+        let mut invocation = script.prepare_invoke();
+        for k in keys {
+            invocation.key(k);
+        }
+        for a in args {
+            invocation.arg(a);
+        }
+        let work = async {
+            match &self.conn {
+                Conn::Single(m) => invocation.invoke_async(&mut m.clone()).await,
+                Conn::Cluster(lazy) => invocation.invoke_async(&mut lazy.get().await?).await,
+            }
+        };
+        self.timed(op, self.timeout, true, work).await
+    }
+
+    /// One command for an operator's call (never skipped while Redis seems down).
+    pub async fn query_admin<T: FromRedisValue>(
+        &self,
+        op: &'static str,
+        cmd: &redis::Cmd,
+    ) -> Result<T, SharedCacheError> {
+        self.timed(op, self.admin_timeout, false, self.query(cmd))
+            .await
+    }
+
     fn key(&self, kind: &str, id: &Fingerprint) -> String {
         format!("{}{kind}:{}", self.prefix, id.to_hex())
     }

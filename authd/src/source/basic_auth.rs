@@ -294,6 +294,10 @@ impl Verifier for BasicAuth {
         self.split(token).is_some()
     }
 
+    fn throttle_subject<'t>(&self, token: &'t str) -> Option<&'t str> {
+        self.split(token).map(|(user, _)| user)
+    }
+
     fn verify<'a>(&'a self, token: &'a str, _audiences: &'a [String]) -> BoxFuture<'a, Outcome> {
         async move {
             match self.split(token) {

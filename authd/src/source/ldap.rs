@@ -504,6 +504,10 @@ impl Verifier for LdapVerifier {
         self.split(token).is_some()
     }
 
+    fn throttle_subject<'t>(&self, token: &'t str) -> Option<&'t str> {
+        self.split(token).map(|(user, _)| user)
+    }
+
     fn verify<'a>(&'a self, token: &'a str, _audiences: &'a [String]) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
             let Some((user, password)) = self.split(token) else {

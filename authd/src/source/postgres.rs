@@ -416,7 +416,7 @@ impl PostgresVerifier {
         let hash = secret_hash(&self.key, id, secret);
         if !bool::from(stored.as_slice().ct_eq(hash.as_slice())) {
             tracing::info!(source = %self.name, id, "postgres: wrong secret; rejected");
-            return Ok(Outcome::Rejected);
+            return Ok(Outcome::WrongSecret);
         }
         if row.try_get::<bool, _>("disabled")? {
             tracing::info!(source = %self.name, id, "postgres: token disabled; rejected");
@@ -478,6 +478,10 @@ impl Verifier for PostgresVerifier {
 
     fn credential_id<'t>(&self, token: &'t str) -> Option<&'t str> {
         parse(&self.prefix, token).map(|(id, _)| id)
+    }
+
+    fn throttle_subject<'t>(&self, token: &'t str) -> Option<&'t str> {
+        self.credential_id(token)
     }
 
     /// The row's `expires_at`, for a token whose id and secret match a live row.
