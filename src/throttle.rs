@@ -67,7 +67,10 @@ pub async fn run(
             }
             for b in r.budgets {
                 let state = if b.remaining == 0 {
-                    format!("throttled, next failure allowed in {}", shown(b.retry_in_ms))
+                    format!(
+                        "throttled, next failure allowed in {}",
+                        shown(b.retry_in_ms)
+                    )
                 } else {
                     format!("{} more failures allowed now", b.remaining)
                 };

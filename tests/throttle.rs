@@ -45,10 +45,10 @@ impl Env {
         write(d, "ldap.pw", &format!("{SERVICE_PASSWORD}\n"));
         write(d, "hmac.key", "replicas-share-this-key-0123456789abcdef\n");
         write(d, "admin.token", &format!("{ADMIN_SECRET}\n"));
-        // Positive verdicts live one second: during an attack alice's working token goes
+        // Positive verdicts live 200 ms: during an attack alice's working token goes
         // back to the source again and again, through the throttle.
         let toml = format!(
-            "[cache]\nhmac_key_file = \"hmac.key\"\npositive_ttl = \"1s\"\n\
+            "[cache]\nhmac_key_file = \"hmac.key\"\npositive_ttl = \"200ms\"\n\
              [cache.redis]\nurl = \"{}\"\n\
              [admin]\ntoken_file = \"admin.token\"\n\
              [throttle]\n{throttle}\n\
@@ -141,7 +141,10 @@ impl Env {
             .args(["--admin-token-file", secret.to_str().unwrap()])
             .output()
             .expect("run kube-authd throttle");
-        assert!(out.status.success(), "kube-authd throttle {args:?}: {out:?}");
+        assert!(
+            out.status.success(),
+            "kube-authd throttle {args:?}: {out:?}"
+        );
         String::from_utf8(out.stdout).unwrap()
     }
 }
@@ -175,7 +178,11 @@ async fn guessing_alices_password_reaches_the_directory_at_most_burst_plus_rate(
     for _ in 0..20 {
         env.review("alice:the-same-wrong-one").await.assert_denied();
     }
-    assert_eq!(env.slapd.failed_binds(), 1, "one wrong token, one failed bind");
+    assert_eq!(
+        env.slapd.failed_binds(),
+        1,
+        "one wrong token, one failed bind"
+    );
 
     // 200 distinct wrong passwords through both replicas, the working token in between.
     let elapsed = env
@@ -183,17 +190,27 @@ async fn guessing_alices_password_reaches_the_directory_at_most_burst_plus_rate(
         .await;
     let failed = env.slapd.failed_binds();
     let bound = allowed(3, period, elapsed);
+    eprintln!("200 guesses in {elapsed:?}: {failed} failed binds at slapd, {bound} allowed");
     assert!(
         failed <= bound,
         "{failed} wrong passwords reached slapd in {elapsed:?}; the throttle allows {bound}"
     );
     let throttled = env
-        .metric("authd_throttled_total", &[("kind", "user"), ("mode", "enforce")])
+        .metric(
+            "authd_throttled_total",
+            &[("kind", "user"), ("mode", "enforce")],
+        )
         .await;
     assert!(
         throttled >= (201 - failed) as f64,
         "every guess not asked is counted: {throttled}"
     );
+    // The working token went back to the directory during the attack (its cached verdict
+    // lives 200 ms) and was let through as a credential known to work.
+    let known_good = env
+        .metric("authd_throttle_known_good_total", &[("source", "dir")])
+        .await;
+    assert!(known_good >= 1.0, "{known_good}");
     // Both replicas answered guesses, and they shared one budget.
     for r in &env.replicas {
         let (_, text) = admin_get(&r.proc().ready_field("admin"), "/metrics").await;
@@ -221,9 +238,11 @@ async fn guessing_alices_password_reaches_the_directory_at_most_burst_plus_rate(
         "throttled: the directory was not asked"
     );
     let waited = Instant::now();
-    eventually(period * 3, "the new password admitted once the rate allows", || async {
-        env.review("alice:alice-new-pw").await.authenticated()
-    })
+    eventually(
+        period * 3,
+        "the new password admitted once the rate allows",
+        || async { env.review("alice:alice-new-pw").await.authenticated() },
+    )
     .await;
     assert!(waited.elapsed() <= period * 2, "{:?}", waited.elapsed());
 
@@ -252,11 +271,21 @@ async fn guessing_alices_password_reaches_the_directory_at_most_burst_plus_rate(
 async fn shadow_mode_throttles_nothing_and_counts_everything() {
     let env = Env::start("burst = 3\nperiod = \"1h\"\nshadow = true\n", "").await;
     env.attack(guesses("alice", "s", 40), None).await;
-    assert_eq!(env.slapd.failed_binds(), 40, "every guess reached the directory");
+    assert_eq!(
+        env.slapd.failed_binds(),
+        40,
+        "every guess reached the directory"
+    );
     let shadowed = env
-        .metric("authd_throttled_total", &[("kind", "user"), ("mode", "shadow")])
+        .metric(
+            "authd_throttled_total",
+            &[("kind", "user"), ("mode", "shadow")],
+        )
         .await;
-    assert_eq!(shadowed, 37.0, "all but the burst would have been throttled");
+    assert_eq!(
+        shadowed, 37.0,
+        "all but the burst would have been throttled"
+    );
     assert_eq!(
         env.metric("authd_verdicts_total", &[("result", "throttled")])
             .await,
@@ -268,14 +297,21 @@ async fn shadow_mode_throttles_nothing_and_counts_everything() {
 async fn redis_killed_mid_attack_fails_no_review_and_each_replica_throttles_alone() {
     let mut env = Env::start("burst = 3\nperiod = \"1h\"\n", "").await;
     env.attack(guesses("alice", "r1", 30), None).await;
-    assert!(env.slapd.failed_binds() <= 3, "{}", env.slapd.failed_binds());
+    assert!(
+        env.slapd.failed_binds() <= 3,
+        "{}",
+        env.slapd.failed_binds()
+    );
 
     env.redis.kill();
     // Every review is still a definitive answer (`attack` asserts it), and each replica
     // throttles from its own memory: at most one more burst each.
     env.attack(guesses("alice", "r2", 120), None).await;
     let failed = env.slapd.failed_binds();
-    assert!(failed <= 3 + 2 * 3, "{failed} wrong passwords reached slapd");
+    assert!(
+        failed <= 3 + 2 * 3,
+        "{failed} wrong passwords reached slapd"
+    );
     assert!(
         env.metric("authd_throttle_fallbacks_total", &[]).await > 0.0,
         "decided without Redis"
@@ -326,7 +362,7 @@ async fn a_known_token_id_with_a_wrong_secret_is_a_theft_signal() {
     let out = Command::new(bin("kube-authd"))
         .args(["token", "create", "--database-url", &pg.url()])
         .args(["--secret-key-file", key.to_str().unwrap()])
-        .args(["--username", "ci-bot"])
+        .args(["--user", "ci-bot"])
         .output()
         .expect("run kube-authd token create");
     assert!(out.status.success(), "{out:?}");
@@ -338,7 +374,10 @@ async fn a_known_token_id_with_a_wrong_secret_is_a_theft_signal() {
     let (id, secret) = token.rsplit_once('.').unwrap();
     let unknown = format!("{}{}.{secret}", &id[..id.len() - 4], "0000");
     env.review(&unknown).await.assert_denied();
-    assert_eq!(env.metric("authd_throttle_theft_signals_total", &[]).await, 0.0);
+    assert_eq!(
+        env.metric("authd_throttle_theft_signals_total", &[]).await,
+        0.0
+    );
 
     // The right id with a wrong secret.
     let wrong = format!("{id}.{}", "0".repeat(secret.len()));
@@ -369,7 +408,10 @@ fn throttle_misconfiguration_names_the_field() {
     for (table, field) in [
         ("[throttle]\nburst = 0\n", "throttle.burst"),
         ("[throttle]\nperiod = \"0s\"\n", "throttle.period"),
-        ("[throttle.sources.nope]\nburst = 2\n", "throttle.sources.nope"),
+        (
+            "[throttle.sources.nope]\nburst = 2\n",
+            "throttle.sources.nope",
+        ),
         (
             "[throttle.sources.static]\nburst = 2\n",
             "throttle.sources.static",

@@ -18,8 +18,8 @@ pub use crate::field::FieldError;
 use crate::field::Removed;
 use crate::policy::{ClusterPolicy, ANY_CLUSTER};
 use crate::source::common::resolve;
-pub use crate::throttle::ThrottleConfig;
 pub use crate::source::SourceConfig;
+pub use crate::throttle::ThrottleConfig;
 
 /// A configuration file authd could not use.
 pub type ConfigError = authd_runtime::config::ConfigError<Invalid>;

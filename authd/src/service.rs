@@ -186,7 +186,9 @@ impl Authd {
     ) -> Self {
         let throttle = Arc::new(Throttle::new(
             &fingerprinter,
-            shared.as_ref().map(|s| s.cache.clone()),
+            shared
+                .as_ref()
+                .map(|s| s.cache.clone() as Arc<dyn throttle::Scripts>),
             metrics.clone(),
         ));
         let cache = VerdictCache::new(
@@ -198,7 +200,17 @@ impl Authd {
             revocation,
         );
         let cache = Arc::new(cache);
-        throttle.revoke_through(cache.clone());
+        let revoking = cache.clone();
+        throttle.revoke_with(Box::new(move |id| {
+            let cache = revoking.clone();
+            tokio::spawn(async move {
+                match cache.revoke_credential(&id, None).await {
+                    Ok(_) => tracing::warn!(id, "token id revoked after a wrong secret (revoke_on_theft)"),
+                    Err(e) => tracing::warn!(id, error = %e,
+                        "token id revoked on this replica only after a wrong secret (revoke_on_theft): Redis did not take it"),
+                }
+            });
+        }));
         Self {
             inner: Arc::new(Inner {
                 cache,
@@ -327,7 +339,7 @@ impl Authd {
         kind: SubjectKind,
         subject: &str,
         source: Option<&str>,
-    ) -> Result<usize, SharedCacheError> {
+    ) -> Result<usize, String> {
         let pipeline = self.pipeline();
         self.inner
             .throttle

@@ -35,8 +35,8 @@ use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
 
-use crate::cache::redis::SharedCache;
-use crate::cache::verdict::VerdictCache;
+use futures::future::BoxFuture;
+
 use crate::field::FieldError;
 use crate::fingerprint::Fingerprinter;
 use crate::identity::Outcome;
@@ -185,6 +185,22 @@ pub struct Policy {
     pub known_good_window: Duration,
     /// The source names, by index (for status and reset by name).
     pub names: Vec<String>,
+}
+
+/// Nothing throttled (a pipeline built in code without a configuration).
+impl Default for Policy {
+    fn default() -> Self {
+        let defaults = ThrottleConfig::default();
+        Self {
+            limits: Vec::new(),
+            cluster: Bucket {
+                burst: defaults.cluster_burst,
+                period: defaults.cluster_period,
+            },
+            known_good_window: defaults.known_good_window,
+            names: Vec::new(),
+        }
+    }
 }
 
 impl ThrottleConfig {
@@ -379,6 +395,32 @@ return 1
 static DECIDE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(DECIDE));
 static SETTLE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(SETTLE));
 
+/// Where the shared state lives: Redis, through the shared cache's connection, timeouts and
+/// health tracking (`cache/redis.rs` implements it). Errors are messages safe to log,
+/// already counted and logged by the implementation.
+pub trait Scripts: Send + Sync + 'static {
+    /// `rest` under the configured key prefix.
+    fn prefixed(&self, rest: &str) -> String;
+    /// Runs a script on the review path (skipped while Redis is known to be down).
+    fn run<'a>(
+        &'a self,
+        op: &'static str,
+        script: &'a redis::Script,
+        keys: &'a [String],
+        args: &'a [String],
+    ) -> BoxFuture<'a, Result<redis::Value, String>>;
+    /// Runs one command for an operator (always tried).
+    fn admin<'a>(
+        &'a self,
+        op: &'static str,
+        cmd: &'a redis::Cmd,
+    ) -> BoxFuture<'a, Result<redis::Value, String>>;
+}
+
+/// Revokes a credential id on every replica (for `revoke_on_theft`); given by the service,
+/// which holds the deny-list.
+pub type Revoke = Box<dyn Fn(String) + Send + Sync>;
+
 /// Most keys the in-memory fallback holds before it drops the expired ones.
 const LOCAL_PRUNE_AT: usize = 100_000;
 /// Between log lines about throttled reviews (and theft signals).
@@ -425,7 +467,10 @@ impl Local {
         }
         self.tats.insert(keys.subject, s);
         self.tats.insert(keys.cluster, c);
-        Ok((left(keys.subject_bucket, s - now), left(keys.cluster_bucket, c - now)))
+        Ok((
+            left(keys.subject_bucket, s - now),
+            left(keys.cluster_bucket, c - now),
+        ))
     }
 
     fn refund(&mut self, key: &[u8; 32], bucket: Bucket, now: Instant) {
@@ -478,11 +523,11 @@ impl Quiet {
 pub struct Throttle {
     /// Keys every id (HMAC-SHA256).
     keyed: Hmac<Sha256>,
-    shared: Option<Arc<SharedCache>>,
+    shared: Option<Arc<dyn Scripts>>,
     local: Mutex<Local>,
     metrics: Arc<Metrics>,
-    /// For `revoke_on_theft`: the verdict cache holds the deny-list.
-    revoker: OnceLock<Arc<VerdictCache>>,
+    /// For `revoke_on_theft`.
+    revoker: OnceLock<Revoke>,
     throttled_log: Quiet,
     theft_log: Quiet,
 }
@@ -490,7 +535,7 @@ pub struct Throttle {
 impl Throttle {
     pub fn new(
         fingerprinter: &Fingerprinter,
-        shared: Option<Arc<SharedCache>>,
+        shared: Option<Arc<dyn Scripts>>,
         metrics: Arc<Metrics>,
     ) -> Self {
         let key = fingerprinter.derive_key("throttle");
@@ -505,9 +550,9 @@ impl Throttle {
         }
     }
 
-    /// Lets `revoke_on_theft` revoke through `cache`.
-    pub fn revoke_through(&self, cache: Arc<VerdictCache>) {
-        let _ = self.revoker.set(cache);
+    /// How `revoke_on_theft` revokes.
+    pub fn revoke_with(&self, revoke: Revoke) {
+        let _ = self.revoker.set(revoke);
     }
 
     fn id(&self, parts: &[&[u8]]) -> [u8; 32] {
@@ -529,7 +574,7 @@ impl Throttle {
         self.id(&[kind.tag().as_bytes(), source.as_bytes(), normal.as_bytes()])
     }
 
-    fn redis_key(shared: &SharedCache, kind: &str, id: &[u8; 32]) -> String {
+    fn redis_key(shared: &dyn Scripts, kind: &str, id: &[u8; 32]) -> String {
         // One hash tag for every throttle key: a decision's keys share a slot.
         shared.prefixed(&format!("{{th}}{kind}:{}", hex::encode(id)))
     }
@@ -561,7 +606,7 @@ impl Throttle {
             return self.known_good(source, keys);
         }
         let decided = match &self.shared {
-            Some(shared) => match self.decide_shared(shared, &keys).await {
+            Some(shared) => match self.decide_shared(&**shared, &keys).await {
                 Ok(d) => Some(d),
                 Err(_) => {
                     self.metrics.throttle_fallbacks.inc();
@@ -571,7 +616,12 @@ impl Throttle {
             None => None,
         };
         let (decided, local) = match decided {
-            Some(Shared::KnownGood) => return self.known_good(source, keys),
+            Some(Shared::KnownGood) => {
+                // Remembered here too: if Redis goes away, this replica still knows it.
+                self.lock()
+                    .mark_good(keys.good, keys.known_good_window, now);
+                return self.known_good(source, keys);
+            }
             Some(Shared::Decided(d)) => (d, false),
             None => (self.lock().decide(&keys, now), true),
         };
@@ -631,11 +681,7 @@ impl Throttle {
         Admission::KnownGood(keys)
     }
 
-    async fn decide_shared(
-        &self,
-        shared: &SharedCache,
-        keys: &Keys,
-    ) -> Result<Shared, crate::cache::redis::SharedCacheError> {
+    async fn decide_shared(&self, shared: &dyn Scripts, keys: &Keys) -> Result<Shared, String> {
         let k = [
             Self::redis_key(shared, "g", &keys.good),
             Self::redis_key(shared, "s", &keys.subject),
@@ -646,8 +692,10 @@ impl Throttle {
             u64::from(keys.subject_bucket.burst),
             keys.cluster_bucket.period_ms(),
             u64::from(keys.cluster_bucket.burst),
-        ];
-        let r: Vec<i64> = shared.eval("throttle", &DECIDE_SCRIPT, &k, &args).await?;
+        ]
+        .map(|n| n.to_string());
+        let value = shared.run("throttle", &DECIDE_SCRIPT, &k, &args).await?;
+        let r: Vec<i64> = redis::from_redis_value(value).map_err(|e| e.to_string())?;
         let at = |i: usize| r.get(i).copied().unwrap_or(0).max(0);
         let n = |i: usize| u32::try_from(at(i)).unwrap_or(u32::MAX);
         Ok(match at(0) {
@@ -693,6 +741,7 @@ impl Throttle {
         if good.is_none() && !shared_refund {
             return;
         }
+        let shared = &**shared;
         let k = [
             Self::redis_key(shared, "g", &keys.good),
             Self::redis_key(shared, "s", &keys.subject),
@@ -712,10 +761,15 @@ impl Throttle {
             (0, 0)
         };
         let window = u64::try_from(keys.known_good_window.as_millis()).unwrap_or(u64::MAX);
-        let args = [mark.to_owned(), window.to_string(), sp.to_string(), cp.to_string()];
+        let args = [
+            mark.to_owned(),
+            window.to_string(),
+            sp.to_string(),
+            cp.to_string(),
+        ];
         // A failure is counted and logged by the shared level; the local state holds.
         let _ = shared
-            .eval::<i64, _>("throttle_settle", &SETTLE_SCRIPT, &k, &args)
+            .run("throttle_settle", &SETTLE_SCRIPT, &k, &args)
             .await;
     }
 
@@ -735,18 +789,16 @@ impl Throttle {
             .and_then(Option::as_ref)
             .is_some_and(|l| l.revoke_on_theft);
         if let Some(held_back) = self.theft_log.due() {
-            tracing::warn!(source, id = credential_id.unwrap_or(""), revoke, held_back,
-                "a known token id was presented with a wrong secret: someone may hold the id");
+            tracing::warn!(
+                source,
+                id = credential_id.unwrap_or(""),
+                revoke,
+                held_back,
+                "a known token id was presented with a wrong secret: someone may hold the id"
+            );
         }
-        if let (true, Some(id), Some(cache)) = (revoke, credential_id, self.revoker.get()) {
-            let (cache, id) = (cache.clone(), id.to_owned());
-            tokio::spawn(async move {
-                match cache.revoke_credential(&id, None).await {
-                    Ok(_) => tracing::warn!(id, "token id revoked after a wrong secret (revoke_on_theft)"),
-                    Err(e) => tracing::warn!(id, error = %e,
-                        "token id revoked on this replica only after a wrong secret (revoke_on_theft): Redis did not take it"),
-                }
-            });
+        if let (true, Some(id), Some(revoke)) = (revoke, credential_id, self.revoker.get()) {
+            revoke(id.to_owned());
         }
     }
 
@@ -772,12 +824,13 @@ impl Throttle {
             let shared_ahead = match &self.shared {
                 Some(shared) => {
                     let cmd = redis::cmd("PTTL")
-                        .arg(Self::redis_key(shared, "s", &id))
+                        .arg(Self::redis_key(&**shared, "s", &id))
                         .clone();
                     shared
-                        .query_admin::<i64>("throttle_status", &cmd)
+                        .admin("throttle_status", &cmd)
                         .await
                         .ok()
+                        .and_then(|v| redis::from_redis_value::<i64>(v).ok())
                         .map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
                 }
                 None => None,
@@ -813,7 +866,7 @@ impl Throttle {
         kind: SubjectKind,
         subject: &str,
         source: Option<&str>,
-    ) -> Result<usize, crate::cache::redis::SharedCacheError> {
+    ) -> Result<usize, String> {
         let mut n = 0;
         for (i, limits) in policy.limits.iter().enumerate() {
             let name = &policy.names[i];
@@ -826,9 +879,9 @@ impl Throttle {
             self.lock().tats.remove(&id);
             if let Some(shared) = &self.shared {
                 let cmd = redis::cmd("DEL")
-                    .arg(Self::redis_key(shared, "s", &id))
+                    .arg(Self::redis_key(&**shared, "s", &id))
                     .clone();
-                shared.query_admin::<i64>("throttle_reset", &cmd).await?;
+                shared.admin("throttle_reset", &cmd).await?;
             }
             n += 1;
         }

@@ -239,8 +239,9 @@ overlay memberof
             .stderr(Stdio::piped())
             .spawn()
             .expect("run ldapmodify");
-        let change =
-            format!("dn: {dn}\nchangetype: modify\nreplace: userPassword\nuserPassword: {password}\n");
+        let change = format!(
+            "dn: {dn}\nchangetype: modify\nreplace: userPassword\nuserPassword: {password}\n"
+        );
         child
             .stdin
             .take()
