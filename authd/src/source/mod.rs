@@ -54,8 +54,8 @@ pub trait Verifier: Send + Sync {
     }
 
     /// What failed verifications of this token are throttled by (`throttle.rs`): the
-    /// username of a `user:password` token, the id of an `<id>.<secret>` one. `None`: the
-    /// source is not throttled (it verifies offline).
+    /// username of a `user:password` token, the id of an `<id>.<secret>` one. `None`: not
+    /// throttled (the source verifies offline, or refuses this token without asking anyone).
     fn throttle_subject<'t>(&self, _token: &'t str) -> Option<&'t str> {
         None
     }
