@@ -354,9 +354,11 @@ pub struct SubjectStatus {
 /// (ms), subject burst, cluster period, cluster burst. Returns {status, subject left,
 /// cluster left, retry ms}: status 0 reserved, 1 known good, 2 subject over budget,
 /// 3 cluster over budget. Each bucket's key holds its theoretical arrival time (ms, Redis's
-/// clock) and expires when the bucket is full again.
+/// clock) and expires when the bucket is full again. Reading `TIME` before writing needs
+/// effect replication: the default since Redis 5, asked for explicitly on older servers.
 const DECIDE: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return {1, 0, 0, 0} end
+if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local function after(key, period)
@@ -377,6 +379,7 @@ return {0, math.floor((sp * sb - (s - now)) / sp), math.floor((cp * cb - (c - no
 /// After the source answered. KEYS as `DECIDE`; ARGV: `good` (mark known good for ARGV[2]
 /// ms), `bad` (forget it) or `-`; subject period to give back (0: none); cluster period.
 const SETTLE: &str = r"
+if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if ARGV[1] == 'good' then redis.call('SET', KEYS[1], '1', 'PX', ARGV[2])
@@ -423,10 +426,6 @@ pub type Revoke = Box<dyn Fn(String) + Send + Sync>;
 
 /// Most keys the in-memory fallback holds before it drops the expired ones.
 const LOCAL_PRUNE_AT: usize = 100_000;
-/// Longest a replica refuses on its own after Redis said a budget is spent: a reset or a
-/// success elsewhere is seen within this long, and an attacker's guesses at a throttled
-/// user cost one Redis round trip per this long per replica instead of one each.
-const REMEMBER_REFUSED: Duration = Duration::from_secs(1);
 /// Between log lines about throttled reviews (and theft signals).
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -438,9 +437,6 @@ struct Local {
     tats: HashMap<[u8; 32], Instant>,
     /// Until when a credential counts as known good.
     good: HashMap<[u8; 32], Instant>,
-    /// Budgets Redis said are spent, until when (at most `REMEMBER_REFUSED`): a guess at a
-    /// throttled user is then refused without a Redis round trip.
-    refused: HashMap<[u8; 32], Instant>,
 }
 
 impl Local {
@@ -453,30 +449,6 @@ impl Local {
             }
             None => false,
         }
-    }
-
-    /// Which budget Redis recently said is spent, if one still is.
-    fn still_refused(&mut self, keys: &Keys, now: Instant) -> Option<Refused> {
-        for (key, refused) in [
-            (&keys.subject, Refused::Subject),
-            (&keys.cluster, Refused::Cluster),
-        ] {
-            match self.refused.get(key) {
-                Some(until) if *until > now => return Some(refused),
-                Some(_) => {
-                    self.refused.remove(key);
-                }
-                None => {}
-            }
-        }
-        None
-    }
-
-    fn remember_refused(&mut self, key: [u8; 32], retry: Duration, now: Instant) {
-        if self.refused.len() > LOCAL_PRUNE_AT {
-            self.refused.retain(|_, until| *until > now);
-        }
-        self.refused.insert(key, now + retry.min(REMEMBER_REFUSED));
     }
 
     fn after(&self, key: &[u8; 32], bucket: Bucket, now: Instant) -> Instant {
@@ -636,20 +608,15 @@ impl Throttle {
         if self.lock().is_good(&keys.good, now) {
             return self.known_good(source, keys);
         }
-        let remembered = match &self.shared {
-            Some(_) => self.lock().still_refused(&keys, now),
-            None => None,
-        };
-        let decided = match (&self.shared, remembered) {
-            (Some(_), Some(refused)) => Some(Shared::Decided(Err(refused))),
-            (Some(shared), None) => match self.decide_shared(&**shared, &keys).await {
+        let decided = match &self.shared {
+            Some(shared) => match self.decide_shared(&**shared, &keys).await {
                 Ok(d) => Some(d),
                 Err(_) => {
                     self.metrics.throttle_fallbacks.inc();
                     None
                 }
             },
-            (None, _) => None,
+            None => None,
         };
         let (decided, local) = match decided {
             Some(Shared::KnownGood) => {
@@ -734,16 +701,11 @@ impl Throttle {
         let r: Vec<i64> = redis::from_redis_value(value).map_err(|e| e.to_string())?;
         let at = |i: usize| r.get(i).copied().unwrap_or(0).max(0);
         let n = |i: usize| u32::try_from(at(i)).unwrap_or(u32::MAX);
-        let refused = |key: [u8; 32], refused: Refused| {
-            let retry = Duration::from_millis(u64::try_from(at(3)).unwrap_or(0));
-            self.lock().remember_refused(key, retry, Instant::now());
-            Shared::Decided(Err(refused))
-        };
         Ok(match at(0) {
             0 => Shared::Decided(Ok((n(1), n(2)))),
             1 => Shared::KnownGood,
-            2 => refused(keys.subject, Refused::Subject),
-            _ => refused(keys.cluster, Refused::Cluster),
+            2 => Shared::Decided(Err(Refused::Subject)),
+            _ => Shared::Decided(Err(Refused::Cluster)),
         })
     }
 
@@ -917,11 +879,7 @@ impl Throttle {
                 continue;
             }
             let id = self.subject_id(name, kind, subject);
-            {
-                let mut local = self.lock();
-                local.tats.remove(&id);
-                local.refused.remove(&id);
-            }
+            self.lock().tats.remove(&id);
             if let Some(shared) = &self.shared {
                 let cmd = redis::cmd("DEL")
                     .arg(Self::redis_key(&**shared, "s", &id))
