@@ -150,7 +150,7 @@ impl Pipeline {
             if matches!(outcome, Outcome::WrongSecret) {
                 with.throttle.theft(&self.throttle, index, subject);
             }
-            with.throttle.settle(admission, &outcome).await;
+            with.throttle.settle(admission, &outcome);
             let labels = SourceLabels {
                 source: source.name().to_owned(),
                 outcome: outcome_label(&outcome),

@@ -712,7 +712,11 @@ impl Throttle {
     /// After the source answered: a success marks the credential known good and gives the
     /// reservation back; "could not decide" and "not mine" give it back; a failure keeps
     /// it (and forgets a known-good credential that no longer works).
-    pub async fn settle(&self, admission: Admission, outcome: &Outcome) {
+    ///
+    /// Redis's part is sent off in a task of its own: the review does not wait for it (a
+    /// success's known-good mark and refund land a round trip later).
+    pub fn settle(&self, admission: Admission, outcome: &Outcome) {
+        let was_known_good = matches!(admission, Admission::KnownGood(_));
         let (keys, reserved) = match admission {
             Admission::Free | Admission::Throttled(_) => return,
             Admission::KnownGood(keys) | Admission::Shadowed(keys) => (keys, None),
@@ -720,7 +724,8 @@ impl Throttle {
         };
         let (good, refund) = match outcome {
             Outcome::Authenticated(_) => (Some(true), true),
-            Outcome::Rejected | Outcome::WrongSecret => (Some(false), false),
+            // Only a known-good credential has anything to forget.
+            Outcome::Rejected | Outcome::WrongSecret => (was_known_good.then_some(false), false),
             Outcome::NotMine | Outcome::Undecided(_) => (None, true),
         };
         let refund = refund && reserved.is_some();
@@ -744,11 +749,11 @@ impl Throttle {
         if good.is_none() && !shared_refund {
             return;
         }
-        let shared = &**shared;
+        let shared = shared.clone();
         let k = [
-            Self::redis_key(shared, "g", &keys.good),
-            Self::redis_key(shared, "s", &keys.subject),
-            Self::redis_key(shared, "c", &keys.cluster),
+            Self::redis_key(&*shared, "g", &keys.good),
+            Self::redis_key(&*shared, "s", &keys.subject),
+            Self::redis_key(&*shared, "c", &keys.cluster),
         ];
         let mark = match good {
             Some(true) => "good",
@@ -771,9 +776,12 @@ impl Throttle {
             cp.to_string(),
         ];
         // A failure is counted and logged by the shared level; the local state holds.
-        let _ = shared
-            .run("throttle_settle", &SETTLE_SCRIPT, &k, &args)
-            .await;
+        // Bounded by the shared level's command timeout.
+        tokio::spawn(async move {
+            let _ = shared
+                .run("throttle_settle", &SETTLE_SCRIPT, &k, &args)
+                .await;
+        });
     }
 
     /// A valid token id with a wrong secret: someone holds the id. Logged (rate-limited),
