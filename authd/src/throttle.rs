@@ -23,6 +23,8 @@
 //! script per decision, under one hash tag so a Redis Cluster runs it on one node, with
 //! Redis's clock. When Redis fails or is absent, the replica decides alone from its own
 //! in-memory buckets (the fallback is counted): a review never fails because of Redis.
+//! Those buckets mirror what Redis decided while it answered, so an outage (or one slow
+//! command) does not hand out a fresh burst.
 //! Keys are keyed hashes (`derive_key("throttle")` of the fingerprint key) of the source,
 //! username, token id or cluster: Redis never holds a username or a token.
 
@@ -476,6 +478,36 @@ impl Local {
         ))
     }
 
+    /// Keeps this replica's buckets in step with what Redis decided, so that if Redis goes
+    /// away the fallback starts from the budgets this replica has seen spent, not from full
+    /// ones: a reservation advances both buckets (never past a full burst), a refusal moves
+    /// the refusing bucket to where Redis has it (`retry` before its next unit).
+    fn mirror(&mut self, keys: &Keys, decided: Result<(), (Refused, Duration)>, now: Instant) {
+        if self.tats.len() > LOCAL_PRUNE_AT {
+            self.tats.retain(|_, tat| *tat > now);
+        }
+        match decided {
+            Ok(()) => {
+                for (key, b) in [
+                    (keys.subject, keys.subject_bucket),
+                    (keys.cluster, keys.cluster_bucket),
+                ] {
+                    let next = self.after(&key, b, now).min(now + b.period * b.burst);
+                    self.tats.insert(key, next);
+                }
+            }
+            Err((refused, retry)) => {
+                let (key, b) = match refused {
+                    Refused::Subject => (keys.subject, keys.subject_bucket),
+                    Refused::Cluster => (keys.cluster, keys.cluster_bucket),
+                };
+                let spent = now + b.period * b.burst.saturating_sub(1) + retry;
+                let tat = self.tats.entry(key).or_insert(spent);
+                *tat = (*tat).max(spent);
+            }
+        }
+    }
+
     fn refund(&mut self, key: &[u8; 32], bucket: Bucket, now: Instant) {
         if let Some(tat) = self.tats.get_mut(key) {
             match tat.checked_sub(bucket.period) {
@@ -701,12 +733,19 @@ impl Throttle {
         let r: Vec<i64> = redis::from_redis_value(value).map_err(|e| e.to_string())?;
         let at = |i: usize| r.get(i).copied().unwrap_or(0).max(0);
         let n = |i: usize| u32::try_from(at(i)).unwrap_or(u32::MAX);
-        Ok(match at(0) {
-            0 => Shared::Decided(Ok((n(1), n(2)))),
-            1 => Shared::KnownGood,
-            2 => Shared::Decided(Err(Refused::Subject)),
-            _ => Shared::Decided(Err(Refused::Cluster)),
-        })
+        let decided = match at(0) {
+            0 => Ok((n(1), n(2))),
+            1 => return Ok(Shared::KnownGood),
+            2 => Err(Refused::Subject),
+            _ => Err(Refused::Cluster),
+        };
+        let retry = Duration::from_millis(u64::try_from(at(3)).unwrap_or(0));
+        self.lock().mirror(
+            keys,
+            decided.map(drop).map_err(|r| (r, retry)),
+            Instant::now(),
+        );
+        Ok(Shared::Decided(decided))
     }
 
     /// After the source answered: a success marks the credential known good and gives the
@@ -739,7 +778,8 @@ impl Throttle {
                 }
                 None => {}
             }
-            if refund && reserved == Some(true) {
+            // Redis's reservations are mirrored here: given back here too.
+            if refund {
                 local.refund(&keys.subject, keys.subject_bucket, now);
                 local.refund(&keys.cluster, keys.cluster_bucket, now);
             }
@@ -973,6 +1013,28 @@ mod tests {
         assert_eq!(l.decide(&k, t0), Err(Refused::Cluster));
         // Nothing reserved from the subject on a cluster refusal.
         assert!(!l.tats.contains_key(&[99; 32]));
+    }
+
+    #[test]
+    fn the_fallback_starts_from_what_redis_decided() {
+        let mut l = Local::default();
+        let k = keys(3, Duration::from_secs(10), 100);
+        let t0 = Instant::now();
+        // Redis reserved two units, then refused with 4 s to wait.
+        l.mirror(&k, Ok(()), t0);
+        l.mirror(&k, Ok(()), t0);
+        assert_eq!(
+            l.tats[&k.subject],
+            t0 + Duration::from_secs(20),
+            "one unit left"
+        );
+        l.mirror(&k, Err((Refused::Subject, Duration::from_secs(4))), t0);
+        assert_eq!(l.decide(&k, t0), Err(Refused::Subject));
+        assert_eq!(
+            l.decide(&k, t0 + Duration::from_secs(3)),
+            Err(Refused::Subject)
+        );
+        assert!(l.decide(&k, t0 + Duration::from_secs(4)).is_ok());
     }
 
     #[test]
