@@ -308,6 +308,9 @@ async fn redis_killed_mid_attack_fails_no_review_and_each_replica_throttles_alon
     // throttles from its own memory: at most one more burst each.
     env.attack(guesses("alice", "r2", 120), None).await;
     let failed = env.slapd.failed_binds();
+    eprintln!("150 guesses, Redis killed after 30: {failed} failed binds at slapd");
+    // At most one more burst per replica; each replica's memory follows what Redis
+    // decided, so in practice none.
     assert!(
         failed <= 3 + 2 * 3,
         "{failed} wrong passwords reached slapd"
