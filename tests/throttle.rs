@@ -51,6 +51,7 @@ impl Env {
             "[cache]\nhmac_key_file = \"hmac.key\"\npositive_ttl = \"200ms\"\n\
              [cache.redis]\nurl = \"{}\"\n\
              [admin]\ntoken_file = \"admin.token\"\n\
+             [audit]\npath = \"-\"\n\
              [throttle]\n{throttle}\n\
              [[sources]]\nname = \"dir\"\ntype = \"ldap\"\nurl = \"{}\"\n\
              bind_dn = \"{SERVICE_DN}\"\nbind_password_file = \"ldap.pw\"\n\
@@ -220,6 +221,14 @@ async fn guessing_alices_password_reaches_the_directory_at_most_burst_plus_rate(
             r.name
         );
     }
+
+    // Audited as throttled, with the reason.
+    let audit: String = env.replicas.iter().map(|r| r.proc().stdout()).collect();
+    assert!(
+        audit.contains(r#""outcome":"throttled","reason":"throttled""#),
+        "no throttled audit record:\n{}",
+        &audit[..audit.len().min(2000)]
+    );
 
     // The state is visible: no failure allowed now.
     let status = env.throttle_cli(&["status", "--user", "alice"]);
