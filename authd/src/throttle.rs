@@ -89,6 +89,8 @@ pub struct SourceOverride {
     pub period: Option<Duration>,
     pub shadow: Option<bool>,
     pub revoke_on_theft: Option<bool>,
+    #[serde(default, with = "humantime_serde")]
+    pub known_good_window: Option<Duration>,
 }
 
 fn yes() -> bool {
@@ -176,6 +178,7 @@ pub struct Limits {
     pub bucket: Bucket,
     pub shadow: bool,
     pub revoke_on_theft: bool,
+    pub known_good_window: Duration,
 }
 
 /// The throttle settings a pipeline carries (a reload swaps them with the sources).
@@ -184,7 +187,6 @@ pub struct Policy {
     /// By source index, `None` for a source that is not throttled.
     pub limits: Vec<Option<Limits>>,
     pub cluster: Bucket,
-    pub known_good_window: Duration,
     /// The source names, by index (for status and reset by name).
     pub names: Vec<String>,
 }
@@ -199,7 +201,6 @@ impl Default for Policy {
                 burst: defaults.cluster_burst,
                 period: defaults.cluster_period,
             },
-            known_good_window: defaults.known_good_window,
             names: Vec::new(),
         }
     }
@@ -245,6 +246,9 @@ impl ThrottleConfig {
             if let Some(p) = o.period {
                 nonzero(format!("{at}.period"), p)?;
             }
+            if let Some(w) = o.known_good_window {
+                nonzero(format!("{at}.known_good_window"), w)?;
+            }
             if o.revoke_on_theft == Some(true) && kind != SubjectKind::TokenId {
                 return Err(FieldError::new(
                     format!("{at}.revoke_on_theft"),
@@ -271,6 +275,7 @@ impl ThrottleConfig {
                     shadow: o.shadow.unwrap_or(self.shadow),
                     revoke_on_theft: subject == SubjectKind::TokenId
                         && o.revoke_on_theft.unwrap_or(self.revoke_on_theft),
+                    known_good_window: o.known_good_window.unwrap_or(self.known_good_window),
                 })
             })
             .collect();
@@ -280,7 +285,6 @@ impl ThrottleConfig {
                 burst: self.cluster_burst,
                 period: self.cluster_period,
             },
-            known_good_window: self.known_good_window,
             names: sources.iter().map(|s| s.name().to_owned()).collect(),
         }
     }
@@ -634,7 +638,7 @@ impl Throttle {
             cluster: self.id(&[b"c", cluster.as_bytes()]),
             subject_bucket: limits.bucket,
             cluster_bucket: policy.cluster,
-            known_good_window: policy.known_good_window,
+            known_good_window: limits.known_good_window,
         };
         let now = Instant::now();
         if self.lock().is_good(&keys.good, now) {
