@@ -3,6 +3,7 @@
 mod kubeconfig;
 mod pki;
 mod revoke;
+mod throttle;
 mod up;
 
 use std::net::SocketAddr;
@@ -94,6 +95,13 @@ enum Command {
         until: Option<String>,
         #[command(subcommand)]
         action: Option<RevokeCommand>,
+    },
+    /// Failed-verification throttling: `throttle status --user NAME` shows a user's
+    /// budgets (or a token id's, --credential-id), `throttle reset --user NAME` empties
+    /// them, through authd's Admin gRPC service.
+    Throttle {
+        #[command(subcommand)]
+        command: ThrottleCommand,
     },
     /// Certificate management.
     Certs {
@@ -226,6 +234,28 @@ enum RevokeCommand {
 }
 
 #[derive(Subcommand)]
+enum ThrottleCommand {
+    /// Show the budgets: failures allowed now, when the next is, when it is full again.
+    Status {
+        #[command(flatten)]
+        conn: revoke::AdminConn,
+        #[command(flatten)]
+        subject: throttle::Subject,
+        #[command(flatten)]
+        filter: throttle::Filter,
+    },
+    /// Empty the budgets (in Redis and in the called replica's memory).
+    Reset {
+        #[command(flatten)]
+        conn: revoke::AdminConn,
+        #[command(flatten)]
+        subject: throttle::Subject,
+        #[command(flatten)]
+        filter: throttle::Filter,
+    },
+}
+
+#[derive(Subcommand)]
 enum ConfigCommand {
     /// Validate an authd configuration (builds every source without contacting remote
     /// services) and run its [[examples]] through mapping and cluster policy; with --edge,
@@ -323,6 +353,18 @@ async fn run(command: Command) -> anyhow::Result<()> {
             };
             revoke::run(conn, action).await
         }
+        Command::Throttle { command } => match command {
+            ThrottleCommand::Status {
+                conn,
+                subject,
+                filter,
+            } => throttle::run(conn, subject, filter, throttle::Action::Status).await,
+            ThrottleCommand::Reset {
+                conn,
+                subject,
+                filter,
+            } => throttle::run(conn, subject, filter, throttle::Action::Reset).await,
+        },
         Command::WebhookConfig {
             server,
             ca,

@@ -121,7 +121,7 @@ pub struct Admin {
     pub client: AdminClient<Channel>,
     auth: Option<MetadataValue<Ascii>>,
     /// Added to a call's transport failure: what may be missing (a client certificate).
-    transport_hint: &'static str,
+    pub(crate) transport_hint: &'static str,
 }
 
 /// A TLS 1.3 server checks the client certificate after the client thinks the handshake
@@ -236,7 +236,8 @@ impl Admin {
     }
 }
 
-fn refused(s: tonic::Status, transport_hint: &str) -> anyhow::Error {
+/// A refused or failed Admin call, with what the operator may be missing.
+pub(crate) fn refused(s: tonic::Status, transport_hint: &str) -> anyhow::Error {
     let hint = match s.code() {
         tonic::Code::Cancelled | tonic::Code::Unavailable | tonic::Code::Unknown => transport_hint,
         tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => {

@@ -19,6 +19,7 @@ use crate::field::Removed;
 use crate::policy::{ClusterPolicy, ANY_CLUSTER};
 use crate::source::common::resolve;
 pub use crate::source::SourceConfig;
+pub use crate::throttle::ThrottleConfig;
 
 /// A configuration file authd could not use.
 pub type ConfigError = authd_runtime::config::ConfigError<Invalid>;
@@ -93,6 +94,9 @@ pub struct Config {
     /// The audit log: one JSON line per decision.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// Throttling of failed verifications (on by default; see `throttle.rs`).
+    #[serde(default)]
+    pub throttle: ThrottleConfig,
 }
 
 /// `[audit]`: one JSON line per decision (see `audit.rs`). Off without `path`.
@@ -172,6 +176,7 @@ impl Config {
             revocation: RevocationConfig::default(),
             ext_authz: ExtAuthzConfig::default(),
             audit: AuditConfig::default(),
+            throttle: ThrottleConfig::default(),
         }
     }
 }
@@ -312,6 +317,8 @@ pub const KNOWN_METHODS: &[&str] = &[
     "RevokeCredential",
     "Unrevoke",
     "ListRevocations",
+    "ThrottleStatus",
+    "ThrottleReset",
     "ServerReflectionInfo",
     // Envoy's envoy.service.auth.v3.Authorization/Check (ext_authz).
     "Check",
@@ -423,7 +430,10 @@ fn removed_allowed_clients<'de, D: serde::Deserializer<'de>>(_: D) -> Result<Rem
 
 /// The Admin service's methods.
 fn is_admin_method(method: &str) -> bool {
-    method.starts_with("Revoke") || method == "Unrevoke" || method == "ListRevocations"
+    method.starts_with("Revoke")
+        || method.starts_with("Throttle")
+        || method == "Unrevoke"
+        || method == "ListRevocations"
 }
 
 impl Config {
@@ -606,6 +616,7 @@ impl Config {
             }
         }
         self.ext_authz.validate()?;
+        self.throttle.validate(&self.sources)?;
         self.validate_access()
     }
 

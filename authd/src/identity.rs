@@ -28,6 +28,9 @@ pub enum Outcome {
     Authenticated(Identity),
     /// The token is owned by this source and is not valid (wrong password, unknown token).
     Rejected,
+    /// Like `Rejected`, for a token whose id the source knows but whose secret is wrong:
+    /// someone holds the id (a theft signal for the throttle).
+    WrongSecret,
     /// The token is not of a shape this source owns; it was not checked.
     NotMine,
     /// The source could not decide (down, timed out, misbehaving). Never cached; never a

@@ -21,6 +21,7 @@ pub mod revocation;
 pub mod server;
 pub mod service;
 pub mod source;
+pub mod throttle;
 pub mod tls;
 
 pub use service::Authd;

@@ -18,7 +18,8 @@ use authd_runtime::metrics::{latency_buckets, registered, LatencyHistogram};
 pub struct VerdictLabels {
     /// A configured cluster name, or "other" (`policy::OTHER`): never a name as sent.
     pub cluster: Name,
-    /// authenticated | rejected | denied_by_policy | unknown_cluster | undecided
+    /// authenticated | rejected | denied_by_policy | revoked | throttled | unknown_cluster |
+    /// undecided
     pub result: &'static str,
     /// hit_local | hit_shared | miss | stale | none (rejected before any lookup)
     pub cache: &'static str,
@@ -27,8 +28,24 @@ pub struct VerdictLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabels {
     pub source: String,
-    /// authenticated | rejected | not_mine | undecided
+    /// authenticated | rejected | wrong_secret | not_mine | undecided
     pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ThrottleLabels {
+    /// Which budget: user | token_id | cluster (never the user or the id itself).
+    pub kind: &'static str,
+    /// A configured source name.
+    pub source: String,
+    /// enforce | shadow (counted, not throttled)
+    pub mode: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceOnlyLabels {
+    /// A configured source name.
+    pub source: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -66,7 +83,7 @@ pub struct ReloadLabels {
 
 /// How many results (`Decision` in service.rs) and cache outcomes (`CacheOutcome`) a
 /// verdict is counted under.
-pub const RESULTS: usize = 6;
+pub const RESULTS: usize = 7;
 pub const CACHE_OUTCOMES: usize = 5;
 
 /// The `authd_verdicts` counters of one cluster label, each resolved on its first use:
@@ -120,6 +137,17 @@ pub struct Metrics {
     /// Decisions written to the audit log, and dropped because its queue was full.
     pub audit_records: Counter,
     pub audit_dropped: Counter,
+    /// Failed verifications refused before their source was asked (or, in shadow mode,
+    /// that would have been), by budget kind and source.
+    pub throttled: Family<ThrottleLabels, Counter>,
+    /// Failures admitted that used a budget's last unit.
+    pub throttle_near_limit: Family<ThrottleLabels, Counter>,
+    /// Lookups admitted without throttling as a recently successful credential.
+    pub throttle_known_good: Family<SourceOnlyLabels, Counter>,
+    /// Known token ids presented with a wrong secret.
+    pub throttle_theft_signals: Family<SourceOnlyLabels, Counter>,
+    /// Throttle decisions this replica took alone because Redis failed.
+    pub throttle_fallbacks: Counter,
     pub registry: Registry,
 }
 
@@ -244,6 +272,37 @@ impl Metrics {
              could not keep up)",
             audit_dropped.clone(),
         );
+        let throttled = registered(
+            &mut registry,
+            "throttled",
+            "Failed verifications refused before their source was asked (mode=shadow: would \
+             have been), by budget kind (user, token_id, cluster) and source",
+            Family::<ThrottleLabels, Counter>::default(),
+        );
+        let throttle_near_limit = registered(
+            &mut registry,
+            "throttle_near_limit",
+            "Failures admitted that used the last unit of a budget, by kind and source",
+            Family::<ThrottleLabels, Counter>::default(),
+        );
+        let throttle_known_good = registered(
+            &mut registry,
+            "throttle_known_good",
+            "Lookups admitted without throttling as a credential that succeeded recently",
+            Family::<SourceOnlyLabels, Counter>::default(),
+        );
+        let throttle_theft_signals = registered(
+            &mut registry,
+            "throttle_theft_signals",
+            "Known token ids presented with a wrong secret (someone holds the id), by source",
+            Family::<SourceOnlyLabels, Counter>::default(),
+        );
+        let throttle_fallbacks = registered(
+            &mut registry,
+            "throttle_fallbacks",
+            "Throttle decisions this replica took from its own memory because Redis failed",
+            Counter::default(),
+        );
         let local_hits = cache_hits
             .get_or_create(&LevelLabels { level: "local" })
             .clone();
@@ -260,6 +319,11 @@ impl Metrics {
             cache_late_writes_refused,
             audit_records,
             audit_dropped,
+            throttled,
+            throttle_near_limit,
+            throttle_known_good,
+            throttle_theft_signals,
+            throttle_fallbacks,
             verdicts,
             source_calls,
             source_latency,

@@ -8,6 +8,10 @@
 //! cache (`policy::Cluster::admit`), so one cached verdict serves every cluster under its
 //! own policy.
 //!
+//! Before a throttled source (`throttle.rs`) is asked, the failure budgets of the token's
+//! subject and cluster are consulted; over budget, the source is not asked and the walk
+//! ends with the throttle's marker (a definitive "no" the caches do not keep).
+//!
 //! A walk has a deadline of its own, the sum of the owning sources' timeouts and a margin:
 //! the verdict cache runs it in a task no caller can cancel, so it must end by itself.
 
@@ -20,6 +24,7 @@ use crate::mapping::{check_reserved, MappingError, DEFAULT_RESERVED};
 use crate::metrics::{Metrics, SourceLabels};
 use crate::policy::Clusters;
 use crate::source::{self, Expiry, SourceConfig, Verifier};
+use crate::throttle::{self, Admission, Throttle};
 
 /// Added to the sources' timeouts: scheduling and the mapping, never a network wait.
 const DEADLINE_MARGIN: Duration = Duration::from_secs(1);
@@ -48,6 +53,16 @@ pub struct Pipeline {
     /// verdict cache keys every entry under it (`Fingerprint::within`), so after a reload no
     /// replica with the new content is answered from entries the old content wrote.
     pub digest: [u8; 32],
+    /// How each source's failed verifications are throttled.
+    pub throttle: throttle::Policy,
+}
+
+/// What a walk needs besides the token: where to count, the throttle's state, and the
+/// label of the cluster whose review started the lookup (its failure budget).
+pub struct Walk<'a> {
+    pub metrics: &'a Metrics,
+    pub throttle: &'a Throttle,
+    pub cluster: &'a str,
 }
 
 impl Pipeline {
@@ -60,6 +75,7 @@ impl Pipeline {
             deadline: config.sources.iter().map(source_deadline).sum::<Duration>()
                 + DEADLINE_MARGIN,
             digest: digest(&config.sources),
+            throttle: config.throttle.policy(&config.sources),
         })
     }
 
@@ -92,14 +108,15 @@ impl Pipeline {
     /// wins. "Could not decide" stops the walk: a later source's "no" must not stand in
     /// for an earlier source's unknown answer. No owning source at all is a definitive "no"
     /// with an empty source name. The error is a message safe to log and to return. Gives up
-    /// ("could not decide") at the pipeline's deadline.
+    /// ("could not decide") at the pipeline's deadline. A throttled token ends the walk
+    /// with `throttle::throttled()` before its source is asked.
     pub async fn decide(
         &self,
         token: &str,
         audiences: &[String],
-        metrics: &Metrics,
+        with: Walk<'_>,
     ) -> Result<Verdict, Arc<str>> {
-        match tokio::time::timeout(self.deadline, self.walk(token, audiences, metrics)).await {
+        match tokio::time::timeout(self.deadline, self.walk(token, audiences, with)).await {
             Ok(decided) => decided,
             Err(_) => Err(format!(
                 "the identity sources did not answer within {:?}",
@@ -113,14 +130,27 @@ impl Pipeline {
         &self,
         token: &str,
         audiences: &[String],
-        metrics: &Metrics,
+        with: Walk<'_>,
     ) -> Result<Verdict, Arc<str>> {
-        for source in &self.sources {
+        let metrics = with.metrics;
+        for (index, source) in self.sources.iter().enumerate() {
             if !source.owns(token) {
                 continue;
             }
+            let subject = source.throttle_subject(token);
+            let admission = with
+                .throttle
+                .admit(&self.throttle, index, token, subject, with.cluster)
+                .await;
+            if let Admission::Throttled(_) = admission {
+                return Err(throttle::throttled());
+            }
             let started = Instant::now();
             let outcome = source.verify(token, audiences).await;
+            if matches!(outcome, Outcome::WrongSecret) {
+                with.throttle.theft(&self.throttle, index, subject);
+            }
+            with.throttle.settle(admission, &outcome);
             let labels = SourceLabels {
                 source: source.name().to_owned(),
                 outcome: outcome_label(&outcome),
@@ -138,7 +168,7 @@ impl Pipeline {
                         source: source_name,
                     })
                 }
-                Outcome::Rejected => {
+                Outcome::Rejected | Outcome::WrongSecret => {
                     return Ok(Verdict {
                         identity: None,
                         source: source_name,
@@ -197,6 +227,7 @@ fn outcome_label(outcome: &Outcome) -> &'static str {
     match outcome {
         Outcome::Authenticated(_) => "authenticated",
         Outcome::Rejected => "rejected",
+        Outcome::WrongSecret => "wrong_secret",
         Outcome::NotMine => "not_mine",
         Outcome::Undecided(_) => "undecided",
     }

@@ -1,5 +1,6 @@
 //! The Admin gRPC service: revoke a token, a user or a credential id on every replica
-//! (a deny-list entry, see `cache/revocations.rs`), lift a revocation, list them. Only
+//! (a deny-list entry, see `cache/revocations.rs`), lift a revocation, list them; show and
+//! reset a username's (or token id's) failed-verification budgets (`throttle.rs`). Only
 //! callers the Admin gate (`authz::AdminAuthz`) lets through get here. Every revocation and
 //! lifting is one log line naming the caller, the kind, the keyed id and the end; never a
 //! token.
@@ -9,7 +10,8 @@ use std::time::SystemTime;
 use authd_proto::v1::admin_server::{Admin, AdminServer};
 use authd_proto::v1::{
     ListRevocationsRequest, ListRevocationsResponse, Revocation, RevokeCredentialRequest,
-    RevokeResponse, RevokeTokenRequest, RevokeUserRequest, UnrevokeRequest, UnrevokeResponse,
+    RevokeResponse, RevokeTokenRequest, RevokeUserRequest, ThrottleBudget, ThrottleRequest,
+    ThrottleResetResponse, ThrottleStatusResponse, UnrevokeRequest, UnrevokeResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -20,6 +22,24 @@ use crate::cache::verdict::Revoked;
 use crate::metrics::{ClientLabels, Name};
 use crate::service::Authd;
 use crate::service::MAX_TOKEN_BYTES;
+use crate::throttle::SubjectKind;
+
+/// The subject a throttle call is about: exactly one of username and credential id.
+fn throttle_subject(req: &ThrottleRequest) -> Result<(SubjectKind, &str), Status> {
+    match (req.username.is_empty(), req.credential_id.is_empty()) {
+        (false, true) if req.username.len() <= 1024 => Ok((SubjectKind::User, &req.username)),
+        (true, false) if req.credential_id.len() <= 256 => {
+            Ok((SubjectKind::TokenId, &req.credential_id))
+        }
+        _ => Err(Status::invalid_argument(
+            "give exactly one of username (at most 1024 bytes) and credential_id (at most 256)",
+        )),
+    }
+}
+
+fn ms(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
 
 pub struct AdminGrpc {
     authd: Authd,
@@ -217,5 +237,60 @@ impl Admin for AdminGrpc {
             })
             .collect();
         Ok(Response::new(ListRevocationsResponse { revocations }))
+    }
+
+    async fn throttle_status(
+        &self,
+        request: Request<ThrottleRequest>,
+    ) -> Result<Response<ThrottleStatusResponse>, Status> {
+        self.authorize(&request, "ThrottleStatus")?;
+        let req = request.into_inner();
+        let (kind, subject) = throttle_subject(&req)?;
+        let source = (!req.source.is_empty()).then_some(req.source.as_str());
+        let budgets = self
+            .authd
+            .throttle_status(kind, subject, source)
+            .await
+            .into_iter()
+            .map(|b| ThrottleBudget {
+                source: b.source,
+                kind: b.kind.label().into(),
+                burst: b.bucket.burst,
+                period_ms: ms(b.bucket.period),
+                remaining: b.remaining,
+                retry_in_ms: ms(b.retry_in),
+                recovers_in_ms: ms(b.recovers_in),
+                shared: b.shared,
+            })
+            .collect();
+        Ok(Response::new(ThrottleStatusResponse { budgets }))
+    }
+
+    async fn throttle_reset(
+        &self,
+        request: Request<ThrottleRequest>,
+    ) -> Result<Response<ThrottleResetResponse>, Status> {
+        let caller = self.authorize(&request, "ThrottleReset")?;
+        let req = request.into_inner();
+        let (kind, subject) = throttle_subject(&req)?;
+        let source = (!req.source.is_empty()).then_some(req.source.as_str());
+        match self.authd.throttle_reset(kind, subject, source).await {
+            Ok(n) => {
+                // The subject itself is not logged: a keyed id would not help the reader,
+                // and the caller knows whom they reset.
+                tracing::info!(caller = %caller.0, kind = kind.label(), sources = n,
+                    "throttle budgets reset");
+                Ok(Response::new(ThrottleResetResponse {
+                    reset: u32::try_from(n).unwrap_or(u32::MAX),
+                }))
+            }
+            Err(e) => {
+                tracing::warn!(caller = %caller.0, kind = kind.label(), error = %e,
+                    "throttle budgets reset on this replica only");
+                Err(Status::unavailable(format!(
+                    "{e}; reset on this replica only: retry"
+                )))
+            }
+        }
     }
 }

@@ -28,8 +28,9 @@ use crate::metrics::{Metrics, Name, VerdictLabels, CACHE_OUTCOMES, RESULTS};
 use crate::policy::Cluster;
 use prometheus_client::metrics::counter::Counter;
 
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Pipeline, Walk};
 use crate::source::Expiry;
+use crate::throttle::{self, SubjectKind, SubjectStatus, Throttle};
 
 /// What a review came to, as the `result` label of `authd_verdicts` tells it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,6 +41,8 @@ enum Decision {
     DeniedByPolicy,
     /// A revocation in force denies the verdict.
     Revoked,
+    /// Too many failed verifications: the source was not asked (`throttle.rs`).
+    Throttled,
     /// The cluster asked for is not configured: refused before any lookup.
     UnknownCluster,
     Undecided,
@@ -52,6 +55,7 @@ impl Decision {
             Decision::Rejected => "rejected",
             Decision::DeniedByPolicy => "denied_by_policy",
             Decision::Revoked => "revoked",
+            Decision::Throttled => "throttled",
             Decision::UnknownCluster => "unknown_cluster",
             Decision::Undecided => "undecided",
         }
@@ -63,6 +67,7 @@ impl Decision {
             Decision::Authenticated => "authenticated",
             Decision::Rejected | Decision::DeniedByPolicy | Decision::UnknownCluster => "rejected",
             Decision::Revoked => "revoked",
+            Decision::Throttled => "throttled",
             Decision::Undecided => "undecided",
         }
     }
@@ -77,6 +82,8 @@ struct Inner {
     metrics: Arc<Metrics>,
     /// The audit log, when configured.
     audit: Option<Audit>,
+    /// Failure budgets, kept across reloads (the pipeline carries their settings).
+    throttle: Arc<Throttle>,
 }
 
 /// How a review reached authd, as the audit log records it.
@@ -177,6 +184,13 @@ impl Authd {
         shared: Option<SharedLevel>,
         revocation: RevocationSettings,
     ) -> Self {
+        let throttle = Arc::new(Throttle::new(
+            &fingerprinter,
+            shared
+                .as_ref()
+                .map(|s| s.cache.clone() as Arc<dyn throttle::Scripts>),
+            metrics.clone(),
+        ));
         let cache = VerdictCache::new(
             fingerprinter,
             ttls,
@@ -185,12 +199,25 @@ impl Authd {
             metrics.clone(),
             revocation,
         );
+        let cache = Arc::new(cache);
+        let revoking = cache.clone();
+        throttle.revoke_with(Box::new(move |id| {
+            let cache = revoking.clone();
+            tokio::spawn(async move {
+                match cache.revoke_credential(&id, None).await {
+                    Ok(_) => tracing::warn!(id, "token id revoked after a wrong secret (revoke_on_theft)"),
+                    Err(e) => tracing::warn!(id, error = %e,
+                        "token id revoked on this replica only after a wrong secret (revoke_on_theft): Redis did not take it"),
+                }
+            });
+        }));
         Self {
             inner: Arc::new(Inner {
-                cache: Arc::new(cache),
+                cache,
                 pipeline: RwLock::new(Arc::new(pipeline)),
                 metrics,
                 audit: None,
+                throttle,
             }),
         }
     }
@@ -299,6 +326,35 @@ impl Authd {
 
     pub fn fingerprinter(&self) -> &Fingerprinter {
         self.inner.cache.fingerprinter()
+    }
+
+    /// The failure budgets of a username (`SubjectKind::User`) or token id in every
+    /// throttled source of that kind, or only in `source`.
+    pub async fn throttle_status(
+        &self,
+        kind: SubjectKind,
+        subject: &str,
+        source: Option<&str>,
+    ) -> Vec<SubjectStatus> {
+        let pipeline = self.pipeline();
+        self.inner
+            .throttle
+            .status(&pipeline.throttle, kind, subject, source)
+            .await
+    }
+
+    /// Empties those budgets; how many were reset.
+    pub async fn throttle_reset(
+        &self,
+        kind: SubjectKind,
+        subject: &str,
+        source: Option<&str>,
+    ) -> Result<usize, String> {
+        let pipeline = self.pipeline();
+        self.inner
+            .throttle
+            .reset(&pipeline.throttle, kind, subject, source)
+            .await
     }
 
     /// What a review needs from the current pipeline before its lookup: the metric label of
@@ -455,15 +511,20 @@ impl Authd {
             .token(&req.token, &req.audiences)
             .within(&digest);
         // Runs only for the caller that starts a lookup; reads the pipeline when it runs.
+        // Its cluster's failure budget is the one a throttled source's failure uses.
         let ask = || {
             let this = self.clone();
             let token = req.token.clone();
             let audiences = req.audiences.clone();
+            let cluster_label = cluster.label.clone();
             async move {
                 let pipeline = this.pipeline();
-                pipeline
-                    .decide(&token, &audiences, &this.inner.metrics)
-                    .await
+                let with = Walk {
+                    metrics: &this.inner.metrics,
+                    throttle: &this.inner.throttle,
+                    cluster: &cluster_label.0,
+                };
+                pipeline.decide(&token, &audiences, with).await
             }
         };
         let answer = cache
@@ -497,6 +558,17 @@ impl Authd {
                     ..Default::default()
                 };
                 (response, Decision::Revoked, Some("revoked"))
+            }
+            Answer::Undecided(err) if throttle::is_throttled(&err) => {
+                // Definitive for kube-apiserver (no error), kept by no authd cache; counted
+                // and logged (rate-limited) by the throttle.
+                tracing::debug!(request_id = %req.request_id, cluster = %req.cluster,
+                    fingerprint = %fp.short(), "refused: throttled");
+                (
+                    AuthenticateResponse::default(),
+                    Decision::Throttled,
+                    Some("throttled"),
+                )
             }
             Answer::Undecided(err) => {
                 tracing::warn!(

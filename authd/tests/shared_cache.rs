@@ -171,6 +171,7 @@ fn replica(redis: &Redis, source: &Arc<Switch>, grace: Duration) -> Authd {
             clusters: any_cluster(),
             deadline: Duration::from_secs(5),
             digest: [0; 32],
+            throttle: Default::default(),
         },
         Ttls {
             positive: Duration::from_secs(1),
@@ -354,6 +355,7 @@ async fn without_redis_a_revocation_holds_in_this_process() {
             clusters: any_cluster(),
             deadline: Duration::from_secs(5),
             digest: [0; 32],
+            throttle: Default::default(),
         },
         Ttls {
             positive: Duration::from_secs(60),

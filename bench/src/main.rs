@@ -1,6 +1,7 @@
 //! `kube-authd-bench`: the load generator, the baseline servers it compares against, and
 //! the suite that runs every scenario and baseline in one invocation (see bench/README.md).
 
+mod attack;
 mod cpu;
 mod envoy;
 mod load;
@@ -46,6 +47,10 @@ enum Command {
     /// Measure how long after a revocation returns on one authd replica another one still
     /// authenticates the token (two replicas, one Redis).
     RevocationWindow(window::Args),
+    /// A legitimate warm load alone, then next to an attacker sending distinct wrong
+    /// passwords as fast as it can: the legitimate rate ratio, and the wrong passwords the
+    /// source saw against what the throttle allows.
+    ThrottleAttack(attack::Args),
     /// Requests/s and latency through Envoy with ext_authz → authd (warm) against Envoy with
     /// no filter, in interleaved rounds.
     Envoy(envoy::Args),
@@ -163,6 +168,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     match cli.command {
         Command::Suite(args) => suite::run(args).await,
         Command::RevocationWindow(args) => window::run(args).await,
+        Command::ThrottleAttack(args) => attack::run(args).await,
         Command::Envoy(args) => envoy::run(args).await,
         Command::Upstream { listen } => {
             servers::upstream(listen).await?;

@@ -50,7 +50,8 @@ fn basic_credentials(req: &Request<Incoming>) -> Option<(String, String)> {
     Some((u.to_owned(), p.to_owned()))
 }
 
-fn basic_auth(secret: &str, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+/// The Basic-auth service's answer to one request.
+pub(crate) fn basic_auth(secret: &str, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let Some(user) = req.uri().path().strip_prefix("/basic-auth/") else {
         return response(StatusCode::NOT_FOUND, b"{}");
     };

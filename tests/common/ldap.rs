@@ -209,6 +209,49 @@ overlay memberof
         std::fs::read_to_string(self.dir.join("slapd.log")).unwrap_or_default()
     }
 
+    /// Binds that failed with invalidCredentials (err=49): the wrong passwords that reached
+    /// the directory, each of which counts toward a directory's own lockout.
+    pub fn failed_binds(&self) -> usize {
+        self.log()
+            .lines()
+            .filter(|l| l.contains(" RESULT tag=97 err=49"))
+            .count()
+    }
+
+    /// Binds as `dn` (requests, whatever their result).
+    pub fn binds_as(&self, dn: &str) -> usize {
+        let dn = dn.to_lowercase();
+        self.log()
+            .lines()
+            // slapd logs each bind twice: the request (`method=`) and the result (`mech=`).
+            .filter(|l| l.contains("BIND dn=") && l.contains(" method="))
+            .filter(|l| l.to_lowercase().contains(&dn))
+            .count()
+    }
+
+    /// Sets the password of the entry `dn`, as the directory's administrator.
+    pub fn set_password(&self, dn: &str, password: &str) {
+        use std::io::Write;
+        let mut child = Command::new(need("ldapmodify", "ldap-utils"))
+            .args(["-x", "-H", &self.url(), "-D", ROOT_DN, "-w", "root-secret"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run ldapmodify");
+        let change = format!(
+            "dn: {dn}\nchangetype: modify\nreplace: userPassword\nuserPassword: {password}\n"
+        );
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(change.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "ldapmodify: {out:?}");
+    }
+
     /// Starts slapd (again) on the same ports and waits until it answers a search.
     pub fn run(&mut self) {
         assert!(self.child.is_none(), "slapd already running");

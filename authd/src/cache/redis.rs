@@ -49,6 +49,8 @@ use crate::config::RedisConfig;
 use crate::fingerprint::Fingerprint;
 use crate::identity::{Identity, Verdict};
 use crate::metrics::{Metrics, RedisOpLabels};
+use crate::throttle::Scripts;
+use futures::future::BoxFuture;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SharedCacheError {
@@ -842,6 +844,55 @@ impl SharedCache {
                 }
             }
         }
+    }
+}
+
+/// The throttle's shared state (`throttle.rs`): its scripts run on this connection, under
+/// the same timeouts, health tracking (skipped while Redis is down) and metrics as the
+/// cache's own commands. Its keys share one hash tag, so a script's keys share a slot on a
+/// Redis Cluster.
+impl Scripts for SharedCache {
+    fn prefixed(&self, rest: &str) -> String {
+        format!("{}{rest}", self.prefix)
+    }
+
+    fn run<'a>(
+        &'a self,
+        op: &'static str,
+        script: &'a redis::Script,
+        keys: &'a [String],
+        args: &'a [String],
+    ) -> BoxFuture<'a, Result<redis::Value, String>> {
+        Box::pin(async move {
+            let mut invocation = script.prepare_invoke();
+            for k in keys {
+                invocation.key(k);
+            }
+            for a in args {
+                invocation.arg(a);
+            }
+            let work = async {
+                match &self.conn {
+                    Conn::Single(m) => invocation.invoke_async(&mut m.clone()).await,
+                    Conn::Cluster(lazy) => invocation.invoke_async(&mut lazy.get().await?).await,
+                }
+            };
+            self.timed(op, self.timeout, true, work)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn admin<'a>(
+        &'a self,
+        op: &'static str,
+        cmd: &'a redis::Cmd,
+    ) -> BoxFuture<'a, Result<redis::Value, String>> {
+        Box::pin(async move {
+            self.timed(op, self.admin_timeout, false, self.query(cmd))
+                .await
+                .map_err(|e| e.to_string())
+        })
     }
 }
 

@@ -38,6 +38,10 @@ impl Verifier for Mapped {
         self.inner.credential_id(token)
     }
 
+    fn throttle_subject<'t>(&self, token: &'t str) -> Option<&'t str> {
+        self.inner.throttle_subject(token)
+    }
+
     fn expiry<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Expiry> {
         self.inner.expiry(token)
     }

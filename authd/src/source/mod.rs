@@ -53,6 +53,13 @@ pub trait Verifier: Send + Sync {
         None
     }
 
+    /// What failed verifications of this token are throttled by (`throttle.rs`): the
+    /// username of a `user:password` token, the id of an `<id>.<secret>` one. `None`: not
+    /// throttled (the source verifies offline, or refuses this token without asking anyone).
+    fn throttle_subject<'t>(&self, _token: &'t str) -> Option<&'t str> {
+        None
+    }
+
     /// When a token this source owns stops being valid, if the source keeps that (a
     /// PostgreSQL row's `expires_at`): a revocation of the token lasts exactly that long.
     /// Looked up only for a revocation, never on a review.

@@ -584,7 +584,7 @@ impl PostgresVerifier {
         let stored: Vec<u8> = row.try_get("secret_hash")?;
         let Some(role) = self.keys.matching(&stored, id, secret) else {
             tracing::info!(source = %self.name, id, "postgres: wrong secret; rejected");
-            return Ok(Outcome::Rejected);
+            return Ok(Outcome::WrongSecret);
         };
         let key_id: Option<String> = row.try_get("secret_key_id")?;
         let current_id = SecretKeys::id(self.keys.current());
@@ -677,6 +677,10 @@ impl Verifier for PostgresVerifier {
 
     fn credential_id<'t>(&self, token: &'t str) -> Option<&'t str> {
         parse(&self.prefix, token).map(|(id, _)| id)
+    }
+
+    fn throttle_subject<'t>(&self, token: &'t str) -> Option<&'t str> {
+        self.credential_id(token)
     }
 
     /// The row's `expires_at`, for a token whose id and secret match a live row.
