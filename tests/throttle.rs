@@ -45,6 +45,13 @@ impl Env {
         write(d, "ldap.pw", &format!("{SERVICE_PASSWORD}\n"));
         write(d, "hmac.key", "replicas-share-this-key-0123456789abcdef\n");
         write(d, "admin.token", &format!("{ADMIN_SECRET}\n"));
+        // Throttled answers are sent at once unless the test is about holding them.
+        let hold = if throttle.contains("answer_delay") {
+            ""
+        } else {
+            "answer_delay = \"0s\"\n"
+        };
+        let throttle = format!("{hold}{throttle}");
         // Positive verdicts live 200 ms: during an attack alice's working token goes
         // back to the source again and again, through the throttle.
         let toml = format!(
@@ -274,6 +281,51 @@ async fn guessing_alices_password_reaches_the_directory_at_most_burst_plus_rate(
     let dump = env.redis.dump();
     common::redis::assert_no_secrets(&dump, &["alice", "bob", "alice-pw", "guess"]);
     drop(env.edge);
+}
+
+/// A throttled answer is held `answer_delay` (a guesser with bounded concurrency spends
+/// its slots waiting), at most `max_delayed` at once (beyond, answered at once: holding
+/// is bounded), and a working credential is never held.
+#[tokio::test(flavor = "multi_thread")]
+async fn throttled_answers_are_held_and_at_most_max_delayed_at_once() {
+    let hold = Duration::from_secs(3);
+    let env = Env::start(
+        "burst = 1\nperiod = \"1h\"\nanswer_delay = \"3s\"\nmax_delayed = 2\n",
+        "",
+    )
+    .await;
+    assert!(env.review("alice:alice-pw").await.authenticated());
+    env.review("alice:first-wrong").await.assert_denied();
+    // Six distinct guesses at once: all throttled, two held, four answered at once.
+    let started = Instant::now();
+    let guesses: Vec<_> = guesses("alice", "held", 6)
+        .into_iter()
+        .map(|t| {
+            let (client, url) = (env.client.clone(), env.url.clone());
+            tokio::spawn(async move {
+                let a = review(&client, &url, V1, &t).await;
+                (a, started.elapsed())
+            })
+        })
+        .collect();
+    // Meanwhile the working token is answered at once.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let good_started = Instant::now();
+    assert!(env.review("alice:alice-pw").await.authenticated());
+    assert!(good_started.elapsed() < hold, "the working token was held");
+    let mut held = 0;
+    for g in guesses {
+        let (a, took) = g.await.unwrap();
+        a.assert_denied();
+        if took >= hold {
+            held += 1;
+        }
+    }
+    assert_eq!(
+        held, 2,
+        "max_delayed = 2 answers held, the rest sent at once"
+    );
+    assert_eq!(env.slapd.failed_binds(), 1, "only the burst reached slapd");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -561,9 +561,11 @@ impl Authd {
             }
             Answer::Undecided(err) if throttle::is_throttled(&err) => {
                 // Definitive for kube-apiserver (no error), kept by no authd cache; counted
-                // and logged (rate-limited) by the throttle.
+                // and logged (rate-limited) by the throttle; held a moment (`answer_delay`).
                 tracing::debug!(request_id = %req.request_id, cluster = %req.cluster,
                     fingerprint = %fp.short(), "refused: throttled");
+                let pipeline = self.pipeline();
+                pipeline.throttle.hold_throttled_answer().await;
                 (
                     AuthenticateResponse::default(),
                     Decision::Throttled,

@@ -74,9 +74,23 @@ pub struct ThrottleConfig {
     /// A PostgreSQL token whose id exists but whose secret is wrong is revoked by id.
     #[serde(default)]
     pub revoke_on_theft: bool,
+    /// How long a throttled answer is held before it is sent (zero: at once). A caller
+    /// whose concurrency is bounded (kube-apiserver's in-flight limit, a closed-loop
+    /// guesser) then spends its slots waiting instead of guessing, and the CPU goes to
+    /// the reviews that can succeed.
+    #[serde(default = "secs::<1>", with = "humantime_serde")]
+    pub answer_delay: Duration,
+    /// Most throttled answers held at once; beyond it they are sent at once (a held answer
+    /// costs a timer and the request's memory, so this bounds what holding can cost).
+    #[serde(default = "default_max_delayed")]
+    pub max_delayed: usize,
     /// Overrides by source name.
     #[serde(default)]
     pub sources: std::collections::BTreeMap<String, SourceOverride>,
+}
+
+fn default_max_delayed() -> usize {
+    1024
 }
 
 /// `[throttle.sources.NAME]`: what differs for one source.
@@ -116,6 +130,8 @@ impl Default for ThrottleConfig {
             known_good_window: secs::<43200>(),
             shadow: false,
             revoke_on_theft: false,
+            answer_delay: secs::<1>(),
+            max_delayed: default_max_delayed(),
             sources: Default::default(),
         }
     }
@@ -189,6 +205,21 @@ pub struct Policy {
     pub cluster: Bucket,
     /// The source names, by index (for status and reset by name).
     pub names: Vec<String>,
+    /// How long a throttled answer is held, and the slots for holding one.
+    pub answer_delay: Duration,
+    pub delay_slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl Policy {
+    /// Holds a throttled answer for `answer_delay` when a slot is free; at once otherwise.
+    pub async fn hold_throttled_answer(&self) {
+        if self.answer_delay.is_zero() {
+            return;
+        }
+        if let Ok(_slot) = self.delay_slots.clone().try_acquire_owned() {
+            tokio::time::sleep(self.answer_delay).await;
+        }
+    }
 }
 
 /// Nothing throttled (a pipeline built in code without a configuration).
@@ -202,6 +233,8 @@ impl Default for Policy {
                 period: defaults.cluster_period,
             },
             names: Vec::new(),
+            answer_delay: Duration::ZERO,
+            delay_slots: Arc::new(tokio::sync::Semaphore::new(0)),
         }
     }
 }
@@ -228,6 +261,12 @@ impl ThrottleConfig {
         nonzero("throttle.period".into(), self.period)?;
         nonzero("throttle.cluster_period".into(), self.cluster_period)?;
         nonzero("throttle.known_good_window".into(), self.known_good_window)?;
+        if self.answer_delay > Duration::from_secs(10) {
+            return Err(FieldError::new(
+                "throttle.answer_delay",
+                "at most 10s (kube-apiserver waits for the answer; its webhook timeout is 30s)",
+            ));
+        }
         for (name, o) in &self.sources {
             let at = format!("throttle.sources.{name}");
             let Some(source) = sources.iter().find(|s| s.name() == name) else {
@@ -286,6 +325,10 @@ impl ThrottleConfig {
                 period: self.cluster_period,
             },
             names: sources.iter().map(|s| s.name().to_owned()).collect(),
+            answer_delay: self.answer_delay,
+            delay_slots: Arc::new(tokio::sync::Semaphore::new(
+                self.max_delayed.min(tokio::sync::Semaphore::MAX_PERMITS),
+            )),
         }
     }
 }
