@@ -117,6 +117,31 @@ fn admin_secret(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The login routes' way to authd's Sessions service: in this process, through the same
+/// service the gRPC listener serves.
+fn sessions_in_process(authd: &authd::Authd) -> authd_edge::login::SessionBackend {
+    use authd::session::SessionsGrpc;
+    use authd_edge::login::{render_login, render_logout, render_token, SessionCall};
+    use authd_proto::v1::sessions_server::Sessions as _;
+    let service = std::sync::Arc::new(SessionsGrpc::new(authd.clone()));
+    authd_edge::login::SessionBackend::from_fn(move |call| {
+        let service = service.clone();
+        Box::pin(async move {
+            Ok(match call {
+                SessionCall::Login(r) => {
+                    render_login(service.login(tonic::Request::new(r)).await?.into_inner())
+                }
+                SessionCall::Token(r) => {
+                    render_token(service.token(tonic::Request::new(r)).await?.into_inner())
+                }
+                SessionCall::Logout(r) => {
+                    render_logout(service.logout(tonic::Request::new(r)).await?.into_inner())
+                }
+            })
+        })
+    })
+}
+
 fn authd_config(
     authd_config: Option<&Path>,
     grpc_listen: SocketAddr,
@@ -251,6 +276,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let edge = authd_edge::Edge::bind(
         &edge_cfg,
         backend,
+        Some(sessions_in_process(&authd)),
         authd_edge::Reachability::always(),
         vec![std::sync::Arc::new(move || metrics.encode())],
     )

@@ -59,6 +59,14 @@ pub struct CheckLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SessionLabels {
+    /// login | token | logout | end_session
+    pub method: &'static str,
+    /// ok | rejected | throttled | invalid | unavailable
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReloadLabels {
     /// success | failure
     pub result: &'static str,
@@ -120,6 +128,8 @@ pub struct Metrics {
     /// Decisions written to the audit log, and dropped because its queue was full.
     pub audit_records: Counter,
     pub audit_dropped: Counter,
+    /// Sessions calls (`session.rs`), by method and result.
+    pub session_calls: Family<SessionLabels, Counter>,
     pub registry: Registry,
 }
 
@@ -244,6 +254,12 @@ impl Metrics {
              could not keep up)",
             audit_dropped.clone(),
         );
+        let session_calls = registered(
+            &mut registry,
+            "session_calls",
+            "Sessions calls (Login, Token, Logout, EndSession), by method and result",
+            Family::<SessionLabels, Counter>::default(),
+        );
         let local_hits = cache_hits
             .get_or_create(&LevelLabels { level: "local" })
             .clone();
@@ -260,6 +276,7 @@ impl Metrics {
             cache_late_writes_refused,
             audit_records,
             audit_dropped,
+            session_calls,
             verdicts,
             source_calls,
             source_latency,

@@ -8,7 +8,8 @@ use std::time::SystemTime;
 
 use authd_proto::v1::admin_server::{Admin, AdminServer};
 use authd_proto::v1::{
-    ListRevocationsRequest, ListRevocationsResponse, Revocation, RevokeCredentialRequest,
+    EndSessionRequest, EndSessionResponse, ListRevocationsRequest, ListRevocationsResponse,
+    ListSessionsRequest, ListSessionsResponse, Revocation, RevokeCredentialRequest,
     RevokeResponse, RevokeTokenRequest, RevokeUserRequest, UnrevokeRequest, UnrevokeResponse,
 };
 use tonic::{Request, Response, Status};
@@ -17,7 +18,8 @@ use crate::authz::AdminAuthz;
 use crate::cache::redis::SharedCacheError;
 use crate::cache::revocations::{self, Kind};
 use crate::cache::verdict::Revoked;
-use crate::metrics::{ClientLabels, Name};
+use crate::metrics::{ClientLabels, Name, SessionLabels};
+use crate::session::Sessions;
 use crate::service::Authd;
 use crate::service::MAX_TOKEN_BYTES;
 
@@ -43,6 +45,14 @@ impl AdminGrpc {
             })
             .inc();
         Ok(client)
+    }
+}
+
+impl AdminGrpc {
+    fn sessions(&self) -> Result<&std::sync::Arc<Sessions>, Status> {
+        self.authd
+            .sessions()
+            .ok_or_else(|| Status::unimplemented("sessions are not configured ([sessions])"))
     }
 }
 
@@ -203,5 +213,48 @@ impl Admin for AdminGrpc {
             })
             .collect();
         Ok(Response::new(ListRevocationsResponse { revocations }))
+    }
+
+    async fn list_sessions(
+        &self,
+        request: Request<ListSessionsRequest>,
+    ) -> Result<Response<ListSessionsResponse>, Status> {
+        self.authorize(&request, "ListSessions")?;
+        let sessions = self.sessions()?;
+        let req = request.into_inner();
+        if req.username.is_empty() {
+            return Err(Status::invalid_argument("username is empty"));
+        }
+        let sessions = sessions.list(&req.username).await?;
+        Ok(Response::new(ListSessionsResponse { sessions }))
+    }
+
+    async fn end_session(
+        &self,
+        request: Request<EndSessionRequest>,
+    ) -> Result<Response<EndSessionResponse>, Status> {
+        let caller = self.authorize(&request, "EndSession")?;
+        let sessions = self.sessions()?;
+        let req = request.into_inner();
+        // A session id is 32 hex digits; anything else names no session.
+        if req.session_id.len() != 32 || !req.session_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Status::invalid_argument("session_id: expected 32 hex digits"));
+        }
+        let result = sessions.end(&self.authd, &req.session_id).await;
+        let label = match &result {
+            Ok(_) => "ok",
+            Err(_) => "unavailable",
+        };
+        self.authd
+            .metrics()
+            .session_calls
+            .get_or_create(&SessionLabels {
+                method: "end_session",
+                result: label,
+            })
+            .inc();
+        let ended = result?;
+        tracing::info!(caller = %caller.0, session = %req.session_id, ended, "session ended by an admin");
+        Ok(Response::new(EndSessionResponse { ended }))
     }
 }

@@ -28,6 +28,7 @@ use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::revocation::AdminGrpc;
 use crate::service::Authd;
+use crate::session::{SessionStore, Sessions, SessionsGrpc};
 use crate::tls;
 
 /// Builds the service (sources, caches, policy) from a validated configuration. Must run
@@ -45,21 +46,33 @@ pub fn build(config: &Config) -> anyhow::Result<Authd> {
     };
     let metrics = Arc::new(Metrics::new());
     let audit = crate::audit::Audit::start(&config.audit, &metrics)?;
+    let mut shared_cache = None;
     let shared = match &config.cache.redis {
         Some(redis) => {
             // Index sets must outlive every verdict they list.
             let index_ttl =
                 (ttls.positive + ttls.stale_grace).max(ttls.negative) + Duration::from_secs(60);
             let sealer = Sealer::new(&fingerprinter);
-            let cache = SharedCache::new(redis, index_ttl, metrics.clone(), sealer)?;
+            let cache = Arc::new(SharedCache::new(
+                redis,
+                index_ttl,
+                metrics.clone(),
+                sealer,
+            )?);
+            shared_cache = Some(cache.clone());
             Some(SharedLevel {
-                cache: Arc::new(cache),
+                cache,
                 local_ttl: config.cache.local_ttl,
             })
         }
         None => None,
     };
-    Ok(Authd::with_levels(
+    let sessions = config.sessions.clone().map(|c| {
+        // Shared by the replicas through Redis when there is one, else in this process.
+        let store = SessionStore::new(&fingerprinter, shared_cache);
+        Arc::new(Sessions::new(c, Arc::new(store)))
+    });
+    let authd = Authd::with_levels(
         fingerprinter,
         pipeline,
         ttls,
@@ -71,7 +84,11 @@ pub fn build(config: &Config) -> anyhow::Result<Authd> {
             resync_every: config.revocation.resync_every,
         },
     )
-    .with_audit(audit))
+    .with_audit(audit);
+    Ok(match sessions {
+        Some(s) => authd.with_sessions(s),
+        None => authd,
+    })
 }
 
 /// Everything `authd serve` reads and checks at start-up before it binds a port — the
@@ -243,6 +260,7 @@ pub async fn serve(
         .add_service(reflection)
         .add_service(AdminGrpc::server(authd.clone(), listeners.admin_authz))
         .add_service(ExtAuthzGrpc::server(authd.clone(), listeners.ext_authz))
+        .add_service(SessionsGrpc::server(authd.clone()))
         .add_service(AuthenticatorGrpc::server(authd));
     let drained = async {
         let _ = drain_rx.await;

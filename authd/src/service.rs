@@ -29,7 +29,9 @@ use crate::policy::Cluster;
 use prometheus_client::metrics::counter::Counter;
 
 use crate::pipeline::Pipeline;
-use crate::source::Expiry;
+use crate::session::Sessions;
+use crate::source::issued::IssuedTokens;
+use crate::source::{Expiry, Verifier};
 
 /// What a review came to, as the `result` label of `authd_verdicts` tells it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,6 +79,9 @@ struct Inner {
     metrics: Arc<Metrics>,
     /// The audit log, when configured.
     audit: Option<Audit>,
+    /// Login sessions (`[sessions]`), and their issued-token source, which every pipeline
+    /// swapped in gets after the configured sources.
+    sessions: Option<(Arc<Sessions>, Arc<dyn Verifier>)>,
 }
 
 /// How a review reached authd, as the audit log records it.
@@ -191,6 +196,7 @@ impl Authd {
                 pipeline: RwLock::new(Arc::new(pipeline)),
                 metrics,
                 audit: None,
+                sessions: None,
             }),
         }
     }
@@ -203,6 +209,39 @@ impl Authd {
         self
     }
 
+    /// Serves login sessions from now on: their issued-token source joins the pipeline
+    /// (and every reloaded one). Only before the handle is shared.
+    pub fn with_sessions(mut self, sessions: Arc<Sessions>) -> Self {
+        let issued: Arc<dyn Verifier> = Arc::new(IssuedTokens::new(sessions.store().clone()));
+        let inner = Arc::get_mut(&mut self.inner).expect("with_sessions before the service is shared");
+        inner.sessions = Some((sessions, issued.clone()));
+        let pipeline = inner.pipeline.get_mut().unwrap_or_else(|e| e.into_inner());
+        Arc::get_mut(pipeline)
+            .expect("the pipeline is not shared before the service is")
+            .sources
+            .push(issued);
+        self
+    }
+
+    /// The login sessions, when configured.
+    pub fn sessions(&self) -> Option<&Arc<Sessions>> {
+        self.inner.sessions.as_ref().map(|(s, _)| s)
+    }
+
+    /// The configured source named `name`, in the current pipeline.
+    pub fn source(&self, name: &str) -> Option<Arc<dyn Verifier>> {
+        self.pipeline()
+            .sources
+            .iter()
+            .find(|s| s.name() == name)
+            .cloned()
+    }
+
+    /// Whether reviews for `cluster` are served (it is configured, or `"*"` is).
+    pub fn serves_cluster(&self, cluster: &str) -> bool {
+        self.pipeline().clusters.get(cluster).is_some()
+    }
+
     /// Whether decisions go to an audit log.
     pub fn audits(&self) -> bool {
         self.inner.audit.is_some()
@@ -213,7 +252,10 @@ impl Authd {
     }
 
     /// Replaces sources and policy; in-flight lookups finish with the old ones.
-    pub fn swap_pipeline(&self, pipeline: Pipeline) {
+    pub fn swap_pipeline(&self, mut pipeline: Pipeline) {
+        if let Some((_, issued)) = &self.inner.sessions {
+            pipeline.sources.push(issued.clone());
+        }
         *self
             .inner
             .pipeline
@@ -551,6 +593,18 @@ impl Authd {
                 source = %verdict.source, cached, reason = %why,
                 "refused: the answer names what its source may not mint");
             return rejected(Decision::Rejected, "reserved_name");
+        }
+        // A credential bound to one cluster (a session's token) is refused on every other,
+        // whatever cache answered: the verdict is cached once for all clusters.
+        if identity
+            .cluster
+            .as_deref()
+            .is_some_and(|bound| bound != req.cluster)
+        {
+            tracing::info!(request_id = %req.request_id, cluster = %req.cluster.escape_debug(),
+                fingerprint = %fp.short(), source = %verdict.source, cached,
+                "refused: the token is bound to another cluster");
+            return rejected(Decision::Rejected, "other_cluster");
         }
         let identity = match cluster.admit(&req.cluster, identity) {
             Ok(identity) => identity,

@@ -68,6 +68,36 @@ pub struct Config {
     /// Clusters served at `POST /clusters/{name}/authenticate`.
     #[serde(default)]
     pub clusters: BTreeMap<String, ClusterConfig>,
+    /// The login routes (`POST /login`, `/token`, `/logout`), forwarded to authd's
+    /// Sessions service.
+    #[serde(default)]
+    pub login: LoginConfig,
+}
+
+/// `[login]`: the login routes people's `kube-authd login` calls. They need no client
+/// certificate, so with them enabled the TLS handshake asks for one without requiring it
+/// (the review routes still refuse a request without their cluster's certificate).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginConfig {
+    #[serde(default)]
+    pub enabled: bool,
+    /// Most login-route calls in progress at once; more are answered 503 at once.
+    #[serde(default = "default_login_in_flight")]
+    pub max_in_flight: usize,
+}
+
+impl Default for LoginConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            max_in_flight: default_login_in_flight(),
+        }
+    }
+}
+
+fn default_login_in_flight() -> usize {
+    64
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -360,17 +390,18 @@ impl Config {
     }
 
     /// Whether `other` serves the same routes with the same TLS: `tls.*`, `default_cluster`
-    /// and `clusters` (what a reload swaps for new connections).
+    /// `clusters` and `login` (what a reload swaps for new connections).
     pub fn same_routes(&self, other: &Config) -> bool {
         self.tls == other.tls
             && self.default_cluster == other.default_cluster
             && self.clusters == other.clusters
+            && self.login == other.login
     }
 
     /// This configuration as a running edge applies it on reload: the settings fixed for
     /// the process's life (listeners, limits, timeouts) taken from `running`, with the
     /// names of those that differ, for a warning. What reloads is the rest: `tls`,
-    /// `default_cluster`, `clusters` and `[authd]`.
+    /// `default_cluster`, `clusters`, `[login]` and `[authd]`.
     pub fn with_restart_only_from(mut self, running: &Config) -> (Config, Vec<&'static str>) {
         // Destructured without `..`: a new field must be sorted into one group or the other.
         let Config {
@@ -392,6 +423,7 @@ impl Config {
             authd_file: _,
             authd: _,
             clusters: _,
+            login: _,
         } = running;
         let mut changed = Vec::new();
         macro_rules! keep {
@@ -457,6 +489,9 @@ impl Config {
                 "max_in_flight_reviews",
                 "must be greater than 0",
             ));
+        }
+        if self.login.max_in_flight == 0 {
+            return Err(FieldError::new("login.max_in_flight", "must be greater than 0"));
         }
         // Below `max_body_bytes` a body of the largest accepted size could never be read.
         if self.max_buffered_body_bytes < self.max_body_bytes {

@@ -17,6 +17,7 @@ use crate::backend::{Backend, Call};
 use crate::config::Config;
 use crate::conn::Peer;
 use crate::layer::admission::{over_budget, Admitted};
+use crate::login::{Login, LoginRoute, SessionBackend};
 use crate::metrics::{Metrics, Name, ReviewLabels};
 use crate::review::{self, ApiVersion, ReviewError};
 use crate::route::Route;
@@ -24,6 +25,8 @@ use crate::route::Route;
 /// Everything a request handler needs; shared by all connections.
 pub struct Handler {
     backend: Backend,
+    /// The login routes (`login.rs`), when `[login]` is enabled.
+    login: Option<Arc<Login>>,
     default_cluster: Endpoint,
     clusters: std::collections::BTreeMap<String, Endpoint>,
     /// The metric label of requests that matched no endpoint.
@@ -105,9 +108,23 @@ impl Answer {
 }
 
 impl Handler {
-    pub fn new(config: &Config, backend: Backend, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        config: &Config,
+        backend: Backend,
+        sessions: Option<SessionBackend>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let login = sessions.filter(|_| config.login.enabled).map(|s| {
+            Arc::new(Login::new(
+                s,
+                config.login.max_in_flight,
+                config.body_read_timeout,
+                config.review_timeout,
+            ))
+        });
         Self {
             backend,
+            login,
             default_cluster: Endpoint::new(&config.default_cluster, &metrics),
             clusters: config
                 .clusters
@@ -137,6 +154,11 @@ impl Handler {
 
     /// Answers one request that arrived on a connection from `peer`.
     pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<Full<Bytes>> {
+        if let Some(login) = &self.login {
+            if let Some(route) = LoginRoute::parse(req.uri().path()) {
+                return login.handle(route, req, peer.addr).await;
+            }
+        }
         let started = Instant::now();
         let request_id = request_id();
         let found = self.route(req.uri().path());

@@ -9,6 +9,7 @@ pub mod conn;
 pub mod discovery;
 pub mod handler;
 pub mod layer;
+pub mod login;
 pub mod metrics;
 pub mod reload;
 pub mod review;
@@ -64,6 +65,7 @@ pub struct Edge {
 pub struct ServingControl {
     sender: Arc<watch::Sender<Arc<conn::Serving>>>,
     backend: Backend,
+    sessions: Option<login::SessionBackend>,
     metrics: Arc<metrics::Metrics>,
 }
 
@@ -71,6 +73,7 @@ impl ServingControl {
     fn build(
         config: &Config,
         backend: &Backend,
+        sessions: &Option<login::SessionBackend>,
         metrics: &Arc<metrics::Metrics>,
     ) -> anyhow::Result<Arc<conn::Serving>> {
         Ok(Arc::new(conn::Serving {
@@ -78,6 +81,7 @@ impl ServingControl {
             handler: Arc::new(handler::Handler::new(
                 config,
                 backend.clone(),
+                sessions.clone(),
                 metrics.clone(),
             )),
         }))
@@ -87,7 +91,7 @@ impl ServingControl {
     /// connections opened before are drained (HTTP/2 GOAWAY, HTTP/1.1 closed after the
     /// answer in progress). On error (a file that does not load) nothing changes.
     pub fn replace(&self, config: &Config) -> anyhow::Result<()> {
-        let serving = Self::build(config, &self.backend, &self.metrics)?;
+        let serving = Self::build(config, &self.backend, &self.sessions, &self.metrics)?;
         self.sender.send_replace(serving);
         Ok(())
     }
@@ -101,14 +105,17 @@ impl ServingControl {
 impl Edge {
     /// Loads TLS material and binds both listeners; nothing is served yet.
     /// `extra_metrics` are appended to `/metrics` (the all-in-one binary adds authd's).
+    /// `sessions` is the way to authd's Sessions service, for the login routes (served
+    /// when `[login]` is enabled).
     pub async fn bind(
         config: &Config,
         backend: Backend,
+        sessions: Option<login::SessionBackend>,
         reachability: Reachability,
         extra_metrics: Vec<Encoder>,
     ) -> anyhow::Result<Self> {
         let metrics = Arc::new(metrics::Metrics::new());
-        let initial = ServingControl::build(config, &backend, &metrics)?;
+        let initial = ServingControl::build(config, &backend, &sessions, &metrics)?;
         let (sender, serving) = watch::channel(initial);
         let listener = TcpListener::bind(config.listen)
             .await
@@ -133,6 +140,7 @@ impl Edge {
             control: ServingControl {
                 sender: Arc::new(sender),
                 backend,
+                sessions,
                 metrics,
             },
             settings: config.into(),

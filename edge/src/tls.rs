@@ -167,6 +167,9 @@ pub fn server_tls(config: &Config) -> anyhow::Result<ServerTls> {
     // Clusters without their own CA use tls.client_ca: with it set, every route needs a
     // certificate and the handshake requires one.
     let every_route_needs_a_cert = default_route.is_some();
+    // The login routes take people without a client certificate: the handshake may not
+    // require one then (each review route still checks its own, per request).
+    let handshake_requires_a_cert = every_route_needs_a_cert && !config.login.enabled;
     if !every_route_needs_a_cert {
         let open: Vec<&str> = std::iter::once(config.default_cluster.as_str())
             .chain(
@@ -188,7 +191,7 @@ pub fn server_tls(config: &Config) -> anyhow::Result<ServerTls> {
         builder.with_no_client_auth()
     } else {
         let roots = root_store(all.iter().map(|(p, f)| (*p, f.as_str())))?;
-        builder.with_client_cert_verifier(verifier(roots, !every_route_needs_a_cert)?)
+        builder.with_client_cert_verifier(verifier(roots, !handshake_requires_a_cert)?)
     };
     let mut server = builder
         .with_single_cert(certs, key)
