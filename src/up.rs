@@ -119,11 +119,14 @@ fn admin_secret(path: &Path) -> anyhow::Result<()> {
 
 /// The login routes' way to authd's Sessions service: in this process, through the same
 /// service the gRPC listener serves.
-fn sessions_in_process(authd: &authd::Authd) -> authd_edge::login::SessionBackend {
+fn sessions_in_process(
+    authd: &authd::Authd,
+    sessions: Option<std::sync::Arc<authd::session::Sessions>>,
+) -> authd_edge::login::SessionBackend {
     use authd::session::SessionsGrpc;
     use authd_edge::login::{render_login, render_logout, render_token, SessionCall};
     use authd_proto::v1::sessions_server::Sessions as _;
-    let service = std::sync::Arc::new(SessionsGrpc::new(authd.clone()));
+    let service = std::sync::Arc::new(SessionsGrpc::new(authd.clone(), sessions));
     authd_edge::login::SessionBackend::from_fn(move |call| {
         let service = service.clone();
         Box::pin(async move {
@@ -225,7 +228,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     // The one admin listener (the edge's, serving both processes' metrics): the flag, else
     // the configuration's `admin_listen`.
     let admin_listen = args.admin_listen.or(authd_cfg.admin_listen);
-    let authd = authd::server::build(&authd_cfg)?;
+    let (authd, sessions) = authd::server::build_with_sessions(&authd_cfg)?;
     authd::server::load_revocations(&authd).await;
     {
         let (config, grpc_listen, tokens, admin) = (
@@ -242,9 +245,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             authd::reload::POLL_INTERVAL,
         );
     }
-    let grpc = authd::server::Listeners::bind(authd_cfg.listen, None)
+    let mut grpc = authd::server::Listeners::bind(authd_cfg.listen, None)
         .await?
         .secure(&authd_cfg)?;
+    grpc.sessions = sessions.clone();
     let grpc_addr = grpc.grpc.local_addr()?;
 
     let edge_cfg = authd_edge::Config::parse(
@@ -276,7 +280,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let edge = authd_edge::Edge::bind(
         &edge_cfg,
         backend,
-        Some(sessions_in_process(&authd)),
+        Some(sessions_in_process(&authd, sessions)),
         authd_edge::Reachability::always(),
         vec![std::sync::Arc::new(move || metrics.encode())],
     )

@@ -1054,6 +1054,42 @@ mod tests {
     }
 
     #[test]
+    fn sessions_name_a_password_source() {
+        let ldap = "[[sources]]\nname='dir'\ntype='ldap'\nurl='ldap://127.0.0.1'\n\
+                    bind_dn='cn=x'\nbind_password_file='pw'\nuser_base='dc=x'\n\
+                    [[sources]]\nname='static'\ntype='token_file'\npath='t.csv'\n";
+        let c = Config::parse(
+            &format!("{ldap}[sessions]\npassword_source='dir'\n"),
+            Path::new("."),
+        )
+        .unwrap();
+        let s = c.sessions.unwrap();
+        assert_eq!(s.max_lifetime, Duration::from_secs(9 * 3600));
+        assert_eq!(s.token_lifetime, Duration::from_secs(300));
+        for (extra, field) in [
+            ("password_source='static'", "sessions.password_source"),
+            ("password_source='nope'", "sessions.password_source"),
+            (
+                "password_source='dir'\ntoken_lifetime='10h'",
+                "sessions.token_lifetime",
+            ),
+            (
+                "password_source='dir'\nidle_timeout='0s'",
+                "sessions.idle_timeout",
+            ),
+            (
+                "password_source='dir'\nmax_failed_logins_per_user=0",
+                "sessions.max_failed_logins_per_user",
+            ),
+        ] {
+            let e = Config::parse(&format!("{ldap}[sessions]\n{extra}\n"), Path::new("."))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field), "{extra}: {e}");
+        }
+    }
+
+    #[test]
     fn documented_ldap_and_postgres_examples_parse() {
         let doc = include_str!("../../docs/configuration.md");
         let blocks: Vec<&str> = doc

@@ -4,13 +4,14 @@
 //! lifting is one log line naming the caller, the kind, the keyed id and the end; never a
 //! token.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use authd_proto::v1::admin_server::{Admin, AdminServer};
 use authd_proto::v1::{
     EndSessionRequest, EndSessionResponse, ListRevocationsRequest, ListRevocationsResponse,
-    ListSessionsRequest, ListSessionsResponse, Revocation, RevokeCredentialRequest,
-    RevokeResponse, RevokeTokenRequest, RevokeUserRequest, UnrevokeRequest, UnrevokeResponse,
+    ListSessionsRequest, ListSessionsResponse, Revocation, RevokeCredentialRequest, RevokeResponse,
+    RevokeTokenRequest, RevokeUserRequest, UnrevokeRequest, UnrevokeResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -19,19 +20,29 @@ use crate::cache::redis::SharedCacheError;
 use crate::cache::revocations::{self, Kind};
 use crate::cache::verdict::Revoked;
 use crate::metrics::{ClientLabels, Name, SessionLabels};
-use crate::session::Sessions;
 use crate::service::Authd;
 use crate::service::MAX_TOKEN_BYTES;
+use crate::session::Sessions;
 
 pub struct AdminGrpc {
     authd: Authd,
     /// Who may call this service.
     authz: AdminAuthz,
+    /// The login sessions, when configured (`ListSessions`, `EndSession`).
+    sessions: Option<Arc<Sessions>>,
 }
 
 impl AdminGrpc {
-    pub fn server(authd: Authd, authz: AdminAuthz) -> AdminServer<Self> {
-        AdminServer::new(Self { authd, authz })
+    pub fn server(
+        authd: Authd,
+        authz: AdminAuthz,
+        sessions: Option<Arc<Sessions>>,
+    ) -> AdminServer<Self> {
+        AdminServer::new(Self {
+            authd,
+            authz,
+            sessions,
+        })
     }
 
     fn authorize<T>(&self, request: &Request<T>, method: &'static str) -> Result<Name, Status> {
@@ -49,9 +60,9 @@ impl AdminGrpc {
 }
 
 impl AdminGrpc {
-    fn sessions(&self) -> Result<&std::sync::Arc<Sessions>, Status> {
-        self.authd
-            .sessions()
+    fn sessions(&self) -> Result<&Arc<Sessions>, Status> {
+        self.sessions
+            .as_ref()
             .ok_or_else(|| Status::unimplemented("sessions are not configured ([sessions])"))
     }
 }
@@ -238,7 +249,9 @@ impl Admin for AdminGrpc {
         let req = request.into_inner();
         // A session id is 32 hex digits; anything else names no session.
         if req.session_id.len() != 32 || !req.session_id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(Status::invalid_argument("session_id: expected 32 hex digits"));
+            return Err(Status::invalid_argument(
+                "session_id: expected 32 hex digits",
+            ));
         }
         let result = sessions.end(&self.authd, &req.session_id).await;
         let label = match &result {

@@ -28,12 +28,18 @@ use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::revocation::AdminGrpc;
 use crate::service::Authd;
-use crate::session::{SessionStore, Sessions, SessionsGrpc};
+use crate::session::{IssuedTokens, SessionStore, Sessions, SessionsGrpc};
 use crate::tls;
 
 /// Builds the service (sources, caches, policy) from a validated configuration. Must run
 /// inside a Tokio runtime when a shared cache is configured (it starts its subscriber).
 pub fn build(config: &Config) -> anyhow::Result<Authd> {
+    build_with_sessions(config).map(|(authd, _)| authd)
+}
+
+/// Like [`build`], with the login sessions (`[sessions]`) the gRPC listener and the
+/// all-in-one edge serve; their issued-token source is already in the pipeline.
+pub fn build_with_sessions(config: &Config) -> anyhow::Result<(Authd, Option<Arc<Sessions>>)> {
     let fingerprinter = match &config.cache.hmac_key_file {
         Some(path) => Fingerprinter::new(&read_hmac_key(path)?),
         None => Fingerprinter::random(),
@@ -53,12 +59,7 @@ pub fn build(config: &Config) -> anyhow::Result<Authd> {
             let index_ttl =
                 (ttls.positive + ttls.stale_grace).max(ttls.negative) + Duration::from_secs(60);
             let sealer = Sealer::new(&fingerprinter);
-            let cache = Arc::new(SharedCache::new(
-                redis,
-                index_ttl,
-                metrics.clone(),
-                sealer,
-            )?);
+            let cache = Arc::new(SharedCache::new(redis, index_ttl, metrics.clone(), sealer)?);
             shared_cache = Some(cache.clone());
             Some(SharedLevel {
                 cache,
@@ -72,6 +73,9 @@ pub fn build(config: &Config) -> anyhow::Result<Authd> {
         let store = SessionStore::new(&fingerprinter, shared_cache);
         Arc::new(Sessions::new(c, Arc::new(store)))
     });
+    let extra = sessions
+        .as_ref()
+        .map(|s| Arc::new(IssuedTokens::new(s.store().clone())));
     let authd = Authd::with_levels(
         fingerprinter,
         pipeline,
@@ -85,10 +89,11 @@ pub fn build(config: &Config) -> anyhow::Result<Authd> {
         },
     )
     .with_audit(audit);
-    Ok(match sessions {
-        Some(s) => authd.with_sessions(s),
+    let authd = match extra {
+        Some(issued) => authd.with_extra_source(issued),
         None => authd,
-    })
+    };
+    Ok((authd, sessions))
 }
 
 /// Everything `authd serve` reads and checks at start-up before it binds a port — the
@@ -159,6 +164,8 @@ pub struct Listeners {
     /// refused at once (RESOURCE_EXHAUSTED) instead of queueing without bound.
     pub max_calls: usize,
     pub max_calls_per_connection: usize,
+    /// The login sessions served (`Sessions`, Admin `ListSessions`/`EndSession`).
+    pub sessions: Option<Arc<Sessions>>,
 }
 
 impl Listeners {
@@ -183,6 +190,7 @@ impl Listeners {
             ext_authz: ExtAuthzConfig::default(),
             max_calls: 1024,
             max_calls_per_connection: 512,
+            sessions: None,
         })
     }
 
@@ -258,9 +266,13 @@ pub async fn serve(
         ))
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(AdminGrpc::server(authd.clone(), listeners.admin_authz))
+        .add_service(AdminGrpc::server(
+            authd.clone(),
+            listeners.admin_authz,
+            listeners.sessions.clone(),
+        ))
         .add_service(ExtAuthzGrpc::server(authd.clone(), listeners.ext_authz))
-        .add_service(SessionsGrpc::server(authd.clone()))
+        .add_service(SessionsGrpc::server(authd.clone(), listeners.sessions))
         .add_service(AuthenticatorGrpc::server(authd));
     let drained = async {
         let _ = drain_rx.await;

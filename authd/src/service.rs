@@ -29,8 +29,6 @@ use crate::policy::Cluster;
 use prometheus_client::metrics::counter::Counter;
 
 use crate::pipeline::Pipeline;
-use crate::session::Sessions;
-use crate::source::issued::IssuedTokens;
 use crate::source::{Expiry, Verifier};
 
 /// What a review came to, as the `result` label of `authd_verdicts` tells it.
@@ -79,9 +77,9 @@ struct Inner {
     metrics: Arc<Metrics>,
     /// The audit log, when configured.
     audit: Option<Audit>,
-    /// Login sessions (`[sessions]`), and their issued-token source, which every pipeline
-    /// swapped in gets after the configured sources.
-    sessions: Option<(Arc<Sessions>, Arc<dyn Verifier>)>,
+    /// A source not in the configuration (the login sessions' issued tokens), which every
+    /// pipeline swapped in gets after the configured sources.
+    extra_source: Option<Arc<dyn Verifier>>,
 }
 
 /// How a review reached authd, as the audit log records it.
@@ -196,7 +194,7 @@ impl Authd {
                 pipeline: RwLock::new(Arc::new(pipeline)),
                 metrics,
                 audit: None,
-                sessions: None,
+                extra_source: None,
             }),
         }
     }
@@ -209,23 +207,18 @@ impl Authd {
         self
     }
 
-    /// Serves login sessions from now on: their issued-token source joins the pipeline
-    /// (and every reloaded one). Only before the handle is shared.
-    pub fn with_sessions(mut self, sessions: Arc<Sessions>) -> Self {
-        let issued: Arc<dyn Verifier> = Arc::new(IssuedTokens::new(sessions.store().clone()));
-        let inner = Arc::get_mut(&mut self.inner).expect("with_sessions before the service is shared");
-        inner.sessions = Some((sessions, issued.clone()));
+    /// Adds `source` after the configured sources, in this pipeline and every reloaded
+    /// one (the login sessions' issued tokens). Only before the handle is shared.
+    pub fn with_extra_source(mut self, source: Arc<dyn Verifier>) -> Self {
+        let inner =
+            Arc::get_mut(&mut self.inner).expect("with_extra_source before the service is shared");
+        inner.extra_source = Some(source.clone());
         let pipeline = inner.pipeline.get_mut().unwrap_or_else(|e| e.into_inner());
         Arc::get_mut(pipeline)
             .expect("the pipeline is not shared before the service is")
             .sources
-            .push(issued);
+            .push(source);
         self
-    }
-
-    /// The login sessions, when configured.
-    pub fn sessions(&self) -> Option<&Arc<Sessions>> {
-        self.inner.sessions.as_ref().map(|(s, _)| s)
     }
 
     /// The configured source named `name`, in the current pipeline.
@@ -253,8 +246,8 @@ impl Authd {
 
     /// Replaces sources and policy; in-flight lookups finish with the old ones.
     pub fn swap_pipeline(&self, mut pipeline: Pipeline) {
-        if let Some((_, issued)) = &self.inner.sessions {
-            pipeline.sources.push(issued.clone());
+        if let Some(extra) = &self.inner.extra_source {
+            pipeline.sources.push(extra.clone());
         }
         *self
             .inner

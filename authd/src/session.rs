@@ -25,6 +25,7 @@ use authd_proto::v1::{
     LoginRequest, LoginResponse, LogoutRequest, LogoutResponse, SessionInfo, TokenRequest,
     TokenResponse,
 };
+use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 use tonic::{Request, Response, Status};
@@ -36,6 +37,7 @@ use crate::fingerprint::Fingerprinter;
 use crate::identity::{Identity, Outcome};
 use crate::metrics::SessionLabels;
 use crate::service::Authd;
+use crate::source::{Expiry, Verifier};
 
 /// The prefix of a session credential.
 pub const SESSION_PREFIX: &str = "kas_";
@@ -60,7 +62,9 @@ pub fn parse(prefix: &str, credential: &str) -> Option<String> {
     let rest = credential.strip_prefix(prefix)?;
     let (id, secret) = rest.split_once('.')?;
     let hex = |s: &str, n: usize| {
-        s.len() == n && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     };
     (hex(id, ID_HEX) && hex(secret, SECRET_HEX)).then(|| id.to_owned())
 }
@@ -398,7 +402,12 @@ impl SessionStore {
         Ok(serde_json::from_slice(&plain).ok())
     }
 
-    async fn put_token(&self, token: &str, r: &TokenRecord, ttl: Duration) -> Result<(), StoreError> {
+    async fn put_token(
+        &self,
+        token: &str,
+        r: &TokenRecord,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
         let plain = serde_json::to_vec(r).map_err(|e| StoreError(e.to_string()))?;
         self.set(&self.token_key(token), &plain, ttl).await
     }
@@ -516,21 +525,20 @@ impl Sessions {
             .store
             .key("lf:a", &f.credential(&format!("address\0{address}")));
         // Throttled before the password is checked: a guesser learns nothing more.
-        if self.store.failures(&user_key).await? >= u64::from(self.config.max_failed_logins_per_user)
+        if self.store.failures(&user_key).await?
+            >= u64::from(self.config.max_failed_logins_per_user)
             || self.store.failures(&address_key).await?
                 >= u64::from(self.config.max_failed_logins_per_address)
         {
             tracing::warn!(user = %f.username(username).short(), "login throttled");
             return Err(SessionError::Throttled);
         }
-        let source = authd
-            .source(&self.config.password_source)
-            .ok_or_else(|| {
-                SessionError::Unavailable(format!(
-                    "sessions.password_source {:?} is not a configured source",
-                    self.config.password_source
-                ))
-            })?;
+        let source = authd.source(&self.config.password_source).ok_or_else(|| {
+            SessionError::Unavailable(format!(
+                "sessions.password_source {:?} is not a configured source",
+                self.config.password_source
+            ))
+        })?;
         let identity = match source.check_password(username, password).await {
             Outcome::Authenticated(identity) => identity,
             Outcome::Rejected => {
@@ -562,7 +570,10 @@ impl Sessions {
             expires_ms: now + to_ms_d(self.config.max_lifetime),
         };
         self.store
-            .put_session(&record, self.config.idle_timeout.min(self.config.max_lifetime))
+            .put_session(
+                &record,
+                self.config.idle_timeout.min(self.config.max_lifetime),
+            )
             .await?;
         self.store
             .index_add(
@@ -654,7 +665,10 @@ impl Sessions {
         record.last_used_ms = now_ms;
         let idle_end = self.idle_end(&record);
         self.store
-            .put_session(&record, Duration::from_millis(idle_end.saturating_sub(now_ms)))
+            .put_session(
+                &record,
+                Duration::from_millis(idle_end.saturating_sub(now_ms)),
+            )
             .await?;
         tracing::info!(session = %record.id, cluster = %cluster.escape_debug(),
             user = %record.identity.username, "token issued");
@@ -726,21 +740,23 @@ fn to_ms_d(d: Duration) -> u64 {
 /// The gRPC `Sessions` service.
 pub struct SessionsGrpc {
     authd: Authd,
+    sessions: Option<Arc<Sessions>>,
 }
 
 impl SessionsGrpc {
-    /// The service over `authd`; also called in-process by the all-in-one binary's edge.
-    pub fn new(authd: Authd) -> Self {
-        Self { authd }
+    /// The service over `authd`'s sessions (UNIMPLEMENTED without `[sessions]`); also
+    /// called in-process by the all-in-one binary's edge.
+    pub fn new(authd: Authd, sessions: Option<Arc<Sessions>>) -> Self {
+        Self { authd, sessions }
     }
 
-    pub fn server(authd: Authd) -> SessionsServer<Self> {
-        SessionsServer::new(Self::new(authd))
+    pub fn server(authd: Authd, sessions: Option<Arc<Sessions>>) -> SessionsServer<Self> {
+        SessionsServer::new(Self::new(authd, sessions))
     }
 
     fn sessions(&self) -> Result<&Arc<Sessions>, Status> {
-        self.authd
-            .sessions()
+        self.sessions
+            .as_ref()
             .ok_or_else(|| Status::unimplemented("sessions are not configured ([sessions])"))
     }
 
@@ -792,7 +808,9 @@ impl SessionsApi for SessionsGrpc {
     ) -> Result<Response<TokenResponse>, Status> {
         let sessions = self.sessions()?;
         let req = request.into_inner();
-        let result = sessions.token(&self.authd, &req.session, &req.cluster).await;
+        let result = sessions
+            .token(&self.authd, &req.session, &req.cluster)
+            .await;
         self.count("token", &result);
         let i = result?;
         Ok(Response::new(TokenResponse {
@@ -814,6 +832,76 @@ impl SessionsApi for SessionsGrpc {
         let result = sessions.logout(&self.authd, &req.session).await;
         self.count("logout", &result);
         Ok(Response::new(LogoutResponse { ended: result? }))
+    }
+}
+
+/// The name the issued-token source answers under.
+pub const NAME: &str = "sessions";
+
+/// The issued-token source: tokens `Token` minted, owned by their prefix (`kat_`). A token
+/// is valid while its record (found by the token's keyed hash) is in the store and not
+/// expired; the answer carries the token's expiry (no cached verdict outlives it) and its
+/// one cluster (`Identity::cluster`, checked after the cache against the review's
+/// cluster). Its credential id is `kat_<session id>`: ending the session revokes that id.
+/// Not a `[[sources]]` entry: authd adds it after the configured sources when
+/// `[sessions]` is set, and keeps it across reloads.
+pub struct IssuedTokens {
+    store: Arc<SessionStore>,
+}
+
+impl IssuedTokens {
+    pub fn new(store: Arc<SessionStore>) -> Self {
+        Self { store }
+    }
+}
+
+impl Verifier for IssuedTokens {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn owns(&self, token: &str) -> bool {
+        token.starts_with(TOKEN_PREFIX)
+    }
+
+    fn credential_id<'t>(&self, token: &'t str) -> Option<&'t str> {
+        token_credential_id(token)
+    }
+
+    fn expiry<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Expiry> {
+        Box::pin(async move {
+            match self.store.token(token).await {
+                Ok(Some(r)) => Expiry::At(from_ms(r.expires_ms)),
+                _ => Expiry::Unknown,
+            }
+        })
+    }
+
+    fn verify<'a>(&'a self, token: &'a str, _audiences: &'a [String]) -> BoxFuture<'a, Outcome> {
+        Box::pin(async move {
+            if token_credential_id(token).is_none() {
+                return Outcome::Rejected;
+            }
+            let record = match self.store.token(token).await {
+                Ok(Some(r)) => r,
+                Ok(None) => return Outcome::Rejected,
+                Err(e) => return Outcome::Undecided(e.to_string()),
+            };
+            let expires_at = from_ms(record.expires_ms);
+            if SystemTime::now() >= expires_at {
+                return Outcome::Rejected;
+            }
+            let i = record.identity;
+            Outcome::Authenticated(Identity {
+                username: i.username,
+                uid: i.uid,
+                groups: i.groups,
+                extra: i.extra,
+                audiences: Vec::new(),
+                expires_at: Some(expires_at),
+                cluster: Some(record.cluster),
+            })
+        })
     }
 }
 
@@ -849,7 +937,10 @@ mod tests {
             .set("a", b"plain", Duration::from_millis(50))
             .await
             .unwrap();
-        assert_eq!(store.get("a").await.unwrap().as_deref(), Some(&b"plain"[..]));
+        assert_eq!(
+            store.get("a").await.unwrap().as_deref(),
+            Some(&b"plain"[..])
+        );
         if let Kv::Memory(m) = &store.kv {
             let held = &SessionStore::memory(m).values["a"].0;
             assert!(!held.windows(5).any(|w| w == b"plain"));
@@ -857,11 +948,17 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(60)).await;
         assert_eq!(store.get("a").await.unwrap(), None);
         assert_eq!(
-            store.count_failure("f", Duration::from_secs(9)).await.unwrap(),
+            store
+                .count_failure("f", Duration::from_secs(9))
+                .await
+                .unwrap(),
             1
         );
         assert_eq!(
-            store.count_failure("f", Duration::from_secs(9)).await.unwrap(),
+            store
+                .count_failure("f", Duration::from_secs(9))
+                .await
+                .unwrap(),
             2
         );
         assert_eq!(store.failures("f").await.unwrap(), 2);

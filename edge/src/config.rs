@@ -491,7 +491,10 @@ impl Config {
             ));
         }
         if self.login.max_in_flight == 0 {
-            return Err(FieldError::new("login.max_in_flight", "must be greater than 0"));
+            return Err(FieldError::new(
+                "login.max_in_flight",
+                "must be greater than 0",
+            ));
         }
         // Below `max_body_bytes` a body of the largest accepted size could never be read.
         if self.max_buffered_body_bytes < self.max_body_bytes {

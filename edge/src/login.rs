@@ -60,7 +60,8 @@ impl SessionBackend {
             Box::pin(async move {
                 let mut last = tonic::Status::unavailable("no authd replica is configured");
                 for i in 0..channels.len() {
-                    let client = SessionsClient::new(channels[(start + i) % channels.len()].clone());
+                    let client =
+                        SessionsClient::new(channels[(start + i) % channels.len()].clone());
                     match call_grpc(client, &call).await {
                         Err(s) if s.code() == tonic::Code::Unavailable => last = s,
                         other => return other,

@@ -43,8 +43,8 @@ async fn serve(config: PathBuf) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let sessions = authd_edge::login::grpc_backend(authd)?;
-    let edge = authd_edge::Edge::bind(&cfg, backend, Some(sessions), reachability, Vec::new())
-        .await?;
+    let edge =
+        authd_edge::Edge::bind(&cfg, backend, Some(sessions), reachability, Vec::new()).await?;
     let addr = edge.local_addr()?;
     let admin = edge.admin_addr();
     authd_edge::reload::spawn(

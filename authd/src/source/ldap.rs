@@ -557,23 +557,23 @@ impl Verifier for LdapVerifier {
 impl LdapVerifier {
     /// The whole password check of one user, bounded.
     async fn login(&self, user: &str, password: &str) -> Outcome {
-            if password.is_empty() {
-                // An empty password would make an unauthenticated bind, which succeeds.
-                tracing::info!(source = %self.name, "ldap: empty password; rejected without a bind");
-                return Outcome::Rejected;
-            }
-            if user.len() > MAX_USER_LEN || password.len() > MAX_PASSWORD_LEN {
-                tracing::info!(source = %self.name, "ldap: user name or password too long; rejected");
-                return Outcome::Rejected;
-            }
-            // A whole check is a few round trips; bound it so a stuck directory cannot hold
-            // a review past a small multiple of the configured timeout.
-            let limit = self.config.timeout * 3;
-            match tokio::time::timeout(limit, self.check(user, password)).await {
-                Ok(Ok(outcome)) => outcome,
-                Ok(Err(Fault(why))) => Outcome::Undecided(format!("ldap: {why}")),
-                Err(_) => Outcome::Undecided(format!("ldap: no answer within {limit:?}")),
-            }
+        if password.is_empty() {
+            // An empty password would make an unauthenticated bind, which succeeds.
+            tracing::info!(source = %self.name, "ldap: empty password; rejected without a bind");
+            return Outcome::Rejected;
+        }
+        if user.len() > MAX_USER_LEN || password.len() > MAX_PASSWORD_LEN {
+            tracing::info!(source = %self.name, "ldap: user name or password too long; rejected");
+            return Outcome::Rejected;
+        }
+        // A whole check is a few round trips; bound it so a stuck directory cannot hold
+        // a review past a small multiple of the configured timeout.
+        let limit = self.config.timeout * 3;
+        match tokio::time::timeout(limit, self.check(user, password)).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(Fault(why))) => Outcome::Undecided(format!("ldap: {why}")),
+            Err(_) => Outcome::Undecided(format!("ldap: no answer within {limit:?}")),
+        }
     }
 }
 

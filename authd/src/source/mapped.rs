@@ -58,20 +58,20 @@ impl Verifier for Mapped {
 impl Mapped {
     /// The source's answer through the mapping.
     fn map(&self, outcome: Outcome) -> Outcome {
-            match outcome {
-                Outcome::Authenticated(id) => {
-                    match self.mapping.apply(self.inner.name(), id) {
-                        Ok(id) => Outcome::Authenticated(id),
-                        Err(why) => {
-                            // A source minting a reserved name is misconfigured or attacked:
-                            // a definitive no, and loud.
-                            tracing::warn!(source = %self.inner.name(), reason = %why,
+        match outcome {
+            Outcome::Authenticated(id) => {
+                match self.mapping.apply(self.inner.name(), id) {
+                    Ok(id) => Outcome::Authenticated(id),
+                    Err(why) => {
+                        // A source minting a reserved name is misconfigured or attacked:
+                        // a definitive no, and loud.
+                        tracing::warn!(source = %self.inner.name(), reason = %why,
                                 "rejected: identity mapping refused the source's answer");
-                            Outcome::Rejected
-                        }
+                        Outcome::Rejected
                     }
                 }
-                other => other,
             }
+            other => other,
+        }
     }
 }

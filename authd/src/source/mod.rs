@@ -9,7 +9,6 @@
 
 pub mod basic_auth;
 pub mod common;
-pub mod issued;
 pub mod jwt;
 pub mod ldap;
 mod mapped;

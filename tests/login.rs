@@ -1,0 +1,440 @@
+//! Issue 15 end to end: people log in once with their directory password through the
+//! edge's login route (HTTPS, no client certificate) and get short-lived tokens bound to one
+//! cluster. Real slapd, real Redis, two authd replicas, one edge balancing over both.
+//!
+//! A token authenticates as the LDAP user with their current groups on its cluster only,
+//! expires on time; logout and an admin-ended session make it refused on every replica
+//! within a second; a directory change shows at the next token; failed logins are
+//! throttled; no password, session or token is in Redis or in any log.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use authd_proto::v1::admin_client::AdminClient;
+use authd_proto::v1::authenticator_client::AuthenticatorClient;
+use authd_proto::v1::{AuthenticateRequest, EndSessionRequest, ListSessionsRequest};
+use common::fleet::{endpoints_toml, start_fleet_edge, Replica};
+use common::ldap::{Slapd, SERVICE_DN, SERVICE_PASSWORD, SUFFIX};
+use common::procs::Proc;
+use common::redis::{assert_no_secrets, RedisServer};
+use common::*;
+use serde_json::{json, Value};
+
+const ADMIN_SECRET: &str = "login-test-admin-secret-0123456789";
+const TOKEN_LIFETIME: Duration = Duration::from_secs(4);
+
+struct Env {
+    dir: tempfile::TempDir,
+    slapd: Slapd,
+    redis: RedisServer,
+    replicas: Vec<Replica>,
+    edge: Proc,
+    /// The edge's base URL.
+    base: String,
+    /// kube-apiserver (the registered client certificate) for reviews.
+    apiserver: reqwest::Client,
+    /// A person: no client certificate.
+    person: reqwest::Client,
+}
+
+fn authd_toml(slapd: &Slapd, redis: &RedisServer) -> String {
+    format!(
+        "[cache]\nhmac_key_file = \"hmac.key\"\npositive_ttl = \"10m\"\nlocal_ttl = \"10m\"\n\
+         [cache.redis]\nurl = \"{redis}\"\ntimeout = \"3s\"\n\
+         [admin]\ntoken_file = \"admin.token\"\n\
+         [[sources]]\nname = \"dir\"\ntype = \"ldap\"\nurl = \"{ldap}\"\n\
+         bind_dn = \"{SERVICE_DN}\"\nbind_password_file = \"ldap.pw\"\n\
+         user_base = \"{SUFFIX}\"\ngroup_base = \"ou=groups,{SUFFIX}\"\ntimeout = \"2s\"\n\
+         [clusters.prod]\n[clusters.staging]\n\
+         [sessions]\npassword_source = \"dir\"\ntoken_lifetime = \"{}s\"\n\
+         max_failed_logins_per_user = 3\n",
+        TOKEN_LIFETIME.as_secs(),
+        redis = redis.url(),
+        ldap = slapd.url(),
+    )
+}
+
+impl Env {
+    fn start() -> Env {
+        let dir = temp_dir();
+        let d = dir.path();
+        certs_init(d, &[]);
+        write(d, "ldap.pw", &format!("{SERVICE_PASSWORD}\n"));
+        write(d, "hmac.key", "replicas-share-this-key-0123456789abcdef\n");
+        write(d, "admin.token", &format!("{ADMIN_SECRET}\n"));
+        let slapd = Slapd::start(d, (&d.join("edge.crt"), &d.join("edge.key")));
+        let redis = RedisServer::start(d, None, &[]);
+        let toml = authd_toml(&slapd, &redis);
+        let replicas = vec![
+            Replica::start(d, "authd-a", &toml),
+            Replica::start(d, "authd-b", &toml),
+        ];
+        let edge = start_fleet_edge(
+            d,
+            "edge",
+            "[clusters.prod]\n[clusters.staging]\n[login]\nenabled = true\n",
+            &endpoints_toml(&replicas, "http"),
+        );
+        let base = edge.ready_field("https");
+        let ca = std::fs::read(d.join("ca.crt")).unwrap();
+        Env {
+            apiserver: client(&ca, Proto::H2, None),
+            person: anonymous_client(&ca, Proto::H1),
+            dir,
+            slapd,
+            redis,
+            replicas,
+            edge,
+            base,
+        }
+    }
+
+    /// POSTs JSON to a login route as a person; (status, body).
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let resp = self
+            .person
+            .post(format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {path}: {e:?}"));
+        let status = resp.status().as_u16();
+        assert_eq!(
+            resp.headers().get("cache-control").unwrap(),
+            "no-store",
+            "{path}"
+        );
+        (status, resp.json().await.expect("JSON body"))
+    }
+
+    async fn login(&self, user: &str, password: &str) -> String {
+        let (status, body) = self
+            .post("/login", json!({"username": user, "password": password}))
+            .await;
+        assert_eq!(status, 200, "login {user}: {body}");
+        body["session"].as_str().unwrap().to_owned()
+    }
+
+    /// A token for `cluster`: (token, expiresUnixMs).
+    async fn token(&self, session: &str, cluster: &str) -> (u16, Value) {
+        self.post("/token", json!({"session": session, "cluster": cluster}))
+            .await
+    }
+
+    async fn token_ok(&self, session: &str, cluster: &str) -> String {
+        let (status, body) = self.token(session, cluster).await;
+        assert_eq!(status, 200, "token: {body}");
+        body["token"].as_str().unwrap().to_owned()
+    }
+
+    /// Reviews `token` through the edge as kube-apiserver of `cluster` would.
+    async fn review_on(&self, cluster: &str, token: &str) -> Answer {
+        review(
+            &self.apiserver,
+            &format!("{}/clusters/{cluster}/authenticate", self.base),
+            "authentication.k8s.io/v1",
+            token,
+        )
+        .await
+    }
+
+    async fn admin(&self) -> AdminClient<tonic::transport::Channel> {
+        AdminClient::connect(format!("http://{}", self.replicas[0].addr))
+            .await
+            .unwrap()
+    }
+
+    fn logs(&self) -> String {
+        let mut all = self.edge.stderr();
+        for r in &self.replicas {
+            all.push_str(&r.proc().stderr());
+        }
+        all
+    }
+}
+
+fn with_admin<T>(message: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    r.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {ADMIN_SECRET}").parse().unwrap(),
+    );
+    r
+}
+
+async fn grpc_review(r: &Replica, cluster: &str, token: &str) -> bool {
+    let mut c = AuthenticatorClient::connect(format!("http://{}", r.addr))
+        .await
+        .expect("connect to authd");
+    let a = c
+        .authenticate(AuthenticateRequest {
+            token: token.to_owned(),
+            cluster: cluster.into(),
+            request_id: "login-test".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("Authenticate")
+        .into_inner();
+    assert!(a.error.is_empty(), "{}: {a:?}", r.name);
+    a.authenticated
+}
+
+/// Every replica refuses `token` within `within` (each was authenticating it before).
+async fn refused_everywhere_within(env: &Env, token: &str, within: Duration, what: &str) {
+    let started = Instant::now();
+    for r in &env.replicas {
+        while grpc_review(r, "prod", token).await {
+            assert!(
+                started.elapsed() < within,
+                "{what}: {} still authenticated the token {within:?} after",
+                r.name
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Every replica authenticates `token` (and so holds it in its verdict cache).
+async fn warm(env: &Env, token: &str) {
+    for r in &env.replicas {
+        assert!(grpc_review(r, "prod", token).await, "{} refused", r.name);
+    }
+}
+
+fn set_member(slapd: &Slapd, group: &str, op: &str, user_dn: &str) {
+    slapd.modify(&format!(
+        "dn: cn={group},ou=groups,{SUFFIX}\nchangetype: modify\n{op}: member\nmember: {user_dn}\n"
+    ));
+}
+
+const ALICE_DN: &str = "uid=alice,ou=people,ou=eng,dc=example,dc=org";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_tokens_are_short_lived_bound_to_one_cluster_and_revocable_everywhere() {
+    let env = Env::start();
+    let mut secrets: Vec<String> = vec!["alice-pw".into(), "bob-pw".into()];
+
+    // A wrong password is a 401 and opens nothing; a review route still wants
+    // kube-apiserver's certificate although the handshake no longer requires one.
+    let (status, body) = env
+        .post(
+            "/login",
+            json!({"username": "alice", "password": "nope-pw"}),
+        )
+        .await;
+    assert_eq!(status, 401, "{body}");
+    let anonymous_review = review(
+        &env.person,
+        &format!("{}/clusters/prod/authenticate", env.base),
+        "authentication.k8s.io/v1",
+        "whatever",
+    )
+    .await;
+    assert_eq!(anonymous_review.status, 403, "{anonymous_review:?}");
+    // Bad bodies are refused without echoing them.
+    let (status, body) = env
+        .post("/login", json!({"username": "alice", "pass": "leaky-pw"}))
+        .await;
+    assert_eq!(status, 400);
+    assert!(!body.to_string().contains("leaky-pw"), "{body}");
+
+    // The token: the LDAP user with current groups, on its own cluster only.
+    let session = env.login("alice", "alice-pw").await;
+    assert!(session.starts_with("kas_"), "{session}");
+    secrets.push(session.clone());
+    let (status, body) = env.token(&session, "nowhere").await;
+    assert_eq!(status, 400, "a cluster authd does not serve: {body}");
+    let (status, body) = env.token(&session, "prod").await;
+    assert_eq!(status, 200, "{body}");
+    let token = body["token"].as_str().unwrap().to_owned();
+    let expires = body["expiresUnixMs"].as_u64().unwrap();
+    secrets.push(token.clone());
+    assert!(
+        token.starts_with("kat_") && token.len() >= 4 + 32 + 1 + 32,
+        "{token}"
+    );
+    assert_eq!(body["username"], "alice");
+    let a = env.review_on("prod", &token).await;
+    assert!(a.authenticated(), "{a:?}");
+    assert_eq!(a.username(), "alice");
+    assert_eq!(a.groups(), ["platform"]);
+    env.review_on("staging", &token).await.assert_denied();
+    let other = review(
+        &env.apiserver,
+        &format!("{}/authenticate", env.base),
+        "authentication.k8s.io/v1",
+        &token,
+    )
+    .await;
+    other.assert_denied();
+    // And again on prod (now from a cache): still bound.
+    assert!(env.review_on("prod", &token).await.authenticated());
+    env.review_on("staging", &token).await.assert_denied();
+
+    // It expires on time, cached or not.
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    let left = expires.saturating_sub(now_ms());
+    assert!(
+        left <= TOKEN_LIFETIME.as_millis() as u64 && left > 1000,
+        "token lifetime: {left} ms left"
+    );
+    tokio::time::sleep(Duration::from_millis(left + 100)).await;
+    env.review_on("prod", &token).await.assert_denied();
+    for r in &env.replicas {
+        assert!(
+            !grpc_review(r, "prod", &token).await,
+            "{} after expiry",
+            r.name
+        );
+    }
+
+    // A group change shows at the next token.
+    set_member(&env.slapd, "sre", "add", ALICE_DN);
+    // A groupOfNames keeps at least one member.
+    set_member(&env.slapd, "platform", "add", SERVICE_DN);
+    set_member(&env.slapd, "platform", "delete", ALICE_DN);
+    let token2 = env.token_ok(&session, "prod").await;
+    secrets.push(token2.clone());
+    let a = env.review_on("prod", &token2).await;
+    assert!(a.authenticated(), "{a:?}");
+    assert_eq!(a.groups(), ["sre"]);
+
+    // Logout: refused on every replica within a second, caches warm on both.
+    warm(&env, &token2).await;
+    let (status, body) = env.post("/logout", json!({"session": session})).await;
+    assert_eq!((status, &body["ended"]), (200, &json!(true)), "{body}");
+    refused_everywhere_within(&env, &token2, Duration::from_secs(1), "logout").await;
+    let (status, _) = env.token(&session, "prod").await;
+    assert_eq!(status, 401, "no token from an ended session");
+
+    // Two sessions (two machines): an admin ends one; the other goes on.
+    let laptop = env.login("alice", "alice-pw").await;
+    let desktop = env.login("alice", "alice-pw").await;
+    secrets.extend([laptop.clone(), desktop.clone()]);
+    let laptop_token = env.token_ok(&laptop, "prod").await;
+    secrets.push(laptop_token.clone());
+    warm(&env, &laptop_token).await;
+    let mut admin = env.admin().await;
+    let listed = admin
+        .list_sessions(with_admin(ListSessionsRequest {
+            username: "alice".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .sessions;
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    let laptop_id = laptop[4..4 + 32].to_owned();
+    assert!(
+        listed.iter().any(|s| s.session_id == laptop_id),
+        "{listed:?}"
+    );
+    let refused = admin
+        .list_sessions(tonic::Request::new(ListSessionsRequest {
+            username: "alice".into(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    let ended = admin
+        .end_session(with_admin(EndSessionRequest {
+            session_id: laptop_id,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(ended.ended);
+    refused_everywhere_within(&env, &laptop_token, Duration::from_secs(1), "EndSession").await;
+    assert_eq!(env.token(&laptop, "prod").await.0, 401);
+    let desktop_token = env.token_ok(&desktop, "prod").await;
+    secrets.push(desktop_token.clone());
+    assert!(env.review_on("prod", &desktop_token).await.authenticated());
+
+    // An account deleted from the directory gets no next token; its session ends.
+    let bob = env.login("bob", "bob-pw").await;
+    secrets.push(bob.clone());
+    let bob_token = env.token_ok(&bob, "staging").await;
+    secrets.push(bob_token.clone());
+    let a = env.review_on("staging", &bob_token).await;
+    assert_eq!((a.username(), a.groups()), ("bob", vec!["sre".to_owned()]));
+    env.slapd
+        .modify("dn: uid=bob,ou=people,ou=ops,dc=example,dc=org\nchangetype: delete\n");
+    let (status, body) = env.token(&bob, "staging").await;
+    assert_eq!(status, 401, "{body}");
+    refused_everywhere_within(&env, &bob_token, Duration::from_secs(1), "account deleted").await;
+
+    // Failed logins are throttled per user: after three (the first wrong password above
+    // and two more), even the right password waits.
+    for _ in 0..2 {
+        let (status, _) = env
+            .post(
+                "/login",
+                json!({"username": "alice", "password": "guess-pw"}),
+            )
+            .await;
+        assert_eq!(status, 401);
+    }
+    let (status, body) = env
+        .post(
+            "/login",
+            json!({"username": "alice", "password": "alice-pw"}),
+        )
+        .await;
+    assert_eq!(status, 429, "{body}");
+    // Counted at authd: only these logins were refused or throttled.
+    let mut rejected = 0.0;
+    let mut throttled = 0.0;
+    for r in &env.replicas {
+        let (_, text) = admin_get(&r.proc().ready_field("admin"), "/metrics").await;
+        let m = |result| {
+            metric_sum(
+                &text,
+                "authd_session_calls_total",
+                &[("method", "login"), ("result", result)],
+            )
+        };
+        rejected += m("rejected");
+        throttled += m("throttled");
+    }
+    assert_eq!((rejected, throttled), (3.0, 1.0));
+
+    // Nothing secret in Redis (keys and values) or in any log.
+    let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
+    // The secret halves on their own too.
+    let halves: Vec<&str> = secrets
+        .iter()
+        .filter_map(|s| s.split_once('.').map(|(_, secret)| secret))
+        .collect();
+    let dump = env.redis.dump();
+    assert!(dump.iter().any(|(k, _)| k.contains("sess:")), "{dump:?}");
+    assert_no_secrets(&dump, &secrets);
+    assert_no_secrets(&dump, &halves);
+    assert!(
+        !dump
+            .iter()
+            .any(|(k, v)| k.contains("alice") || v.contains("alice")),
+        "a user name in Redis in the clear"
+    );
+    let logs = env.logs();
+    assert!(logs.contains("session opened"), "debug logs expected");
+    for s in secrets
+        .iter()
+        .chain(&halves)
+        .chain(&["nope-pw", "guess-pw"])
+    {
+        assert!(
+            !logs.contains(s),
+            "a log holds a secret ({} bytes)",
+            s.len()
+        );
+    }
+    let _ = Path::new(env.dir.path());
+}
