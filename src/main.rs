@@ -1,6 +1,7 @@
 //! `kube-authd`: the all-in-one binary and the operator's tool.
 
 mod kubeconfig;
+mod login;
 mod pki;
 mod revoke;
 mod up;
@@ -109,6 +110,36 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Sign in with your directory password (a session for the day) and print a short-lived
+    /// token for the cluster: the client-go exec credential plugin the kubeconfig from
+    /// `kube-authd kubeconfig` runs. Without a cluster, only logs in.
+    Login(login::LoginArgs),
+    /// End the session (its tokens are refused at once) and clear the local cache.
+    Logout {
+        #[command(flatten)]
+        endpoint: login::Endpoint,
+    },
+    /// Print the user of the cached session.
+    Whoami {
+        #[command(flatten)]
+        endpoint: login::Endpoint,
+    },
+    /// Print a kubeconfig for one cluster with no credential in it: it runs `kube-authd
+    /// login` (interactiveMode IfAvailable); clusters of one login endpoint share its user.
+    Kubeconfig {
+        /// The cluster's API server, e.g. https://prod.example.com:6443
+        #[arg(long)]
+        server: String,
+        /// The cluster's name, as authd serves it (the token is bound to it).
+        #[arg(long)]
+        cluster: String,
+        /// The login endpoint (the edge), e.g. https://authn.example.com:8443
+        #[arg(long)]
+        login: String,
+        /// PEM CA of the API server, also trusted for the login endpoint.
+        #[arg(long)]
+        ca: Option<PathBuf>,
     },
 }
 
@@ -271,6 +302,21 @@ fn check_name(flag: &str, name: &str) -> anyhow::Result<()> {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Login(args) => login::login(args).await,
+        Command::Logout { endpoint } => login::logout(endpoint).await,
+        Command::Whoami { endpoint } => login::whoami(endpoint),
+        Command::Kubeconfig {
+            server,
+            cluster,
+            login,
+            ca,
+        } => {
+            print!(
+                "{}",
+                login::kubeconfig(&server, &cluster, &login, ca.as_deref())?
+            );
+            Ok(())
+        }
         Command::Up {
             state_dir,
             listen,
