@@ -58,6 +58,10 @@ enum Command {
         /// Plain-HTTP /healthz, /readyz and /metrics.
         #[arg(long)]
         admin_listen: Option<SocketAddr>,
+        /// HTTPS address of the login routes (`kube-authd login`; default: --listen's
+        /// port + 1).
+        #[arg(long)]
+        login_listen: Option<SocketAddr>,
         #[command(flatten)]
         limits: up::EdgeLimits,
     },
@@ -325,6 +329,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             config,
             grpc_listen,
             admin_listen,
+            login_listen,
             limits,
         } => {
             up::run(up::UpArgs {
@@ -335,6 +340,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 authd_config: config,
                 grpc_listen,
                 admin_listen,
+                login_listen,
                 limits,
             })
             .await

@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use authd_proto::v1::admin_client::AdminClient;
@@ -26,13 +25,15 @@ const ADMIN_SECRET: &str = "login-test-admin-secret-0123456789";
 const TOKEN_LIFETIME: Duration = Duration::from_secs(4);
 
 struct Env {
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
     slapd: Slapd,
     redis: RedisServer,
     replicas: Vec<Replica>,
     edge: Proc,
-    /// The edge's base URL.
+    /// The edge's login listener.
     base: String,
+    /// The edge's review listener.
+    reviews: String,
     /// kube-apiserver (the registered client certificate) for reviews.
     apiserver: reqwest::Client,
     /// A person: no client certificate.
@@ -74,20 +75,22 @@ impl Env {
         let edge = start_fleet_edge(
             d,
             "edge",
-            "[clusters.prod]\n[clusters.staging]\n[login]\nenabled = true\n",
+            "[clusters.prod]\n[clusters.staging]\n[login]\nlisten = \"127.0.0.1:0\"\n",
             &endpoints_toml(&replicas, "http"),
         );
-        let base = edge.ready_field("https");
+        let base = edge.ready_field("login");
+        let reviews = edge.ready_field("https");
         let ca = std::fs::read(d.join("ca.crt")).unwrap();
         Env {
             apiserver: client(&ca, Proto::H2, None),
             person: anonymous_client(&ca, Proto::H1),
-            dir,
+            _dir: dir,
             slapd,
             redis,
             replicas,
             edge,
             base,
+            reviews,
         }
     }
 
@@ -133,7 +136,7 @@ impl Env {
     async fn review_on(&self, cluster: &str, token: &str) -> Answer {
         review(
             &self.apiserver,
-            &format!("{}/clusters/{cluster}/authenticate", self.base),
+            &format!("{}/clusters/{cluster}/authenticate", self.reviews),
             "authentication.k8s.io/v1",
             token,
         )
@@ -217,8 +220,7 @@ async fn login_tokens_are_short_lived_bound_to_one_cluster_and_revocable_everywh
     let env = Env::start();
     let mut secrets: Vec<String> = vec!["alice-pw".into(), "bob-pw".into()];
 
-    // A wrong password is a 401 and opens nothing; a review route still wants
-    // kube-apiserver's certificate although the handshake no longer requires one.
+    // A wrong password is a 401 and opens nothing.
     let (status, body) = env
         .post(
             "/login",
@@ -226,14 +228,23 @@ async fn login_tokens_are_short_lived_bound_to_one_cluster_and_revocable_everywh
         )
         .await;
     assert_eq!(status, 401, "{body}");
-    let anonymous_review = review(
-        &env.person,
-        &format!("{}/clusters/prod/authenticate", env.base),
-        "authentication.k8s.io/v1",
-        "whatever",
-    )
-    .await;
-    assert_eq!(anonymous_review.status, 403, "{anonymous_review:?}");
+    // The login listener serves nothing else, and the review listener still refuses a
+    // caller without a certificate at the handshake.
+    let (status, _) = env.post("/clusters/prod/authenticate", json!({})).await;
+    assert_eq!(status, 404);
+    let anonymous = env
+        .person
+        .post(format!("{}/clusters/prod/authenticate", env.reviews))
+        .body(review_body("authentication.k8s.io/v1", "whatever", &[]))
+        .send()
+        .await;
+    assert!(anonymous.is_err(), "{anonymous:?}");
+    let anonymous = env
+        .person
+        .post(format!("{}/login", env.reviews))
+        .send()
+        .await;
+    assert!(anonymous.is_err(), "no login route on the review listener");
     // Bad bodies are refused without echoing them.
     let (status, body) = env
         .post("/login", json!({"username": "alice", "pass": "leaky-pw"}))
@@ -264,7 +275,7 @@ async fn login_tokens_are_short_lived_bound_to_one_cluster_and_revocable_everywh
     env.review_on("staging", &token).await.assert_denied();
     let other = review(
         &env.apiserver,
-        &format!("{}/authenticate", env.base),
+        &format!("{}/authenticate", env.reviews),
         "authentication.k8s.io/v1",
         &token,
     )
@@ -436,5 +447,60 @@ async fn login_tokens_are_short_lived_bound_to_one_cluster_and_revocable_everywh
             s.len()
         );
     }
-    let _ = Path::new(env.dir.path());
+}
+
+/// `kube-authd up` serves the login routes too: the token file's users log in with their
+/// token as the password, and get a token for the one cluster `up` serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_lets_the_demo_users_log_in() {
+    let dir = temp_dir();
+    let d = dir.path();
+    let demo = token("demo");
+    write(
+        d,
+        "tokens.csv",
+        &format!("{demo},demo-viewer,1001,\"demo:users\"\n"),
+    );
+    let up = start_up(d, &d.join("tokens.csv"));
+    let kc = Kubeconfig::load(&d.join("state/webhook-kubeconfig.yaml"));
+    let login = up.ready_field("login");
+    let person = anonymous_client(&kc.ca_pem, Proto::H1);
+    let post = |path: &str, body: Value| {
+        let req = person.post(format!("{login}{path}")).json(&body);
+        async move {
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, _) = post(
+        "/login",
+        json!({"username": "demo-admin", "password": demo}),
+    )
+    .await;
+    assert_eq!(
+        status, 401,
+        "another user's token is not this user's password"
+    );
+    let (status, body) = post(
+        "/login",
+        json!({"username": "demo-viewer", "password": demo}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let session = body["session"].as_str().unwrap().to_owned();
+    let (status, body) = post("/token", json!({"session": session, "cluster": "default"})).await;
+    assert_eq!(status, 200, "{body}");
+    let issued = body["token"].as_str().unwrap().to_owned();
+    let apiserver = client(&kc.ca_pem, Proto::H2, None);
+    let a = review(&apiserver, &kc.server, "authentication.k8s.io/v1", &issued).await;
+    assert!(a.authenticated(), "{a:?}");
+    assert_eq!(
+        (a.username(), a.groups()),
+        ("demo-viewer", vec!["demo:users".to_owned()])
+    );
+    let logs = up.stderr();
+    for secret in [&demo, &session, &issued] {
+        assert!(!logs.contains(secret.as_str()), "a log holds a secret");
+    }
 }

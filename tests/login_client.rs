@@ -113,6 +113,7 @@ struct Env {
     authd: Replica,
     _edge: Proc,
     login: String,
+    reviews: String,
     api: ApiServer,
     kubeconfig: PathBuf,
     apiserver: reqwest::Client,
@@ -137,10 +138,11 @@ impl Env {
         let edge = start_fleet_edge(
             d,
             "edge",
-            "[clusters.prod]\n[clusters.staging]\n[login]\nenabled = true\n",
+            "[clusters.prod]\n[clusters.staging]\n[login]\nlisten = \"127.0.0.1:0\"\n",
             &endpoints_toml(std::slice::from_ref(&authd), "http"),
         );
-        let login = edge.ready_field("https");
+        let login = edge.ready_field("login");
+        let reviews = edge.ready_field("https");
         let api = ApiServer::start(d).await;
         let out = Command::new(bin("kube-authd"))
             .args(["kubeconfig", "--server", &api.url, "--cluster", "prod"])
@@ -162,6 +164,7 @@ impl Env {
             authd,
             _edge: edge,
             login,
+            reviews,
             api,
             kubeconfig,
         }
@@ -195,7 +198,7 @@ impl Env {
     }
 
     async fn review_on(&self, cluster: &str, token: &str) -> Answer {
-        let url = format!("{}/clusters/{cluster}/authenticate", self.login);
+        let url = format!("{}/clusters/{cluster}/authenticate", self.reviews);
         review(&self.apiserver, &url, "authentication.k8s.io/v1", token).await
     }
 

@@ -102,8 +102,8 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SessionsConfig {
-    /// The `[[sources]]` entry (by name, an `ldap` or `basic_auth` source) that checks
-    /// passwords at Login; an LDAP source is also asked again at every Token (the account
+    /// The `[[sources]]` entry (by name, an `ldap` or `basic_auth` source, or for a demo a
+    /// `token_file`, whose users' tokens are their passwords) that checks passwords at Login; an LDAP source is also asked again at every Token (the account
     /// still exists, its current groups).
     pub password_source: String,
     /// The longest a session lives, however much it is used.
@@ -138,12 +138,13 @@ fn default_failed_per_address() -> u32 {
 impl SessionsConfig {
     fn validate(&self, sources: &[SourceConfig]) -> Result<(), FieldError> {
         match sources.iter().find(|s| s.name() == self.password_source) {
-            Some(SourceConfig::Ldap(_) | SourceConfig::BasicAuth(_)) => {}
+            Some(SourceConfig::Ldap(_) | SourceConfig::BasicAuth(_) | SourceConfig::TokenFile(_)) => {
+            }
             Some(_) => {
                 return Err(FieldError::new(
                     "sessions.password_source",
                     format!(
-                        "{:?} is not an ldap or basic_auth source (only those check passwords)",
+                        "{:?} is not an ldap, basic_auth or token_file source (only those check passwords)",
                         self.password_source
                     ),
                 ))
@@ -1057,7 +1058,8 @@ mod tests {
     fn sessions_name_a_password_source() {
         let ldap = "[[sources]]\nname='dir'\ntype='ldap'\nurl='ldap://127.0.0.1'\n\
                     bind_dn='cn=x'\nbind_password_file='pw'\nuser_base='dc=x'\n\
-                    [[sources]]\nname='static'\ntype='token_file'\npath='t.csv'\n";
+                    [[sources]]\nname='jwt'\ntype='jwt'\nissuer='i'\n\
+                    audiences=['a']\nalgorithms=['ES256']\nkeys=['k']\n";
         let c = Config::parse(
             &format!("{ldap}[sessions]\npassword_source='dir'\n"),
             Path::new("."),
@@ -1067,7 +1069,7 @@ mod tests {
         assert_eq!(s.max_lifetime, Duration::from_secs(9 * 3600));
         assert_eq!(s.token_lifetime, Duration::from_secs(300));
         for (extra, field) in [
-            ("password_source='static'", "sessions.password_source"),
+            ("password_source='jwt'", "sessions.password_source"),
             ("password_source='nope'", "sessions.password_source"),
             (
                 "password_source='dir'\ntoken_lifetime='10h'",

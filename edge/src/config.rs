@@ -75,13 +75,13 @@ pub struct Config {
 }
 
 /// `[login]`: the login routes people's `kube-authd login` calls. They need no client
-/// certificate, so with them enabled the TLS handshake asks for one without requiring it
-/// (the review routes still refuse a request without their cluster's certificate).
+/// certificate, so they have a listener of their own: the review listener keeps requiring
+/// kube-apiserver's certificate at the handshake.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoginConfig {
-    #[serde(default)]
-    pub enabled: bool,
+    /// HTTPS address of the login routes (same serving certificate); off when absent.
+    pub listen: Option<SocketAddr>,
     /// Most login-route calls in progress at once; more are answered 503 at once.
     #[serde(default = "default_login_in_flight")]
     pub max_in_flight: usize,
@@ -90,7 +90,7 @@ pub struct LoginConfig {
 impl Default for LoginConfig {
     fn default() -> Self {
         Self {
-            enabled: false,
+            listen: None,
             max_in_flight: default_login_in_flight(),
         }
     }
@@ -390,18 +390,17 @@ impl Config {
     }
 
     /// Whether `other` serves the same routes with the same TLS: `tls.*`, `default_cluster`
-    /// `clusters` and `login` (what a reload swaps for new connections).
+    /// and `clusters` (what a reload swaps for new connections).
     pub fn same_routes(&self, other: &Config) -> bool {
         self.tls == other.tls
             && self.default_cluster == other.default_cluster
             && self.clusters == other.clusters
-            && self.login == other.login
     }
 
     /// This configuration as a running edge applies it on reload: the settings fixed for
     /// the process's life (listeners, limits, timeouts) taken from `running`, with the
     /// names of those that differ, for a warning. What reloads is the rest: `tls`,
-    /// `default_cluster`, `clusters`, `[login]` and `[authd]`.
+    /// `default_cluster`, `clusters` and `[authd]`.
     pub fn with_restart_only_from(mut self, running: &Config) -> (Config, Vec<&'static str>) {
         // Destructured without `..`: a new field must be sorted into one group or the other.
         let Config {
@@ -423,7 +422,7 @@ impl Config {
             authd_file: _,
             authd: _,
             clusters: _,
-            login: _,
+            login,
         } = running;
         let mut changed = Vec::new();
         macro_rules! keep {
@@ -447,7 +446,8 @@ impl Config {
             max_buffered_body_bytes,
             max_connections,
             max_concurrent_streams,
-            shutdown_grace
+            shutdown_grace,
+            login
         );
         (self, changed)
     }

@@ -25,7 +25,8 @@ use crate::route::Route;
 /// Everything a request handler needs; shared by all connections.
 pub struct Handler {
     backend: Backend,
-    /// The login routes (`login.rs`), when `[login]` is enabled.
+    /// The login routes (`login.rs`): set only in the login listener's handler, which
+    /// serves nothing else.
     login: Option<Arc<Login>>,
     default_cluster: Endpoint,
     clusters: std::collections::BTreeMap<String, Endpoint>,
@@ -108,20 +109,32 @@ impl Answer {
 }
 
 impl Handler {
-    pub fn new(
+    pub fn new(config: &Config, backend: Backend, metrics: Arc<Metrics>) -> Self {
+        Self::with_login(config, backend, None, metrics)
+    }
+
+    /// The handler of the login listener: the login routes, and nothing else (404).
+    pub fn login_only(
         config: &Config,
         backend: Backend,
-        sessions: Option<SessionBackend>,
+        sessions: SessionBackend,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let login = sessions.filter(|_| config.login.enabled).map(|s| {
-            Arc::new(Login::new(
-                s,
-                config.login.max_in_flight,
-                config.body_read_timeout,
-                config.review_timeout,
-            ))
-        });
+        let login = Login::new(
+            sessions,
+            config.login.max_in_flight,
+            config.body_read_timeout,
+            config.review_timeout,
+        );
+        Self::with_login(config, backend, Some(Arc::new(login)), metrics)
+    }
+
+    fn with_login(
+        config: &Config,
+        backend: Backend,
+        login: Option<Arc<Login>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             backend,
             login,
@@ -154,10 +167,12 @@ impl Handler {
 
     /// Answers one request that arrived on a connection from `peer`.
     pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<Full<Bytes>> {
+        // The login listener serves nothing else: it asks for no client certificate.
         if let Some(login) = &self.login {
-            if let Some(route) = LoginRoute::parse(req.uri().path()) {
-                return login.handle(route, req, peer.addr).await;
-            }
+            return match LoginRoute::parse(req.uri().path()) {
+                Some(route) => login.handle(route, req, peer.addr).await,
+                None => crate::login::not_found(),
+            };
         }
         let started = Instant::now();
         let request_id = request_id();

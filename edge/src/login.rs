@@ -1,6 +1,7 @@
-//! The login route: people (the `kube-authd login` credential plugin) POST JSON to
-//! `/login`, `/token` and `/logout` over the same HTTPS port, without a client certificate,
-//! and the edge forwards each as one call to authd's `Sessions` service. Like the review
+//! The login routes: people (the `kube-authd login` credential plugin) POST JSON to
+//! `/login`, `/token` and `/logout` on the edge's login listener (`[login] listen`, the same
+//! serving certificate, no client certificate asked for, nothing else served), and the
+//! edge forwards each as one call to authd's `Sessions` service. Like the review
 //! side it holds no identity logic: it parses, forwards, and renders authd's answer.
 //!
 //! Bounded like reviews: at most `login.max_in_flight` calls in progress (more are refused
@@ -289,6 +290,14 @@ impl Login {
             ),
         }
     }
+}
+
+/// The login listener's answer to any other path.
+pub fn not_found() -> Response<Full<Bytes>> {
+    answer(
+        StatusCode::NOT_FOUND,
+        &error_body("the login listener serves POST /login, /token and /logout only"),
+    )
 }
 
 fn error_body(message: &str) -> serde_json::Value {

@@ -167,9 +167,6 @@ pub fn server_tls(config: &Config) -> anyhow::Result<ServerTls> {
     // Clusters without their own CA use tls.client_ca: with it set, every route needs a
     // certificate and the handshake requires one.
     let every_route_needs_a_cert = default_route.is_some();
-    // The login routes take people without a client certificate: the handshake may not
-    // require one then (each review route still checks its own, per request).
-    let handshake_requires_a_cert = every_route_needs_a_cert && !config.login.enabled;
     if !every_route_needs_a_cert {
         let open: Vec<&str> = std::iter::once(config.default_cluster.as_str())
             .chain(
@@ -191,7 +188,7 @@ pub fn server_tls(config: &Config) -> anyhow::Result<ServerTls> {
         builder.with_no_client_auth()
     } else {
         let roots = root_store(all.iter().map(|(p, f)| (*p, f.as_str())))?;
-        builder.with_client_cert_verifier(verifier(roots, !handshake_requires_a_cert)?)
+        builder.with_client_cert_verifier(verifier(roots, !every_route_needs_a_cert)?)
     };
     let mut server = builder
         .with_single_cert(certs, key)
@@ -222,6 +219,38 @@ pub fn reloading_server(config: &Config) -> anyhow::Result<Reloading<ServerTls>>
     Reloading::start("edge serving TLS", server_files(config), move || {
         server_tls(&c)
     })
+}
+
+/// The login listener's TLS (`[login]`): the same serving certificate, no client
+/// certificate asked for (people log in there), and no route that would take one: the
+/// handler behind it serves the login routes only.
+pub fn login_server_tls(config: &Config) -> anyhow::Result<ServerTls> {
+    let certs = load_certs(&config.tls.cert, "tls.cert")?;
+    let key = load_key(&config.tls.key, "tls.key")?;
+    let mut server = ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("tls.cert/tls.key: the key does not match the certificate or is unsupported")?;
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(ServerTls {
+        config: Arc::new(server),
+        client_auth: ClientAuth {
+            default_cluster: config.default_cluster.clone(),
+            default_route: None,
+            clusters: BTreeMap::new(),
+            last_anonymous_warning: AtomicU64::new(0),
+        },
+    })
+}
+
+/// [`login_server_tls`], rebuilt when the certificate or key changes.
+pub fn reloading_login_server(config: &Config) -> anyhow::Result<Reloading<ServerTls>> {
+    let c = config.clone();
+    Reloading::start(
+        "edge login TLS",
+        vec![config.tls.cert.clone(), config.tls.key.clone()],
+        move || login_server_tls(&c),
+    )
 }
 
 /// TLS to authd: its CA, and the edge's client certificate when configured. `None`
