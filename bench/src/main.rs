@@ -5,6 +5,7 @@ mod cpu;
 mod envoy;
 mod load;
 mod servers;
+mod sessions;
 mod suite;
 mod tokens;
 mod window;
@@ -46,6 +47,9 @@ enum Command {
     /// Measure how long after a revocation returns on one authd replica another one still
     /// authenticates the token (two replicas, one Redis).
     RevocationWindow(window::Args),
+    /// Login sessions at one authd: `Token` calls/s from one session, then reviews/s of
+    /// issued tokens (warm).
+    Sessions(sessions::Args),
     /// Requests/s and latency through Envoy with ext_authz → authd (warm) against Envoy with
     /// no filter, in interleaved rounds.
     Envoy(envoy::Args),
@@ -149,6 +153,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     match cli.command {
         Command::Suite(args) => suite::run(args).await,
         Command::RevocationWindow(args) => window::run(args).await,
+        Command::Sessions(args) => sessions::run(args).await,
         Command::Envoy(args) => envoy::run(args).await,
         Command::Upstream { listen } => {
             servers::upstream(listen).await?;
