@@ -384,4 +384,29 @@ async fn kubectl_runs_the_plugin_and_gets_cluster_bound_tokens() {
     assert!(!text.contains(PASSWORD), "the password was echoed: {text}");
     assert_eq!(env.logins().await, 2.0);
     assert!(env.review_on("prod", &env.api.last()).await.authenticated());
+
+    // kubectl ≥ 1.35's kuberc credential-plugin allowlist, as docs/login.md gives it:
+    // kube-authd allowed, and refused under DenyAll.
+    let kuberc = |name: &str, text: &str| write(env.dir.path(), name, text).display().to_string();
+    let allow = kuberc(
+        "kuberc-allow.yaml",
+        "apiVersion: kubectl.config.k8s.io/v1beta1\nkind: Preference\n\
+         credentialPluginPolicy: Allowlist\ncredentialPluginAllowlist:\n- command: kube-authd\n",
+    );
+    let out = env
+        .kubectl("tty", &[])
+        .env("KUBERC", &allow)
+        .output()
+        .unwrap();
+    assert_ok(&out, "kubectl with the allowlist");
+    let deny = kuberc(
+        "kuberc-deny.yaml",
+        "apiVersion: kubectl.config.k8s.io/v1beta1\nkind: Preference\ncredentialPluginPolicy: DenyAll\n",
+    );
+    let out = env
+        .kubectl("tty", &[])
+        .env("KUBERC", &deny)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "DenyAll must refuse the plugin");
 }
