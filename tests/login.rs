@@ -50,7 +50,7 @@ fn authd_toml(slapd: &Slapd, redis: &RedisServer) -> String {
          user_base = \"{SUFFIX}\"\ngroup_base = \"ou=groups,{SUFFIX}\"\ntimeout = \"2s\"\n\
          [clusters.prod]\n[clusters.staging]\n\
          [sessions]\npassword_source = \"dir\"\ntoken_lifetime = \"{}s\"\n\
-         max_failed_logins_per_user = 3\n",
+         max_failed_logins_per_user = 3\nmax_failed_logins_per_address = 5\n",
         TOKEN_LIFETIME.as_secs(),
         redis = redis.url(),
         ldap = slapd.url(),
@@ -217,7 +217,7 @@ const ALICE_DN: &str = "uid=alice,ou=people,ou=eng,dc=example,dc=org";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_tokens_are_short_lived_bound_to_one_cluster_and_revocable_everywhere() {
-    let env = Env::start();
+    let mut env = Env::start();
     let mut secrets: Vec<String> = vec!["alice-pw".into(), "bob-pw".into()];
 
     // A wrong password is a 401 and opens nothing.
@@ -400,6 +400,21 @@ async fn login_tokens_are_short_lived_bound_to_one_cluster_and_revocable_everywh
         )
         .await;
     assert_eq!(status, 429, "{body}");
+    // And per client address: two more failures under other names (five from this
+    // address), then even another user's right password waits.
+    for user in ["dup", "nobody"] {
+        let (status, _) = env
+            .post("/login", json!({"username": user, "password": "guess-pw"}))
+            .await;
+        assert_eq!(status, 401, "{user}");
+    }
+    let (status, body) = env
+        .post(
+            "/login",
+            json!({"username": common::ldap::WEIRD_USER, "password": "weird-pw"}),
+        )
+        .await;
+    assert_eq!(status, 429, "{body}");
     // Counted at authd: only these logins were refused or throttled.
     let mut rejected = 0.0;
     let mut throttled = 0.0;
@@ -415,7 +430,7 @@ async fn login_tokens_are_short_lived_bound_to_one_cluster_and_revocable_everywh
         rejected += m("rejected");
         throttled += m("throttled");
     }
-    assert_eq!((rejected, throttled), (3.0, 1.0));
+    assert_eq!((rejected, throttled), (5.0, 2.0));
 
     // Nothing secret in Redis (keys and values) or in any log.
     let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
@@ -447,6 +462,18 @@ async fn login_tokens_are_short_lived_bound_to_one_cluster_and_revocable_everywh
             s.len()
         );
     }
+
+    // Redis down: the store cannot answer, and that is never a yes. A token no replica
+    // has cached (a forged secret on a real session id) is "could not decide" (500, which
+    // kube-apiserver treats as not authenticated); logins and tokens are refused (503).
+    let forged = format!("{}.{}", &desktop_token[..4 + 32], "0".repeat(64));
+    env.redis.kill();
+    env.review_on("prod", &forged).await.assert_undecided();
+    let (status, _) = env
+        .post("/login", json!({"username": "dup", "password": "dup-pw"}))
+        .await;
+    assert_eq!(status, 503);
+    assert_eq!(env.token(&desktop, "prod").await.0, 503);
 }
 
 /// `kube-authd up` serves the login routes too: the token file's users log in with their

@@ -385,6 +385,50 @@ async fn kubectl_runs_the_plugin_and_gets_cluster_bound_tokens() {
     assert_eq!(env.logins().await, 2.0);
     assert!(env.review_on("prod", &env.api.last()).await.authenticated());
 
+    // An older kubectl (v1beta1) gets its own version back, told the token ends a minute
+    // before it does.
+    let out = Command::new(bin("kube-authd"))
+        .args(["login", "--login", &env.login, "--login-ca"])
+        .arg(env.dir.path().join("ca.crt"))
+        .env("KUBECACHEDIR", env.dir.path().join("tty"))
+        .env(
+            "KUBERNETES_EXEC_INFO",
+            r#"{"apiVersion":"client.authentication.k8s.io/v1beta1","kind":"ExecCredential","spec":{"interactive":false,"cluster":{"server":"https://x","config":{"cluster":"staging"}}}}"#,
+        )
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_ok(&out, "v1beta1 plugin call");
+    let credential: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        credential["apiVersion"],
+        "client.authentication.k8s.io/v1beta1"
+    );
+    assert_eq!(credential["kind"], "ExecCredential");
+    let staging = credential["status"]["token"].as_str().unwrap().to_owned();
+    let told = humantime::parse_rfc3339(
+        credential["status"]["expirationTimestamp"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    let real = std::fs::read_dir(env.cache_dir("tty"))
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.unwrap().path()).ok())
+        .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .find(|v| v["token"] == staging.as_str())
+        .and_then(|v| v["expires_ms"].as_u64())
+        .expect("the staging token in the cache");
+    let real = std::time::UNIX_EPOCH + Duration::from_millis(real);
+    let early = real.duration_since(told).unwrap();
+    assert!(
+        early >= Duration::from_secs(59) && early <= Duration::from_secs(61),
+        "{early:?}"
+    );
+    let a = env.review_on("staging", &staging).await;
+    assert!(a.authenticated(), "{a:?}");
+    env.review_on("prod", &staging).await.assert_denied();
+
     // kubectl ≥ 1.35's kuberc credential-plugin allowlist, as docs/login.md gives it:
     // kube-authd allowed, and refused under DenyAll.
     let kuberc = |name: &str, text: &str| write(env.dir.path(), name, text).display().to_string();
