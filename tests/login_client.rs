@@ -453,4 +453,9 @@ async fn kubectl_runs_the_plugin_and_gets_cluster_bound_tokens() {
         .output()
         .unwrap();
     assert!(!out.status.success(), "DenyAll must refuse the plugin");
+
+    // No log of authd or the edge holds the password.
+    let logs = env.authd.proc().stderr() + &env._edge.stderr();
+    assert!(logs.contains("session opened"), "debug logs expected");
+    assert!(!logs.contains(PASSWORD), "a log holds the password");
 }
