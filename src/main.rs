@@ -115,6 +115,13 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Login sessions at authd (Admin service): list a user's, end one.
+    Sessions {
+        #[command(flatten)]
+        conn: revoke::AdminConn,
+        #[command(subcommand)]
+        action: SessionsCommand,
+    },
     /// Sign in with your directory password (a session for the day) and print a short-lived
     /// token for the cluster: the client-go exec credential plugin the kubeconfig from
     /// `kube-authd kubeconfig` runs. Without a cluster, only logs in.
@@ -144,6 +151,20 @@ enum Command {
         /// PEM CA of the API server, also trusted for the login endpoint.
         #[arg(long)]
         ca: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum SessionsCommand {
+    /// The open sessions of a user (as authd maps names).
+    List {
+        #[arg(long)]
+        user: String,
+    },
+    /// End one session (by the id `list` shows): its tokens are refused on every replica.
+    End {
+        #[arg(long)]
+        id: String,
     },
 }
 
@@ -307,6 +328,13 @@ fn check_name(flag: &str, name: &str) -> anyhow::Result<()> {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Login(args) => login::login(args).await,
+        Command::Sessions { conn, action } => {
+            let action = match action {
+                SessionsCommand::List { user } => revoke::SessionsAction::List { user },
+                SessionsCommand::End { id } => revoke::SessionsAction::End { id },
+            };
+            revoke::sessions(conn, action).await
+        }
         Command::Logout { endpoint } => login::logout(endpoint).await,
         Command::Whoami { endpoint } => login::whoami(endpoint),
         Command::Kubeconfig {

@@ -365,6 +365,19 @@ async fn login_tokens_are_short_lived_bound_to_one_cluster_and_revocable_everywh
     assert!(ended.ended);
     refused_everywhere_within(&env, &laptop_token, Duration::from_secs(1), "EndSession").await;
     assert_eq!(env.token(&laptop, "prod").await.0, 401);
+    // The operator's view: `kube-authd sessions list` shows the one left.
+    let out = std::process::Command::new(common::procs::bin("kube-authd"))
+        .arg("sessions")
+        .args(["--authd", &format!("http://{}", env.replicas[1].addr)])
+        .arg("--admin-token-file")
+        .arg(env._dir.path().join("admin.token"))
+        .args(["list", "--user", "alice"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let listed = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+    assert!(listed.starts_with(&desktop[4..4 + 32]), "{listed}");
     let desktop_token = env.token_ok(&desktop, "prod").await;
     secrets.push(desktop_token.clone());
     assert!(env.review_on("prod", &desktop_token).await.authenticated());

@@ -5,7 +5,7 @@
 //! Credentials (`<prefix><id>.<secret>`, 128-bit id, 256-bit secret, both hex):
 //! - a session is `kas_<id>.<secret>`: the refresh credential a client keeps;
 //! - an issued token is `kat_<id>.<secret>`, `<id>` being its session's: the issued-token
-//!   source (`source/issued.rs`) gives `kat_<id>` as the token's credential id, so ending a
+//!   source ([`IssuedTokens`], after the configured sources) gives `kat_<id>` as the token's credential id, so ending a
 //!   session is one credential revocation (the deny-list, `cache/revocations.rs`) that
 //!   refuses every token of it, cached or not, on every replica within the pub/sub delay.
 //!
@@ -53,11 +53,13 @@ const MAX_USERNAME: usize = 256;
 const MAX_PASSWORD: usize = 1024;
 /// Longest cluster name (a DNS label set, as Kubernetes names go).
 const MAX_CLUSTER: usize = 253;
+/// Why a session credential is refused, whichever of ended, expired, idle or unknown.
+const ENDED: &str = "the session has ended or expired; log in again";
 /// Added to a token's lifetime for the revocation that ends its session: clocks of the
 /// replicas may differ a little.
 const CLOCK_MARGIN: Duration = Duration::from_secs(60);
 
-/// The parts of a `kas_` or `kat_` credential: its session id and the whole credential.
+/// The session id of a well-formed `kas_` or `kat_` credential (`prefix` says which).
 pub fn parse(prefix: &str, credential: &str) -> Option<String> {
     let rest = credential.strip_prefix(prefix)?;
     let (id, secret) = rest.split_once('.')?;
@@ -240,6 +242,19 @@ impl SessionStore {
     }
 
     async fn set(&self, key: &str, plain: &[u8], ttl: Duration) -> Result<(), StoreError> {
+        self.write(key, plain, ttl, false).await.map(drop)
+    }
+
+    /// Writes `plain` sealed under `key` for `ttl`; with `existing`, only over a value that
+    /// is still there (Redis `SET … XX`), so a record deleted meanwhile stays deleted.
+    /// Whether it was written.
+    async fn write(
+        &self,
+        key: &str,
+        plain: &[u8],
+        ttl: Duration,
+        existing: bool,
+    ) -> Result<bool, StoreError> {
         let sealed = self
             .sealer
             .seal(key.as_bytes(), plain)
@@ -248,20 +263,26 @@ impl SessionStore {
         match &self.kv {
             Kv::Redis(r) => {
                 let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-                r.session_command::<()>(
-                    "session_set",
-                    redis::cmd("SET").arg(key).arg(sealed).arg("PX").arg(ms),
-                )
-                .await?;
+                let mut cmd = redis::cmd("SET");
+                cmd.arg(key).arg(sealed).arg("PX").arg(ms);
+                if existing {
+                    cmd.arg("XX");
+                }
+                let written: Option<String> = r.session_command("session_set", &cmd).await?;
+                Ok(written.is_some())
             }
             Kv::Memory(m) => {
                 let mut m = Self::memory(m);
                 m.prune();
-                m.values
-                    .insert(key.to_owned(), (sealed, Instant::now() + ttl));
+                let now = Instant::now();
+                let there = m.values.get(key).is_some_and(|(_, until)| *until > now);
+                if existing && !there {
+                    return Ok(false);
+                }
+                m.values.insert(key.to_owned(), (sealed, now + ttl));
+                Ok(true)
             }
         }
-        Ok(())
     }
 
     async fn del(&self, key: &str) -> Result<bool, StoreError> {
@@ -392,6 +413,14 @@ impl SessionStore {
     async fn put_session(&self, r: &SessionRecord, ttl: Duration) -> Result<(), StoreError> {
         let plain = serde_json::to_vec(r).map_err(|e| StoreError(e.to_string()))?;
         self.set(&self.session_key(&r.id), &plain, ttl).await
+    }
+
+    /// Rewrites a session only if it still exists: one ended while a `Token` was in flight
+    /// is not brought back. Whether it was rewritten.
+    async fn update_session(&self, r: &SessionRecord, ttl: Duration) -> Result<bool, StoreError> {
+        let plain = serde_json::to_vec(r).map_err(|e| StoreError(e.to_string()))?;
+        self.write(&self.session_key(&r.id), &plain, ttl, true)
+            .await
     }
 
     /// An issued token's record, if it was issued and has not expired from the store.
@@ -594,7 +623,6 @@ impl Sessions {
 
     /// The session a credential names, if it is open and the credential is its own.
     async fn open_session(&self, credential: &str) -> Result<SessionRecord, SessionError> {
-        const ENDED: &str = "the session has ended or expired; log in again";
         let id = parse(SESSION_PREFIX, credential)
             .ok_or(SessionError::Rejected("not a session credential"))?;
         let record = self
@@ -664,12 +692,12 @@ impl Sessions {
             .await?;
         record.last_used_ms = now_ms;
         let idle_end = self.idle_end(&record);
-        self.store
-            .put_session(
-                &record,
-                Duration::from_millis(idle_end.saturating_sub(now_ms)),
-            )
-            .await?;
+        let ttl = Duration::from_millis(idle_end.saturating_sub(now_ms));
+        if !self.store.update_session(&record, ttl).await? {
+            // Ended meanwhile: its revocation (written before the session was deleted, for
+            // longer than this token lives) refuses the token just issued.
+            return Err(SessionError::Rejected(ENDED));
+        }
         tracing::info!(session = %record.id, cluster = %cluster.escape_debug(),
             user = %record.identity.username, "token issued");
         Ok(Issued {
@@ -962,5 +990,12 @@ mod tests {
             2
         );
         assert_eq!(store.failures("f").await.unwrap(), 2);
+        // A rewrite of a record that is gone does not bring it back.
+        let ttl = Duration::from_secs(9);
+        assert!(!store.write("gone", b"x", ttl, true).await.unwrap());
+        assert_eq!(store.get("gone").await.unwrap(), None);
+        store.set("here", b"x", ttl).await.unwrap();
+        assert!(store.write("here", b"y", ttl, true).await.unwrap());
+        assert_eq!(store.get("here").await.unwrap().as_deref(), Some(&b"y"[..]));
     }
 }
