@@ -233,10 +233,11 @@ impl Client {
         if !base.starts_with("https://") {
             anyhow::bail!("--login {base:?}: must be an https:// URL");
         }
+        // No redirects (the password would follow); HTTPS_PROXY is honoured (TLS to the
+        // login endpoint goes through it end to end).
         let mut b = reqwest::Client::builder()
             .timeout(HTTP_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy();
+            .redirect(reqwest::redirect::Policy::none());
         if let Some(ca) = &endpoint.login_ca {
             let pem = std::fs::read(ca)
                 .with_context(|| format!("--login-ca {}: cannot read", ca.display()))?;

@@ -256,6 +256,16 @@ async fn login_tokens_are_short_lived_bound_to_one_cluster_and_revocable_everywh
     let session = env.login("alice", "alice-pw").await;
     assert!(session.starts_with("kas_"), "{session}");
     secrets.push(session.clone());
+    // The session credential itself is no API token.
+    env.review_on("prod", &session).await.assert_denied();
+    // An oversized body is refused before authd sees it.
+    let (status, _) = env
+        .post(
+            "/login",
+            json!({"username": "alice", "password": "x".repeat(20_000)}),
+        )
+        .await;
+    assert_eq!(status, 400);
     let (status, body) = env.token(&session, "nowhere").await;
     assert_eq!(status, 400, "a cluster authd does not serve: {body}");
     let (status, body) = env.token(&session, "prod").await;
@@ -429,6 +439,16 @@ async fn login_tokens_are_short_lived_bound_to_one_cluster_and_revocable_everywh
             .await;
         assert_eq!(status, 401);
     }
+    // The throttled attempt never reaches the directory: no bind as alice.
+    let alice_binds = || {
+        env.slapd
+            .log()
+            .lines()
+            .filter(|l| l.contains(&format!(" BIND dn=\"{ALICE_DN}\"")))
+            .count()
+    };
+    let binds = alice_binds();
+    assert!(binds >= 3, "the wrong passwords were checked by binds");
     let (status, body) = env
         .post(
             "/login",
@@ -436,6 +456,7 @@ async fn login_tokens_are_short_lived_bound_to_one_cluster_and_revocable_everywh
         )
         .await;
     assert_eq!(status, 429, "{body}");
+    assert_eq!(alice_binds(), binds, "a throttled login reached LDAP");
     // And per client address: two more failures under other names (five from this
     // address), then even another user's right password waits.
     for user in ["dup", "nobody"] {
