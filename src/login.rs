@@ -594,3 +594,49 @@ users:
 fn yaml_str(s: &str) -> String {
     Value::String(s.to_owned()).to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_is_fresh_until_a_minute_or_half_its_life_before_its_end() {
+        let now = now_ms();
+        let token = |issued_ms, expires_ms| CachedToken {
+            token: String::new(),
+            issued_ms,
+            expires_ms,
+        };
+        // Five minutes: fresh until one minute before the end.
+        assert!(fresh(&token(now, now + 300_000)));
+        assert!(!fresh(&token(now - 250_000, now + 50_000)));
+        // Four seconds: fresh for its first half.
+        assert!(fresh(&token(now, now + 4_000)));
+        assert!(!fresh(&token(now - 2_500, now + 1_500)));
+        assert!(!fresh(&token(now - 5_000, now - 1_000)));
+    }
+
+    #[test]
+    fn kubeconfig_has_no_secret_and_checks_its_input() {
+        let k = kubeconfig("https://api:6443", "prod", "https://login:8444", None).unwrap();
+        assert!(k.contains("interactiveMode: IfAvailable"));
+        assert!(k.contains("provideClusterInfo: true"));
+        assert!(k.contains(&format!(
+            "- name: {EXEC_EXTENSION}\n      extension:\n        cluster: prod"
+        )));
+        for field in ["token:", "password:", "client-key", "kat_", "kas_"] {
+            assert!(!k.contains(field), "{field} in {k}");
+        }
+        for (server, cluster, login) in [
+            ("http://api", "prod", "https://login"),
+            ("https://api", "prod", "http://login"),
+            ("https://api", "pr od", "https://login"),
+            ("https://api", "", "https://login"),
+        ] {
+            assert!(
+                kubeconfig(server, cluster, login, None).is_err(),
+                "{server} {cluster} {login}"
+            );
+        }
+    }
+}
