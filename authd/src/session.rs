@@ -549,7 +549,11 @@ impl Sessions {
             )));
         }
         let f = &self.store.fingerprinter;
-        let user_key = self.store.key("lf:u", &f.username(username));
+        // Directories match names without regard to case: so does the throttle, or "Alice"
+        // and "ALICE" would be fresh guesses at alice's password.
+        let user_key = self
+            .store
+            .key("lf:u", &f.username(&username.to_lowercase()));
         let address_key = self
             .store
             .key("lf:a", &f.credential(&format!("address\0{address}")));
