@@ -158,11 +158,13 @@ enum Command {
 enum SessionsCommand {
     /// The open sessions of a user (as authd maps names).
     List {
+        /// The username, as authd maps it (what kube-apiserver sees).
         #[arg(long)]
         user: String,
     },
     /// End one session (by the id `list` shows): its tokens are refused on every replica.
     End {
+        /// The session id (32 hex digits, from `sessions list`).
         #[arg(long)]
         id: String,
     },
