@@ -358,7 +358,9 @@ async fn kubectl_runs_the_plugin_and_gets_cluster_bound_tokens() {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = c.spawn().unwrap();
+    let mut child = c
+        .spawn()
+        .expect("script(1) runs kubectl on a pseudo-terminal: apt-get install util-linux");
     let mut stdin = child.stdin.take().unwrap();
     let feeder = std::thread::spawn(move || {
         // Typed after the prompts appear, as a person would.
