@@ -289,9 +289,9 @@ fn password(args: &LoginArgs, interactive: bool) -> anyhow::Result<Option<String
     Ok(None)
 }
 
-/// Asks on the terminal (stderr), echo off while the password is typed.
+/// Asks on the terminal (stderr), echo off while the password is typed (turned off before
+/// the prompt shows, so nothing typed after it is echoed).
 fn prompt_password() -> anyhow::Result<String> {
-    eprint!("Password: ");
     let fd = libc::STDIN_FILENO;
     // SAFETY: termios calls on stdin with a zeroed struct filled by tcgetattr.
     let mut saved: libc::termios = unsafe { std::mem::zeroed() };
@@ -301,6 +301,7 @@ fn prompt_password() -> anyhow::Result<String> {
         quiet.c_lflag &= !libc::ECHO;
         unsafe { libc::tcsetattr(fd, libc::TCSANOW, &quiet) };
     }
+    eprint!("Password: ");
     let mut line = String::new();
     let read = std::io::stdin().lock().read_line(&mut line);
     if is_tty {

@@ -362,24 +362,43 @@ async fn kubectl_runs_the_plugin_and_gets_cluster_bound_tokens() {
         .spawn()
         .expect("script(1) runs kubectl on a pseudo-terminal: apt-get install util-linux");
     let mut stdin = child.stdin.take().unwrap();
-    let feeder = std::thread::spawn(move || {
-        // Typed after the prompts appear, as a person would.
-        std::thread::sleep(Duration::from_millis(1500));
-        stdin.write_all(b"alice\n").unwrap();
-        std::thread::sleep(Duration::from_millis(300));
-        stdin.write_all(format!("{PASSWORD}\n").as_bytes()).unwrap();
-        std::thread::sleep(Duration::from_millis(3000));
-    });
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+    let mut stdout = child.stdout.take().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let reader = {
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                seen.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        })
+    };
+    let wait_for = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !String::from_utf8_lossy(&seen.lock().unwrap()).contains(what) {
+            assert!(
+                Instant::now() < deadline,
+                "no {what:?} prompt on the terminal"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // Typed once each prompt shows, as a person would.
+    wait_for("Username for");
+    stdin.write_all(b"alice\n").unwrap();
+    wait_for("Password:");
+    stdin.write_all(format!("{PASSWORD}\n").as_bytes()).unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
         .await
         .unwrap();
-    feeder.join().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "script: {text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    drop(stdin);
+    reader.join().unwrap();
+    let text = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+    assert!(status.success(), "script: {text}");
     assert!(text.contains("Username for"), "{text}");
     assert!(text.contains("Password:"), "{text}");
     assert!(text.contains("ok"), "{text}");
