@@ -10,13 +10,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     // BTreeMap for map fields (`User.extra`): a verdict carries one or two entries, for which
     // a sorted vector-backed map decodes without hashing, and serialises in a stable order.
-    // The messages carrying a raw token get a hand-written Debug (src/lib.rs) that redacts it.
+    // The messages carrying a raw token, password or session get a hand-written Debug (src/lib.rs) that redacts it.
     tonic_prost_build::configure()
         .btree_map(".")
         .skip_debug([
             "kubeauthd.v1.AuthenticateRequest",
             "kubeauthd.v1.RevokeTokenRequest",
             "kubeauthd.v1.UnrevokeRequest",
+            "kubeauthd.v1.LoginRequest",
+            "kubeauthd.v1.LoginResponse",
+            "kubeauthd.v1.TokenRequest",
+            "kubeauthd.v1.TokenResponse",
+            "kubeauthd.v1.LogoutRequest",
         ])
         .compile_fds(fds)?;
     Ok(())

@@ -1,6 +1,7 @@
 //! `kube-authd`: the all-in-one binary and the operator's tool.
 
 mod kubeconfig;
+mod login;
 mod pki;
 mod revoke;
 mod throttle;
@@ -58,6 +59,10 @@ enum Command {
         /// Plain-HTTP /healthz, /readyz and /metrics.
         #[arg(long)]
         admin_listen: Option<SocketAddr>,
+        /// HTTPS address of the login routes (`kube-authd login`; default: --listen's
+        /// port + 1).
+        #[arg(long)]
+        login_listen: Option<SocketAddr>,
         #[command(flatten)]
         limits: up::EdgeLimits,
     },
@@ -117,6 +122,59 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Login sessions at authd (Admin service): list a user's, end one.
+    Sessions {
+        #[command(flatten)]
+        conn: revoke::AdminConn,
+        #[command(subcommand)]
+        action: SessionsCommand,
+    },
+    /// Sign in with your directory password (a session for the day) and print a short-lived
+    /// token for the cluster: the client-go exec credential plugin the kubeconfig from
+    /// `kube-authd kubeconfig` runs. Without a cluster, only logs in.
+    Login(login::LoginArgs),
+    /// End the session (its tokens are refused at once) and clear the local cache.
+    Logout {
+        #[command(flatten)]
+        endpoint: login::Endpoint,
+    },
+    /// Print the user of the cached session.
+    Whoami {
+        #[command(flatten)]
+        endpoint: login::Endpoint,
+    },
+    /// Print a kubeconfig for one cluster with no credential in it: it runs `kube-authd
+    /// login` (interactiveMode IfAvailable); clusters of one login endpoint share its user.
+    Kubeconfig {
+        /// The cluster's API server, e.g. https://prod.example.com:6443
+        #[arg(long)]
+        server: String,
+        /// The cluster's name, as authd serves it (the token is bound to it).
+        #[arg(long)]
+        cluster: String,
+        /// The login endpoint (the edge), e.g. https://authn.example.com:8443
+        #[arg(long)]
+        login: String,
+        /// PEM CA of the API server, also trusted for the login endpoint.
+        #[arg(long)]
+        ca: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum SessionsCommand {
+    /// The open sessions of a user (as authd maps names).
+    List {
+        /// The username, as authd maps it (what kube-apiserver sees).
+        #[arg(long)]
+        user: String,
+    },
+    /// End one session (by the id `list` shows): its tokens are refused on every replica.
+    End {
+        /// The session id (32 hex digits, from `sessions list`).
+        #[arg(long)]
+        id: String,
     },
 }
 
@@ -318,6 +376,28 @@ fn check_name(flag: &str, name: &str) -> anyhow::Result<()> {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Login(args) => login::login(args).await,
+        Command::Sessions { conn, action } => {
+            let action = match action {
+                SessionsCommand::List { user } => revoke::SessionsAction::List { user },
+                SessionsCommand::End { id } => revoke::SessionsAction::End { id },
+            };
+            revoke::sessions(conn, action).await
+        }
+        Command::Logout { endpoint } => login::logout(endpoint).await,
+        Command::Whoami { endpoint } => login::whoami(endpoint),
+        Command::Kubeconfig {
+            server,
+            cluster,
+            login,
+            ca,
+        } => {
+            print!(
+                "{}",
+                login::kubeconfig(&server, &cluster, &login, ca.as_deref())?
+            );
+            Ok(())
+        }
         Command::Up {
             state_dir,
             listen,
@@ -326,6 +406,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             config,
             grpc_listen,
             admin_listen,
+            login_listen,
             limits,
         } => {
             up::run(up::UpArgs {
@@ -336,6 +417,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 authd_config: config,
                 grpc_listen,
                 admin_listen,
+                login_listen,
                 limits,
             })
             .await

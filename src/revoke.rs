@@ -361,6 +361,67 @@ pub async fn run(conn: AdminConn, action: Action) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `kube-authd sessions`: what to do with login sessions.
+pub enum SessionsAction {
+    /// The open sessions of a (mapped) username.
+    List { user: String },
+    /// End one session by id: its tokens are refused on every replica at once.
+    End { id: String },
+}
+
+/// Lists or ends login sessions through authd's Admin service.
+pub async fn sessions(conn: AdminConn, action: SessionsAction) -> anyhow::Result<()> {
+    check_transport(&conn.authd, conn.allow_plaintext)?;
+    let mut admin = Admin::connect(&conn).await?;
+    match action {
+        SessionsAction::List { user } => {
+            let req = admin.request(authd_proto::v1::ListSessionsRequest { username: user });
+            let sessions = admin
+                .client
+                .list_sessions(req)
+                .await
+                .map_err(|s| refused(s, admin.transport_hint))?
+                .into_inner()
+                .sessions;
+            if sessions.is_empty() {
+                println!("no open session");
+            }
+            for s in sessions {
+                let at =
+                    |ms| humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms));
+                println!(
+                    "{} {} created {} last used {} ends {} (unused: {})",
+                    s.session_id,
+                    s.username,
+                    at(s.created_unix_ms),
+                    at(s.last_used_unix_ms),
+                    at(s.expires_unix_ms),
+                    at(s.idle_expires_unix_ms),
+                );
+            }
+        }
+        SessionsAction::End { id } => {
+            let req = admin.request(authd_proto::v1::EndSessionRequest { session_id: id });
+            let ended = admin
+                .client
+                .end_session(req)
+                .await
+                .map_err(|s| refused(s, admin.transport_hint))?
+                .into_inner()
+                .ended;
+            println!(
+                "{}",
+                if ended {
+                    "session ended; its tokens are refused on every replica"
+                } else {
+                    "no such open session (its tokens, if any, are refused anyway)"
+                }
+            );
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

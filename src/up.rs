@@ -30,6 +30,9 @@ pub struct UpArgs {
     pub authd_config: Option<PathBuf>,
     pub grpc_listen: SocketAddr,
     pub admin_listen: Option<SocketAddr>,
+    /// The login routes' HTTPS address (default: --listen's port + 1, or an ephemeral
+    /// port when that is 0).
+    pub login_listen: Option<SocketAddr>,
     pub limits: EdgeLimits,
 }
 
@@ -117,6 +120,34 @@ fn admin_secret(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The login routes' way to authd's Sessions service: in this process, through the same
+/// service the gRPC listener serves.
+fn sessions_in_process(
+    authd: &authd::Authd,
+    sessions: Option<std::sync::Arc<authd::session::Sessions>>,
+) -> authd_edge::login::SessionBackend {
+    use authd::session::SessionsGrpc;
+    use authd_edge::login::{render_login, render_logout, render_token, SessionCall};
+    use authd_proto::v1::sessions_server::Sessions as _;
+    let service = std::sync::Arc::new(SessionsGrpc::new(authd.clone(), sessions));
+    authd_edge::login::SessionBackend::from_fn(move |call| {
+        let service = service.clone();
+        Box::pin(async move {
+            Ok(match call {
+                SessionCall::Login(r) => {
+                    render_login(service.login(tonic::Request::new(r)).await?.into_inner())
+                }
+                SessionCall::Token(r) => {
+                    render_token(service.token(tonic::Request::new(r)).await?.into_inner())
+                }
+                SessionCall::Logout(r) => {
+                    render_logout(service.logout(tonic::Request::new(r)).await?.into_inner())
+                }
+            })
+        })
+    })
+}
+
 fn authd_config(
     authd_config: Option<&Path>,
     grpc_listen: SocketAddr,
@@ -140,6 +171,11 @@ fn authd_config(
             config.admin.token_file = Some(admin_token.to_owned());
             // The one cluster the built-in edge serves (its default route).
             config.clusters.insert("default".into(), Default::default());
+            // The demo users log in (the login route) with their token as the password.
+            config.sessions = Some(
+                toml::from_str("password_source = \"static\"")
+                    .map_err(|e| anyhow::anyhow!("built-in [sessions]: {e}"))?,
+            );
             config
                 .finish(Path::new("."))
                 .map_err(|e| anyhow::anyhow!("built-in authd configuration: {e}"))
@@ -200,7 +236,17 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     // The one admin listener (the edge's, serving both processes' metrics): the flag, else
     // the configuration's `admin_listen`.
     let admin_listen = args.admin_listen.or(authd_cfg.admin_listen);
-    let authd = authd::server::build(&authd_cfg)?;
+    let (authd, sessions) = authd::server::build_with_sessions(&authd_cfg)?;
+    let login_listen = args.login_listen.or_else(|| {
+        let mut a = args.listen;
+        a.set_port(
+            a.port()
+                .checked_add(1)
+                .filter(|_| a.port() != 0)
+                .unwrap_or(0),
+        );
+        Some(a)
+    });
     authd::server::load_revocations(&authd).await;
     {
         let (config, grpc_listen, tokens, admin) = (
@@ -217,15 +263,17 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             authd::reload::POLL_INTERVAL,
         );
     }
-    let grpc = authd::server::Listeners::bind(authd_cfg.listen, None)
+    let mut grpc = authd::server::Listeners::bind(authd_cfg.listen, None)
         .await?
         .secure(&authd_cfg)?;
+    grpc.sessions = sessions.clone();
     let grpc_addr = grpc.grpc.local_addr()?;
 
     let edge_cfg = authd_edge::Config::parse(
         &format!(
             "listen = \"{}\"\ndefault_cluster = \"{DEFAULT_CLUSTER}\"\n{}{}\
-             [tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n",
+             [tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n\
+             {}",
             args.listen,
             admin_listen
                 .map(|a| format!("admin_listen = \"{a}\"\n"))
@@ -236,6 +284,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             dir.join(format!("cluster-{DEFAULT_CLUSTER}-ca.crt"))
                 .display()
                 .to_string(),
+            match (&sessions, login_listen) {
+                (Some(_), Some(addr)) => format!("[login]\nlisten = \"{addr}\"\n"),
+                _ => String::new(),
+            },
         ),
         &dir,
     )
@@ -251,11 +303,15 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let edge = authd_edge::Edge::bind(
         &edge_cfg,
         backend,
+        Some(sessions_in_process(&authd, sessions)),
         authd_edge::Reachability::always(),
         vec![std::sync::Arc::new(move || metrics.encode())],
     )
     .await?;
     let edge_addr = edge.local_addr()?;
+    let login = edge
+        .login_addr()
+        .map(|a| format!("https://{}", host_port(&host, a.port())));
     let server = format!(
         "https://{}/authenticate",
         host_port(&host, edge_addr.port())
@@ -275,7 +331,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .map(|a| a.to_string())
         .unwrap_or_else(|| "-".into());
     tracing::info!(%edge_addr, %grpc_addr, %admin, "kube-authd up");
-    println!("kube-authd ready https={server} grpc={grpc_addr} admin={admin}");
+    println!(
+        "kube-authd ready https={server} grpc={grpc_addr} admin={admin} login={}",
+        login.as_deref().unwrap_or("-")
+    );
     println!("webhook kubeconfig: {}", kubeconfig_path.display());
     println!(
         "  kube-apiserver --authentication-token-webhook-config-file={}",
@@ -305,6 +364,16 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             "revoke a user on every replica:\n  kube-authd revoke --authd http://{grpc_addr} --admin-token-file {} --user demo-viewer",
             admin_token.display()
         );
+        if let Some(login) = &login {
+            println!(
+            "log in as a demo user (password: the user's token in {}; see docs/login.md):\n  \
+             kube-authd kubeconfig --server https://YOUR-APISERVER:6443 --cluster {DEFAULT_CLUSTER} --login {login} --ca {} > kubeconfig.yaml\n  \
+             KUBE_AUTHD_USERNAME=demo-viewer kube-authd login --login {login} --login-ca {} --cluster {DEFAULT_CLUSTER}",
+            token_file.display(),
+            dir.join("ca.crt").display(),
+            dir.join("ca.crt").display(),
+        );
+        }
     } else {
         println!("try a review (TOKEN: one your configured sources accept):");
         println!("{}", curl("TOKEN"));

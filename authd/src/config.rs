@@ -97,6 +97,101 @@ pub struct Config {
     /// Throttling of failed verifications (on by default; see `throttle.rs`).
     #[serde(default)]
     pub throttle: ThrottleConfig,
+    /// Login sessions (`session.rs`): people exchange a directory password for a session
+    /// and the session for short-lived tokens bound to one cluster. Off when absent.
+    pub sessions: Option<SessionsConfig>,
+}
+
+/// `[sessions]`: login sessions and the tokens they issue.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionsConfig {
+    /// The `[[sources]]` entry (by name, an `ldap` or `basic_auth` source, or for a demo a
+    /// `token_file`, whose users' tokens are their passwords) that checks passwords at Login; an LDAP source is also asked again at every Token (the account
+    /// still exists, its current groups).
+    pub password_source: String,
+    /// The longest a session lives, however much it is used.
+    #[serde(default = "secs::<32400>", with = "humantime_serde")]
+    pub max_lifetime: Duration,
+    /// A session not used (no Token) for this long ends.
+    #[serde(default = "secs::<7200>", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// The lifetime of an issued token (never past its session's end).
+    #[serde(default = "secs::<300>", with = "humantime_serde")]
+    pub token_lifetime: Duration,
+    /// Failed logins for one username within `failed_login_window` after which its logins
+    /// are refused (RESOURCE_EXHAUSTED) until the window ends, password unchecked.
+    #[serde(default = "default_failed_per_user")]
+    pub max_failed_logins_per_user: u32,
+    /// The same, per client address (as the edge saw it).
+    #[serde(default = "default_failed_per_address")]
+    pub max_failed_logins_per_address: u32,
+    /// The window failed logins are counted in, from the first.
+    #[serde(default = "secs::<300>", with = "humantime_serde")]
+    pub failed_login_window: Duration,
+}
+
+fn default_failed_per_user() -> u32 {
+    5
+}
+
+fn default_failed_per_address() -> u32 {
+    20
+}
+
+impl SessionsConfig {
+    fn validate(&self, sources: &[SourceConfig]) -> Result<(), FieldError> {
+        match sources.iter().find(|s| s.name() == self.password_source) {
+            Some(SourceConfig::Ldap(_) | SourceConfig::BasicAuth(_) | SourceConfig::TokenFile(_)) => {
+            }
+            Some(_) => {
+                return Err(FieldError::new(
+                    "sessions.password_source",
+                    format!(
+                        "{:?} is not an ldap, basic_auth or token_file source (only those check passwords)",
+                        self.password_source
+                    ),
+                ))
+            }
+            None => {
+                return Err(FieldError::new(
+                    "sessions.password_source",
+                    format!("no source is named {:?}", self.password_source),
+                ))
+            }
+        }
+        for (field, value) in [
+            ("sessions.max_lifetime", self.max_lifetime),
+            ("sessions.idle_timeout", self.idle_timeout),
+            ("sessions.token_lifetime", self.token_lifetime),
+            ("sessions.failed_login_window", self.failed_login_window),
+        ] {
+            if value < Duration::from_secs(1) {
+                return Err(FieldError::new(field, "must be at least 1s"));
+            }
+        }
+        if self.token_lifetime > self.max_lifetime {
+            return Err(FieldError::new(
+                "sessions.token_lifetime",
+                "must not be longer than sessions.max_lifetime",
+            ));
+        }
+        for (field, value) in [
+            (
+                "sessions.max_failed_logins_per_user",
+                self.max_failed_logins_per_user,
+            ),
+            (
+                "sessions.max_failed_logins_per_address",
+                self.max_failed_logins_per_address,
+            ),
+        ] {
+            if value == 0 {
+                return Err(FieldError::new(field, "must be at least 1"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `[audit]`: one JSON line per decision (see `audit.rs`). Off without `path`.
@@ -177,6 +272,7 @@ impl Config {
             ext_authz: ExtAuthzConfig::default(),
             audit: AuditConfig::default(),
             throttle: ThrottleConfig::default(),
+            sessions: None,
         }
     }
 }
@@ -319,6 +415,11 @@ pub const KNOWN_METHODS: &[&str] = &[
     "ListRevocations",
     "ThrottleStatus",
     "ThrottleReset",
+    "ListSessions",
+    "EndSession",
+    "Login",
+    "Token",
+    "Logout",
     "ServerReflectionInfo",
     // Envoy's envoy.service.auth.v3.Authorization/Check (ext_authz).
     "Check",
@@ -617,6 +718,9 @@ impl Config {
         }
         self.ext_authz.validate()?;
         self.throttle.validate(&self.sources)?;
+        if let Some(sessions) = &self.sessions {
+            sessions.validate(&self.sources)?;
+        }
         self.validate_access()
     }
 
@@ -973,6 +1077,43 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("max_connection"), "{e}");
+    }
+
+    #[test]
+    fn sessions_name_a_password_source() {
+        let ldap = "[[sources]]\nname='dir'\ntype='ldap'\nurl='ldap://127.0.0.1'\n\
+                    bind_dn='cn=x'\nbind_password_file='pw'\nuser_base='dc=x'\n\
+                    [[sources]]\nname='jwt'\ntype='jwt'\nissuer='i'\n\
+                    audiences=['a']\nalgorithms=['ES256']\nkeys=['k']\n";
+        let c = Config::parse(
+            &format!("{ldap}[sessions]\npassword_source='dir'\n"),
+            Path::new("."),
+        )
+        .unwrap();
+        let s = c.sessions.unwrap();
+        assert_eq!(s.max_lifetime, Duration::from_secs(9 * 3600));
+        assert_eq!(s.token_lifetime, Duration::from_secs(300));
+        for (extra, field) in [
+            ("password_source='jwt'", "sessions.password_source"),
+            ("password_source='nope'", "sessions.password_source"),
+            (
+                "password_source='dir'\ntoken_lifetime='10h'",
+                "sessions.token_lifetime",
+            ),
+            (
+                "password_source='dir'\nidle_timeout='0s'",
+                "sessions.idle_timeout",
+            ),
+            (
+                "password_source='dir'\nmax_failed_logins_per_user=0",
+                "sessions.max_failed_logins_per_user",
+            ),
+        ] {
+            let e = Config::parse(&format!("{ldap}[sessions]\n{extra}\n"), Path::new("."))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field), "{extra}: {e}");
+        }
     }
 
     #[test]

@@ -19,6 +19,9 @@ pub struct Identity {
     /// When the credential itself stops being valid (JWT `exp`, a row's expiry), if known.
     /// No cached verdict outlives it.
     pub expires_at: Option<SystemTime>,
+    /// The one cluster the credential is valid for (a session's issued token): refused for
+    /// any other, after the cache (`service.rs`). `None`: any cluster its policy admits.
+    pub cluster: Option<String>,
 }
 
 /// One source's answer for one token.

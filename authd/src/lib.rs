@@ -20,6 +20,7 @@ pub mod reload;
 pub mod revocation;
 pub mod server;
 pub mod service;
+pub mod session;
 pub mod source;
 pub mod throttle;
 pub mod tls;

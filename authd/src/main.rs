@@ -17,7 +17,7 @@ authd_runtime::server_main!(
 
 async fn serve(config: PathBuf) -> anyhow::Result<()> {
     let cfg = authd::config::Config::load(&config)?;
-    let service = authd::server::build(&cfg)?;
+    let (service, sessions) = authd::server::build_with_sessions(&cfg)?;
     authd::server::load_revocations(&service).await;
     let path = config.clone();
     authd::reload::spawn(
@@ -27,9 +27,10 @@ async fn serve(config: PathBuf) -> anyhow::Result<()> {
         cfg.clone(),
         authd::reload::POLL_INTERVAL,
     );
-    let listeners = authd::server::Listeners::bind(cfg.listen, cfg.admin_listen)
+    let mut listeners = authd::server::Listeners::bind(cfg.listen, cfg.admin_listen)
         .await?
         .secure(&cfg)?;
+    listeners.sessions = sessions;
     let grpc = listeners
         .grpc
         .local_addr()

@@ -76,6 +76,14 @@ pub struct CheckLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SessionLabels {
+    /// login | token | logout | end_session
+    pub method: &'static str,
+    /// ok | rejected | throttled | invalid | unavailable
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReloadLabels {
     /// success | failure
     pub result: &'static str,
@@ -148,6 +156,8 @@ pub struct Metrics {
     pub throttle_theft_signals: Family<SourceOnlyLabels, Counter>,
     /// Throttle decisions this replica took alone because Redis failed.
     pub throttle_fallbacks: Counter,
+    /// Sessions calls (`session.rs`), by method and result.
+    pub session_calls: Family<SessionLabels, Counter>,
     pub registry: Registry,
 }
 
@@ -303,6 +313,12 @@ impl Metrics {
             "Throttle decisions this replica took from its own memory because Redis failed",
             Counter::default(),
         );
+        let session_calls = registered(
+            &mut registry,
+            "session_calls",
+            "Sessions calls (Login, Token, Logout, EndSession), by method and result",
+            Family::<SessionLabels, Counter>::default(),
+        );
         let local_hits = cache_hits
             .get_or_create(&LevelLabels { level: "local" })
             .clone();
@@ -324,6 +340,7 @@ impl Metrics {
             throttle_known_good,
             throttle_theft_signals,
             throttle_fallbacks,
+            session_calls,
             verdicts,
             source_calls,
             source_latency,

@@ -5,13 +5,15 @@
 //! lifting is one log line naming the caller, the kind, the keyed id and the end; never a
 //! token.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use authd_proto::v1::admin_server::{Admin, AdminServer};
 use authd_proto::v1::{
-    ListRevocationsRequest, ListRevocationsResponse, Revocation, RevokeCredentialRequest,
-    RevokeResponse, RevokeTokenRequest, RevokeUserRequest, ThrottleBudget, ThrottleRequest,
-    ThrottleResetResponse, ThrottleStatusResponse, UnrevokeRequest, UnrevokeResponse,
+    EndSessionRequest, EndSessionResponse, ListRevocationsRequest, ListRevocationsResponse,
+    ListSessionsRequest, ListSessionsResponse, Revocation, RevokeCredentialRequest, RevokeResponse,
+    RevokeTokenRequest, RevokeUserRequest, ThrottleBudget, ThrottleRequest, ThrottleResetResponse,
+    ThrottleStatusResponse, UnrevokeRequest, UnrevokeResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -19,7 +21,7 @@ use crate::authz::AdminAuthz;
 use crate::cache::redis::SharedCacheError;
 use crate::cache::revocations::{self, Kind};
 use crate::cache::verdict::Revoked;
-use crate::metrics::{ClientLabels, Name};
+use crate::metrics::{ClientLabels, Name, SessionLabels};
 use crate::service::Authd;
 use crate::service::MAX_TOKEN_BYTES;
 use crate::throttle::SubjectKind;
@@ -40,16 +42,27 @@ fn throttle_subject(req: &ThrottleRequest) -> Result<(SubjectKind, &str), Status
 fn ms(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
+use crate::session::Sessions;
 
 pub struct AdminGrpc {
     authd: Authd,
     /// Who may call this service.
     authz: AdminAuthz,
+    /// The login sessions, when configured (`ListSessions`, `EndSession`).
+    sessions: Option<Arc<Sessions>>,
 }
 
 impl AdminGrpc {
-    pub fn server(authd: Authd, authz: AdminAuthz) -> AdminServer<Self> {
-        AdminServer::new(Self { authd, authz })
+    pub fn server(
+        authd: Authd,
+        authz: AdminAuthz,
+        sessions: Option<Arc<Sessions>>,
+    ) -> AdminServer<Self> {
+        AdminServer::new(Self {
+            authd,
+            authz,
+            sessions,
+        })
     }
 
     fn authorize<T>(&self, request: &Request<T>, method: &'static str) -> Result<Name, Status> {
@@ -63,6 +76,14 @@ impl AdminGrpc {
             })
             .inc();
         Ok(client)
+    }
+}
+
+impl AdminGrpc {
+    fn sessions(&self) -> Result<&Arc<Sessions>, Status> {
+        self.sessions
+            .as_ref()
+            .ok_or_else(|| Status::unimplemented("sessions are not configured ([sessions])"))
     }
 }
 
@@ -292,5 +313,50 @@ impl Admin for AdminGrpc {
                 )))
             }
         }
+    }
+
+    async fn list_sessions(
+        &self,
+        request: Request<ListSessionsRequest>,
+    ) -> Result<Response<ListSessionsResponse>, Status> {
+        self.authorize(&request, "ListSessions")?;
+        let sessions = self.sessions()?;
+        let req = request.into_inner();
+        if req.username.is_empty() {
+            return Err(Status::invalid_argument("username is empty"));
+        }
+        let sessions = sessions.list(&req.username).await?;
+        Ok(Response::new(ListSessionsResponse { sessions }))
+    }
+
+    async fn end_session(
+        &self,
+        request: Request<EndSessionRequest>,
+    ) -> Result<Response<EndSessionResponse>, Status> {
+        let caller = self.authorize(&request, "EndSession")?;
+        let sessions = self.sessions()?;
+        let req = request.into_inner();
+        // A session id is 32 hex digits; anything else names no session.
+        if req.session_id.len() != 32 || !req.session_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Status::invalid_argument(
+                "session_id: expected 32 hex digits",
+            ));
+        }
+        let result = sessions.end(&self.authd, &req.session_id).await;
+        let label = match &result {
+            Ok(_) => "ok",
+            Err(_) => "unavailable",
+        };
+        self.authd
+            .metrics()
+            .session_calls
+            .get_or_create(&SessionLabels {
+                method: "end_session",
+                result: label,
+            })
+            .inc();
+        let ended = result?;
+        tracing::info!(caller = %caller.0, session = %req.session_id, ended, "session ended by an admin");
+        Ok(Response::new(EndSessionResponse { ended }))
     }
 }

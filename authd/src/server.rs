@@ -28,11 +28,18 @@ use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::revocation::AdminGrpc;
 use crate::service::Authd;
+use crate::session::{IssuedTokens, SessionStore, Sessions, SessionsGrpc};
 use crate::tls;
 
 /// Builds the service (sources, caches, policy) from a validated configuration. Must run
 /// inside a Tokio runtime when a shared cache is configured (it starts its subscriber).
 pub fn build(config: &Config) -> anyhow::Result<Authd> {
+    build_with_sessions(config).map(|(authd, _)| authd)
+}
+
+/// Like [`build`], with the login sessions (`[sessions]`) the gRPC listener and the
+/// all-in-one edge serve; their issued-token source is already in the pipeline.
+pub fn build_with_sessions(config: &Config) -> anyhow::Result<(Authd, Option<Arc<Sessions>>)> {
     let fingerprinter = cache_fingerprinter(&config.cache)?;
     let pipeline = Pipeline::from_config(config)?;
     let ttls = Ttls {
@@ -42,21 +49,31 @@ pub fn build(config: &Config) -> anyhow::Result<Authd> {
     };
     let metrics = Arc::new(Metrics::new());
     let audit = crate::audit::Audit::start(&config.audit, &metrics)?;
+    let mut shared_cache = None;
     let shared = match &config.cache.redis {
         Some(redis) => {
             // Index sets must outlive every verdict they list.
             let index_ttl =
                 (ttls.positive + ttls.stale_grace).max(ttls.negative) + Duration::from_secs(60);
             let sealer = Sealer::new(&fingerprinter);
-            let cache = SharedCache::new(redis, index_ttl, metrics.clone(), sealer)?;
+            let cache = Arc::new(SharedCache::new(redis, index_ttl, metrics.clone(), sealer)?);
+            shared_cache = Some(cache.clone());
             Some(SharedLevel {
-                cache: Arc::new(cache),
+                cache,
                 local_ttl: config.cache.local_ttl,
             })
         }
         None => None,
     };
-    Ok(Authd::with_levels(
+    let sessions = config.sessions.clone().map(|c| {
+        // Shared by the replicas through Redis when there is one, else in this process.
+        let store = SessionStore::new(&fingerprinter, shared_cache);
+        Arc::new(Sessions::new(c, Arc::new(store)))
+    });
+    let extra = sessions
+        .as_ref()
+        .map(|s| Arc::new(IssuedTokens::new(s.store().clone())));
+    let authd = Authd::with_levels(
         fingerprinter,
         pipeline,
         ttls,
@@ -68,7 +85,12 @@ pub fn build(config: &Config) -> anyhow::Result<Authd> {
             resync_every: config.revocation.resync_every,
         },
     )
-    .with_audit(audit))
+    .with_audit(audit);
+    let authd = match extra {
+        Some(issued) => authd.with_extra_source(issued),
+        None => authd,
+    };
+    Ok((authd, sessions))
 }
 
 /// Everything `authd serve` reads and checks at start-up before it binds a port — the
@@ -160,6 +182,8 @@ pub struct Listeners {
     /// refused at once (RESOURCE_EXHAUSTED) instead of queueing without bound.
     pub max_calls: usize,
     pub max_calls_per_connection: usize,
+    /// The login sessions served (`Sessions`, Admin `ListSessions`/`EndSession`).
+    pub sessions: Option<Arc<Sessions>>,
 }
 
 impl Listeners {
@@ -184,6 +208,7 @@ impl Listeners {
             ext_authz: ExtAuthzConfig::default(),
             max_calls: 1024,
             max_calls_per_connection: 512,
+            sessions: None,
         })
     }
 
@@ -259,8 +284,13 @@ pub async fn serve(
         ))
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(AdminGrpc::server(authd.clone(), listeners.admin_authz))
+        .add_service(AdminGrpc::server(
+            authd.clone(),
+            listeners.admin_authz,
+            listeners.sessions.clone(),
+        ))
         .add_service(ExtAuthzGrpc::server(authd.clone(), listeners.ext_authz))
+        .add_service(SessionsGrpc::server(authd.clone(), listeners.sessions))
         .add_service(AuthenticatorGrpc::server(authd));
     let drained = async {
         let _ = drain_rx.await;

@@ -29,7 +29,7 @@ use crate::policy::Cluster;
 use prometheus_client::metrics::counter::Counter;
 
 use crate::pipeline::{Pipeline, Walk};
-use crate::source::Expiry;
+use crate::source::{Expiry, Verifier};
 use crate::throttle::{self, SubjectKind, SubjectStatus, Throttle};
 
 /// What a review came to, as the `result` label of `authd_verdicts` tells it.
@@ -84,6 +84,9 @@ struct Inner {
     audit: Option<Audit>,
     /// Failure budgets, kept across reloads (the pipeline carries their settings).
     throttle: Arc<Throttle>,
+    /// A source not in the configuration (the login sessions' issued tokens), which every
+    /// pipeline swapped in gets after the configured sources.
+    extra_source: Option<Arc<dyn Verifier>>,
 }
 
 /// How a review reached authd, as the audit log records it.
@@ -218,6 +221,7 @@ impl Authd {
                 metrics,
                 audit: None,
                 throttle,
+                extra_source: None,
             }),
         }
     }
@@ -230,6 +234,34 @@ impl Authd {
         self
     }
 
+    /// Adds `source` after the configured sources, in this pipeline and every reloaded
+    /// one (the login sessions' issued tokens). Only before the handle is shared.
+    pub fn with_extra_source(mut self, source: Arc<dyn Verifier>) -> Self {
+        let inner =
+            Arc::get_mut(&mut self.inner).expect("with_extra_source before the service is shared");
+        inner.extra_source = Some(source.clone());
+        let pipeline = inner.pipeline.get_mut().unwrap_or_else(|e| e.into_inner());
+        Arc::get_mut(pipeline)
+            .expect("the pipeline is not shared before the service is")
+            .sources
+            .push(source);
+        self
+    }
+
+    /// The configured source named `name`, in the current pipeline.
+    pub fn source(&self, name: &str) -> Option<Arc<dyn Verifier>> {
+        self.pipeline()
+            .sources
+            .iter()
+            .find(|s| s.name() == name)
+            .cloned()
+    }
+
+    /// Whether reviews for `cluster` are served (it is configured, or `"*"` is).
+    pub fn serves_cluster(&self, cluster: &str) -> bool {
+        self.pipeline().clusters.get(cluster).is_some()
+    }
+
     /// Whether decisions go to an audit log.
     pub fn audits(&self) -> bool {
         self.inner.audit.is_some()
@@ -240,7 +272,10 @@ impl Authd {
     }
 
     /// Replaces sources and policy; in-flight lookups finish with the old ones.
-    pub fn swap_pipeline(&self, pipeline: Pipeline) {
+    pub fn swap_pipeline(&self, mut pipeline: Pipeline) {
+        if let Some(extra) = &self.inner.extra_source {
+            pipeline.sources.push(extra.clone());
+        }
         *self
             .inner
             .pipeline
@@ -637,6 +672,18 @@ impl Authd {
                 source = %verdict.source, cached, reason = %why,
                 "refused: the answer names what its source may not mint");
             return rejected(Decision::Rejected, "reserved_name");
+        }
+        // A credential bound to one cluster (a session's token) is refused on every other,
+        // whatever cache answered: the verdict is cached once for all clusters.
+        if identity
+            .cluster
+            .as_deref()
+            .is_some_and(|bound| bound != req.cluster)
+        {
+            tracing::info!(request_id = %req.request_id, cluster = %req.cluster.escape_debug(),
+                fingerprint = %fp.short(), source = %verdict.source, cached,
+                "refused: the token is bound to another cluster");
+            return rejected(Decision::Rejected, "other_cluster");
         }
         let identity = match cluster.admit(&req.cluster, identity) {
             Ok(identity) => identity,

@@ -6,6 +6,7 @@ mod cpu;
 mod envoy;
 mod load;
 mod servers;
+mod sessions;
 mod suite;
 mod tokens;
 mod window;
@@ -51,6 +52,9 @@ enum Command {
     /// passwords as fast as it can: the legitimate rate ratio, and the wrong passwords the
     /// source saw against what the throttle allows.
     ThrottleAttack(attack::Args),
+    /// Login sessions at one authd: `Token` calls/s from one session, then reviews/s of
+    /// issued tokens (warm).
+    Sessions(sessions::Args),
     /// Requests/s and latency through Envoy with ext_authz → authd (warm) against Envoy with
     /// no filter, in interleaved rounds.
     Envoy(envoy::Args),
@@ -169,6 +173,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         Command::Suite(args) => suite::run(args).await,
         Command::RevocationWindow(args) => window::run(args).await,
         Command::ThrottleAttack(args) => attack::run(args).await,
+        Command::Sessions(args) => sessions::run(args).await,
         Command::Envoy(args) => envoy::run(args).await,
         Command::Upstream { listen } => {
             servers::upstream(listen).await?;

@@ -68,6 +68,36 @@ pub struct Config {
     /// Clusters served at `POST /clusters/{name}/authenticate`.
     #[serde(default)]
     pub clusters: BTreeMap<String, ClusterConfig>,
+    /// The login routes (`POST /login`, `/token`, `/logout`), forwarded to authd's
+    /// Sessions service.
+    #[serde(default)]
+    pub login: LoginConfig,
+}
+
+/// `[login]`: the login routes people's `kube-authd login` calls. They need no client
+/// certificate, so they have a listener of their own: the review listener keeps requiring
+/// kube-apiserver's certificate at the handshake.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginConfig {
+    /// HTTPS address of the login routes (same serving certificate); off when absent.
+    pub listen: Option<SocketAddr>,
+    /// Most login-route calls in progress at once; more are answered 503 at once.
+    #[serde(default = "default_login_in_flight")]
+    pub max_in_flight: usize,
+}
+
+impl Default for LoginConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            max_in_flight: default_login_in_flight(),
+        }
+    }
+}
+
+fn default_login_in_flight() -> usize {
+    64
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -392,6 +422,7 @@ impl Config {
             authd_file: _,
             authd: _,
             clusters: _,
+            login,
         } = running;
         let mut changed = Vec::new();
         macro_rules! keep {
@@ -415,7 +446,8 @@ impl Config {
             max_buffered_body_bytes,
             max_connections,
             max_concurrent_streams,
-            shutdown_grace
+            shutdown_grace,
+            login
         );
         (self, changed)
     }
@@ -455,6 +487,12 @@ impl Config {
         if self.max_in_flight_reviews == 0 {
             return Err(FieldError::new(
                 "max_in_flight_reviews",
+                "must be greater than 0",
+            ));
+        }
+        if self.login.max_in_flight == 0 {
+            return Err(FieldError::new(
+                "login.max_in_flight",
                 "must be greater than 0",
             ));
         }

@@ -101,6 +101,8 @@ impl HandshakeLog {
 /// What the TLS handshake established for one connection: the certificate chain the client
 /// presented, and the client-certificate rules current when it connected.
 pub struct Peer {
+    /// The client's address (the login route's throttle counts per address).
+    pub addr: SocketAddr,
     chain: Option<Vec<rustls_pki_types::CertificateDer<'static>>>,
     tls: Arc<ServerTls>,
     /// Verdicts per route (keyed by the cluster in the path, `None` for the default
@@ -279,6 +281,7 @@ async fn connection(
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let client = Arc::new(Peer {
+        addr: peer,
         chain: tls.get_ref().1.peer_certificates().map(<[_]>::to_vec),
         tls: server_tls,
         checked: std::sync::Mutex::new(Vec::new()),

@@ -17,6 +17,7 @@ use crate::backend::{Backend, Call};
 use crate::config::Config;
 use crate::conn::Peer;
 use crate::layer::admission::{over_budget, Admitted};
+use crate::login::{Login, LoginRoute, SessionBackend};
 use crate::metrics::{Metrics, Name, ReviewLabels};
 use crate::review::{self, ApiVersion, ReviewError};
 use crate::route::Route;
@@ -24,6 +25,9 @@ use crate::route::Route;
 /// Everything a request handler needs; shared by all connections.
 pub struct Handler {
     backend: Backend,
+    /// The login routes (`login.rs`): set only in the login listener's handler, which
+    /// serves nothing else.
+    login: Option<Arc<Login>>,
     default_cluster: Endpoint,
     clusters: std::collections::BTreeMap<String, Endpoint>,
     /// The metric label of requests that matched no endpoint.
@@ -106,8 +110,34 @@ impl Answer {
 
 impl Handler {
     pub fn new(config: &Config, backend: Backend, metrics: Arc<Metrics>) -> Self {
+        Self::with_login(config, backend, None, metrics)
+    }
+
+    /// The handler of the login listener: the login routes, and nothing else (404).
+    pub fn login_only(
+        config: &Config,
+        backend: Backend,
+        sessions: SessionBackend,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let login = Login::new(
+            sessions,
+            config.login.max_in_flight,
+            config.body_read_timeout,
+            config.review_timeout,
+        );
+        Self::with_login(config, backend, Some(Arc::new(login)), metrics)
+    }
+
+    fn with_login(
+        config: &Config,
+        backend: Backend,
+        login: Option<Arc<Login>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             backend,
+            login,
             default_cluster: Endpoint::new(&config.default_cluster, &metrics),
             clusters: config
                 .clusters
@@ -137,6 +167,13 @@ impl Handler {
 
     /// Answers one request that arrived on a connection from `peer`.
     pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<Full<Bytes>> {
+        // The login listener serves nothing else: it asks for no client certificate.
+        if let Some(login) = &self.login {
+            return match LoginRoute::parse(req.uri().path()) {
+                Some(route) => login.handle(route, req, peer.addr).await,
+                None => crate::login::not_found(),
+            };
+        }
         let started = Instant::now();
         let request_id = request_id();
         let found = self.route(req.uri().path());

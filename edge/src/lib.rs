@@ -9,6 +9,7 @@ pub mod conn;
 pub mod discovery;
 pub mod handler;
 pub mod layer;
+pub mod login;
 pub mod metrics;
 pub mod reload;
 pub mod review;
@@ -53,9 +54,22 @@ pub struct Edge {
     admin: Option<TcpListener>,
     serving: watch::Receiver<Arc<conn::Serving>>,
     control: ServingControl,
+    /// The login listener and what it serves (fixed for the process's life; its TLS files
+    /// reload by themselves).
+    login: Option<LoginListener>,
     settings: conn::ConnSettings,
     admin_state: AdminState,
 }
+
+/// The login listener and the channel of what it serves (its sender kept so the
+/// receiver stays open).
+type LoginListener = (
+    TcpListener,
+    (
+        watch::Sender<Arc<conn::Serving>>,
+        watch::Receiver<Arc<conn::Serving>>,
+    ),
+);
 
 /// Replaces what a running edge serves: routes, client CAs and serving certificate, built
 /// from a new configuration (`reload.rs`). The backend and its admission, the listeners
@@ -101,14 +115,38 @@ impl ServingControl {
 impl Edge {
     /// Loads TLS material and binds both listeners; nothing is served yet.
     /// `extra_metrics` are appended to `/metrics` (the all-in-one binary adds authd's).
+    /// `sessions` is the way to authd's Sessions service, for the login routes (served on
+    /// their own listener when `login.listen` is set).
     pub async fn bind(
         config: &Config,
         backend: Backend,
+        sessions: Option<login::SessionBackend>,
         reachability: Reachability,
         extra_metrics: Vec<Encoder>,
     ) -> anyhow::Result<Self> {
         let metrics = Arc::new(metrics::Metrics::new());
         let initial = ServingControl::build(config, &backend, &metrics)?;
+        let login = match (config.login.listen, sessions) {
+            (Some(addr), Some(sessions)) => {
+                let serving = Arc::new(conn::Serving {
+                    tls: tls::reloading_login_server(config)?,
+                    handler: Arc::new(handler::Handler::login_only(
+                        config,
+                        backend.clone(),
+                        sessions,
+                        metrics.clone(),
+                    )),
+                });
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("login.listen: cannot bind {addr}"))?;
+                Some((listener, watch::channel(serving)))
+            }
+            (Some(_), None) => {
+                anyhow::bail!("login.listen: this edge has no way to authd's sessions")
+            }
+            (None, _) => None,
+        };
         let (sender, serving) = watch::channel(initial);
         let listener = TcpListener::bind(config.listen)
             .await
@@ -135,6 +173,7 @@ impl Edge {
                 backend,
                 metrics,
             },
+            login,
             settings: config.into(),
             admin_state: AdminState {
                 accepting: Readiness::default(),
@@ -154,6 +193,11 @@ impl Edge {
         Ok(self.listener.local_addr()?)
     }
 
+    /// The login listener's address, when `login.listen` is set.
+    pub fn login_addr(&self) -> Option<SocketAddr> {
+        self.login.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
@@ -171,11 +215,27 @@ impl Edge {
             .admin
             .map(|l| tokio::spawn(admin::serve(l, self.admin_state.clone())));
         let accepting = self.admin_state.accepting.clone();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let login = self.login.map(|(listener, (_keep, serving))| {
+            tokio::spawn(conn::serve(
+                listener,
+                serving,
+                self.settings.clone(),
+                stopped(stop_rx.clone()),
+            ))
+        });
         let shutdown = async move {
             shutdown.await;
             accepting.set(false);
+            let _ = stop_tx.send(true);
         };
         conn::serve(self.listener, self.serving, self.settings, shutdown).await;
+        if let Some(login) = login {
+            let _ = login.await;
+        }
         drop(self.control);
         if let Some(t) = admin_task {
             t.abort();

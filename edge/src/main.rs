@@ -42,9 +42,15 @@ async fn serve(config: PathBuf) -> anyhow::Result<()> {
     while !reachability.get() && tokio::time::Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let edge = authd_edge::Edge::bind(&cfg, backend, reachability, Vec::new()).await?;
+    let sessions = authd_edge::login::grpc_backend(authd)?;
+    let edge =
+        authd_edge::Edge::bind(&cfg, backend, Some(sessions), reachability, Vec::new()).await?;
     let addr = edge.local_addr()?;
     let admin = edge.admin_addr();
+    let login = edge
+        .login_addr()
+        .map(|a| format!(" login=https://{a}"))
+        .unwrap_or_default();
     authd_edge::reload::spawn(
         config.clone(),
         seen,
@@ -55,7 +61,7 @@ async fn serve(config: PathBuf) -> anyhow::Result<()> {
     );
     tracing::info!(%addr, ?admin, authd = %authd.replicas, clusters = cfg.clusters.len(), "edge serving");
     println!(
-        "authd-edge ready https=https://{addr} admin={}",
+        "authd-edge ready https=https://{addr} admin={}{login}",
         admin.map(|a| a.to_string()).unwrap_or_else(|| "-".into())
     );
     edge.serve(authd_runtime::shutdown::signal()).await;

@@ -221,6 +221,38 @@ pub fn reloading_server(config: &Config) -> anyhow::Result<Reloading<ServerTls>>
     })
 }
 
+/// The login listener's TLS (`[login]`): the same serving certificate, no client
+/// certificate asked for (people log in there), and no route that would take one: the
+/// handler behind it serves the login routes only.
+pub fn login_server_tls(config: &Config) -> anyhow::Result<ServerTls> {
+    let certs = load_certs(&config.tls.cert, "tls.cert")?;
+    let key = load_key(&config.tls.key, "tls.key")?;
+    let mut server = ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("tls.cert/tls.key: the key does not match the certificate or is unsupported")?;
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(ServerTls {
+        config: Arc::new(server),
+        client_auth: ClientAuth {
+            default_cluster: config.default_cluster.clone(),
+            default_route: None,
+            clusters: BTreeMap::new(),
+            last_anonymous_warning: AtomicU64::new(0),
+        },
+    })
+}
+
+/// [`login_server_tls`], rebuilt when the certificate or key changes.
+pub fn reloading_login_server(config: &Config) -> anyhow::Result<Reloading<ServerTls>> {
+    let c = config.clone();
+    Reloading::start(
+        "edge login TLS",
+        vec![config.tls.cert.clone(), config.tls.key.clone()],
+        move || login_server_tls(&c),
+    )
+}
+
 /// TLS to authd: its CA, and the edge's client certificate when configured. `None`
 /// without `authd.ca` (plaintext gRPC).
 pub fn client_tls(authd: &AuthdConfig) -> anyhow::Result<Option<ClientConfig>> {

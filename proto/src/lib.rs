@@ -53,6 +53,61 @@ pub mod v1 {
                 .finish()
         }
     }
+
+    /// Never prints the password.
+    impl std::fmt::Debug for LoginRequest {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("LoginRequest")
+                .field("username", &self.username)
+                .field("password", &Redacted(self.password.len()))
+                .field("client_address", &self.client_address)
+                .finish()
+        }
+    }
+
+    /// Never prints the session credential.
+    impl std::fmt::Debug for LoginResponse {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("LoginResponse")
+                .field("session", &Redacted(self.session.len()))
+                .field("session_id", &self.session_id)
+                .field("username", &self.username)
+                .field("expires_unix_ms", &self.expires_unix_ms)
+                .field("idle_expires_unix_ms", &self.idle_expires_unix_ms)
+                .finish()
+        }
+    }
+
+    /// Never prints the session credential.
+    impl std::fmt::Debug for TokenRequest {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("TokenRequest")
+                .field("session", &Redacted(self.session.len()))
+                .field("cluster", &self.cluster)
+                .finish()
+        }
+    }
+
+    /// Never prints the token.
+    impl std::fmt::Debug for TokenResponse {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("TokenResponse")
+                .field("token", &Redacted(self.token.len()))
+                .field("expires_unix_ms", &self.expires_unix_ms)
+                .field("username", &self.username)
+                .field("groups", &self.groups)
+                .finish()
+        }
+    }
+
+    /// Never prints the session credential.
+    impl std::fmt::Debug for LogoutRequest {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("LogoutRequest")
+                .field("session", &Redacted(self.session.len()))
+                .finish()
+        }
+    }
 }
 
 #[cfg(test)]
@@ -82,6 +137,17 @@ mod tests {
             ..Default::default()
         };
         assert!(!format!("{unrevoke:?}").contains("s3cr3t"));
+        let login = super::v1::LoginRequest {
+            username: "alice".into(),
+            password: "s3cr3t-password".into(),
+            client_address: String::new(),
+        };
+        assert!(!format!("{login:?}").contains("s3cr3t"));
+        let token = super::v1::TokenResponse {
+            token: "kat_s3cr3t".into(),
+            ..Default::default()
+        };
+        assert!(!format!("{token:?}").contains("s3cr3t"));
         // Wrapped in a tonic request, as a handler would log it.
         let wrapped = tonic::Request::new(req);
         assert!(!format!("{wrapped:?}").contains("s3cr3t"));

@@ -325,3 +325,25 @@ impl Drop for Slapd {
         self.stop();
     }
 }
+
+impl Slapd {
+    /// Applies an LDIF change as the directory's root (ldapmodify).
+    pub fn modify(&self, ldif: &str) {
+        use std::io::Write;
+        let mut child = Command::new(need("ldapmodify", "ldap-utils"))
+            .args(["-x", "-H", &self.url(), "-D", ROOT_DN, "-w", "root-secret"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ldapmodify");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(ldif.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "ldapmodify: {out:?}\n{ldif}");
+    }
+}

@@ -21,6 +21,8 @@
 //! - `t:<token id>` — set of fingerprints cached for one token (any audiences);
 //! - `u:<user id>` — set of fingerprints of positive verdicts for one user;
 //! - `revoked` — the deny-list, a sorted set (see `revocations.rs`);
+//! - `sess:`, `iss:`, `usess:`, `lf:` — login sessions, issued tokens, a user's session ids
+//!   and failed-login counters (see `session.rs`), keyed hashes and sealed values too;
 //! - channel `revocations` — `t|u <id> <fingerprint>…`, telling every replica what to drop
 //!   from its in-process level, and `d|l <kind>:<id> …`, a revocation added or lifted.
 //!
@@ -644,6 +646,22 @@ impl SharedCache {
         .await
     }
 
+    /// `key` under this cache's `key_prefix`: the sessions (`session.rs`) keep their keyed
+    /// records beside the verdicts, on the same connection.
+    pub fn prefixed(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    /// One command of the sessions store, under the command timeout; not skipped while
+    /// Redis seems down (a login has nowhere else to go). Failures are counted and logged.
+    pub async fn session_command<T: FromRedisValue>(
+        &self,
+        op: &'static str,
+        cmd: &redis::Cmd,
+    ) -> Result<T, SharedCacheError> {
+        self.timed(op, self.timeout, false, self.query(cmd)).await
+    }
+
     fn revoked_key(&self) -> String {
         format!("{}revoked", self.prefix)
     }
@@ -985,6 +1003,9 @@ struct WireIdentity {
     /// The credential's own expiry (Unix ms), if the source knows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     k: Option<u64>,
+    /// The one cluster the credential is bound to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    c: Option<String>,
 }
 
 fn to_ms(t: SystemTime) -> u64 {
@@ -1008,6 +1029,7 @@ pub fn encode(entry: &CachedVerdict) -> Vec<u8> {
             x: i.extra.clone(),
             a: i.audiences.clone(),
             k: i.expires_at.map(to_ms),
+            c: i.cluster.clone(),
         }),
     };
     // Serialising plain strings, vectors and integers cannot fail.
@@ -1025,6 +1047,7 @@ pub fn decode(bytes: &[u8]) -> Result<CachedVerdict, String> {
         extra: i.x,
         audiences: i.a,
         expires_at: i.k.map(from_ms),
+        cluster: i.c,
     });
     let hard = identity.as_ref().and_then(|i| i.expires_at);
     let cap = |t: SystemTime| hard.map_or(t, |h| t.min(h));
@@ -1066,6 +1089,7 @@ mod tests {
                 extra: [("k".to_string(), vec!["v".to_string()])].into(),
                 audiences: vec!["api".into()],
                 expires_at,
+                cluster: Some("prod".into()),
             }),
             source: "static".into(),
         }

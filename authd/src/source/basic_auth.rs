@@ -313,6 +313,10 @@ impl Verifier for BasicAuth {
         }
         .boxed()
     }
+
+    fn check_password<'a>(&'a self, user: &'a str, password: &'a str) -> BoxFuture<'a, Outcome> {
+        self.check(user, password).boxed()
+    }
 }
 
 #[cfg(test)]

@@ -446,7 +446,8 @@ impl LdapVerifier {
         }
     }
 
-    async fn check(&self, user: &str, password: &str) -> Result<Outcome, Fault> {
+    /// The user's one entry, `None` unless exactly one matches.
+    async fn find(&self, user: &str) -> Result<Option<SearchEntry>, Fault> {
         let c = &self.config;
         let filter = c.user_filter.replace("{user}", &ldap_escape(user));
         let mut attrs = vec![c.username_attribute.clone(), c.uid_attribute.clone()];
@@ -461,13 +462,34 @@ impl LdapVerifier {
                 matches = entries.len(),
                 "ldap: user search did not find exactly one entry; rejected"
             );
-            return Ok(Outcome::Rejected);
+            return Ok(None);
         }
-        let entry = entries.remove(0);
+        Ok(Some(entries.remove(0)))
+    }
+
+    async fn check(&self, user: &str, password: &str) -> Result<Outcome, Fault> {
+        let Some(entry) = self.find(user).await? else {
+            return Ok(Outcome::Rejected);
+        };
         if !self.check_password(&entry.dn, password).await? {
             tracing::info!(source = %self.name, dn = %entry.dn, "ldap: wrong password; rejected");
             return Ok(Outcome::Rejected);
         }
+        self.identity(user, entry).await
+    }
+
+    /// The user as the directory describes them now, without a password (a session's
+    /// `Token`): an account that is gone is `Rejected`.
+    async fn look_up(&self, user: &str) -> Result<Outcome, Fault> {
+        match self.find(user).await? {
+            Some(entry) => self.identity(user, entry).await,
+            None => Ok(Outcome::Rejected),
+        }
+    }
+
+    /// The identity of a found entry: names, current groups, extra attributes.
+    async fn identity(&self, user: &str, entry: SearchEntry) -> Result<Outcome, Fault> {
+        let c = &self.config;
         let groups = match &c.group_base {
             Some(base) => self.search_groups(base, &entry.dn).await?,
             None => c
@@ -525,22 +547,47 @@ impl Verifier for LdapVerifier {
 
     fn verify<'a>(&'a self, token: &'a str, _audiences: &'a [String]) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
-            let Some((user, password)) = self.split(token) else {
-                return Outcome::NotMine;
-            };
-            if let Some(why) = refused_without_a_bind(user, password) {
-                tracing::info!(source = %self.name, "ldap: {why}; rejected without a bind");
+            match self.split(token) {
+                Some((user, password)) => self.login(user, password).await,
+                None => Outcome::NotMine,
+            }
+        })
+    }
+
+    fn check_password<'a>(&'a self, user: &'a str, password: &'a str) -> BoxFuture<'a, Outcome> {
+        Box::pin(self.login(user, password))
+    }
+
+    fn refresh<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Outcome> {
+        Box::pin(async move {
+            if user.is_empty() || user.len() > MAX_USER_LEN {
                 return Outcome::Rejected;
             }
-            // A whole check is a few round trips; bound it so a stuck directory cannot hold
-            // a review past a small multiple of the configured timeout.
             let limit = self.config.timeout * 3;
-            match tokio::time::timeout(limit, self.check(user, password)).await {
+            match tokio::time::timeout(limit, self.look_up(user)).await {
                 Ok(Ok(outcome)) => outcome,
                 Ok(Err(Fault(why))) => Outcome::Undecided(format!("ldap: {why}")),
                 Err(_) => Outcome::Undecided(format!("ldap: no answer within {limit:?}")),
             }
         })
+    }
+}
+
+impl LdapVerifier {
+    /// The whole password check of one user, bounded.
+    async fn login(&self, user: &str, password: &str) -> Outcome {
+        if let Some(why) = refused_without_a_bind(user, password) {
+            tracing::info!(source = %self.name, "ldap: {why}; rejected without a bind");
+            return Outcome::Rejected;
+        }
+        // A whole check is a few round trips; bound it so a stuck directory cannot hold
+        // a review past a small multiple of the configured timeout.
+        let limit = self.config.timeout * 3;
+        match tokio::time::timeout(limit, self.check(user, password)).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(Fault(why))) => Outcome::Undecided(format!("ldap: {why}")),
+            Err(_) => Outcome::Undecided(format!("ldap: no answer within {limit:?}")),
+        }
     }
 }
 

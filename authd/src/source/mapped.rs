@@ -47,23 +47,35 @@ impl Verifier for Mapped {
     }
 
     fn verify<'a>(&'a self, token: &'a str, audiences: &'a [String]) -> BoxFuture<'a, Outcome> {
-        async move {
-            match self.inner.verify(token, audiences).await {
-                Outcome::Authenticated(id) => {
-                    match self.mapping.apply(self.inner.name(), id) {
-                        Ok(id) => Outcome::Authenticated(id),
-                        Err(why) => {
-                            // A source minting a reserved name is misconfigured or attacked:
-                            // a definitive no, and loud.
-                            tracing::warn!(source = %self.inner.name(), reason = %why,
+        async move { self.map(self.inner.verify(token, audiences).await) }.boxed()
+    }
+
+    fn check_password<'a>(&'a self, user: &'a str, password: &'a str) -> BoxFuture<'a, Outcome> {
+        async move { self.map(self.inner.check_password(user, password).await) }.boxed()
+    }
+
+    fn refresh<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Outcome> {
+        async move { self.map(self.inner.refresh(user).await) }.boxed()
+    }
+}
+
+impl Mapped {
+    /// The source's answer through the mapping.
+    fn map(&self, outcome: Outcome) -> Outcome {
+        match outcome {
+            Outcome::Authenticated(id) => {
+                match self.mapping.apply(self.inner.name(), id) {
+                    Ok(id) => Outcome::Authenticated(id),
+                    Err(why) => {
+                        // A source minting a reserved name is misconfigured or attacked:
+                        // a definitive no, and loud.
+                        tracing::warn!(source = %self.inner.name(), reason = %why,
                                 "rejected: identity mapping refused the source's answer");
-                            Outcome::Rejected
-                        }
+                        Outcome::Rejected
                     }
                 }
-                other => other,
             }
+            other => other,
         }
-        .boxed()
     }
 }

@@ -66,6 +66,20 @@ pub trait Verifier: Send + Sync {
     fn expiry<'a>(&'a self, _token: &'a str) -> BoxFuture<'a, Expiry> {
         Box::pin(async { Expiry::Unknown })
     }
+
+    /// Checks a user name and password directly, for a session `Login` (`session.rs`):
+    /// the same check `verify` makes of a `user:password` token, without building one.
+    /// `NotMine` from a source that does not check passwords.
+    fn check_password<'a>(&'a self, _user: &'a str, _password: &'a str) -> BoxFuture<'a, Outcome> {
+        Box::pin(async { Outcome::NotMine })
+    }
+
+    /// Looks a user up again without their password, for each session `Token`: whether the
+    /// account still exists and its current groups. `NotMine` from a source that cannot
+    /// (the Basic-auth service only answers with a password): the login's identity stands.
+    fn refresh<'a>(&'a self, _user: &'a str) -> BoxFuture<'a, Outcome> {
+        Box::pin(async { Outcome::NotMine })
+    }
 }
 
 /// What a source knows of a token's end.

@@ -252,6 +252,17 @@ impl Verifier for TokenFile {
         };
         Box::pin(std::future::ready(outcome))
     }
+
+    /// For a login session (`kube-authd up`'s demo users): the password is the user's
+    /// token from the file, and the line must be that user's. A demo convenience, not a
+    /// password store: the file keeps plain or unsalted SHA-256 tokens.
+    fn check_password<'a>(&'a self, user: &'a str, password: &'a str) -> BoxFuture<'a, Outcome> {
+        let outcome = match self.current().lookup(password) {
+            Some(identity) if identity.username == user => Outcome::Authenticated(identity.clone()),
+            _ => Outcome::Rejected,
+        };
+        Box::pin(std::future::ready(outcome))
+    }
 }
 
 #[cfg(test)]
