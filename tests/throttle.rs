@@ -284,8 +284,8 @@ async fn guessing_alices_password_reaches_the_directory_at_most_burst_plus_rate(
 }
 
 /// A throttled answer is held `answer_delay` (a guesser with bounded concurrency spends
-/// its slots waiting), at most `max_delayed` at once (beyond, answered at once: holding
-/// is bounded), and a working credential is never held.
+/// its slots waiting), at most `max_delayed` at once per replica (beyond, answered at
+/// once: holding is bounded), and a working credential is never held.
 #[tokio::test(flavor = "multi_thread")]
 async fn throttled_answers_are_held_and_at_most_max_delayed_at_once() {
     let hold = Duration::from_secs(3);
@@ -296,7 +296,7 @@ async fn throttled_answers_are_held_and_at_most_max_delayed_at_once() {
     .await;
     assert!(env.review("alice:alice-pw").await.authenticated());
     env.review("alice:first-wrong").await.assert_denied();
-    // Six distinct guesses at once: all throttled, two held, four answered at once.
+    // Six distinct guesses at once: all throttled, some held, the rest answered at once.
     let started = Instant::now();
     let guesses: Vec<_> = guesses("alice", "held", 6)
         .into_iter()
@@ -321,9 +321,11 @@ async fn throttled_answers_are_held_and_at_most_max_delayed_at_once() {
             held += 1;
         }
     }
-    assert_eq!(
-        held, 2,
-        "max_delayed = 2 answers held, the rest sent at once"
+    // Each of the two replicas holds at most 2 (the edge spreads the six over both):
+    // between 2 and 4 held, the rest (at least 2) answered at once.
+    assert!(
+        (2..=4).contains(&held),
+        "{held} held: max_delayed = 2 per replica, the rest sent at once"
     );
     assert_eq!(env.slapd.failed_binds(), 1, "only the burst reached slapd");
 }
