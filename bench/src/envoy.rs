@@ -49,6 +49,10 @@ pub struct Args {
     /// Envoy worker threads.
     #[arg(long, default_value_t = 2)]
     envoy_concurrency: usize,
+    /// Open loop at this many requests per second (below saturation, so the p50 compared
+    /// is what one request waits, not queueing); default: closed loop, as fast as it goes.
+    #[arg(long)]
+    rate: Option<f64>,
     /// Keep the temp dir (configs, logs) and print its path.
     #[arg(long)]
     keep: bool,
@@ -361,7 +365,7 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
                 },
                 concurrency: args.connections,
                 h2_connections: 1,
-                rate: None,
+                rate: args.rate,
                 warmup: args.warmup,
                 duration: args.duration,
                 timeout: Duration::from_secs(10),
