@@ -13,7 +13,6 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,7 +24,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::load;
-use crate::suite::{bin, bin_dir, field, free_port, Proc};
+use crate::suite::{bin_dir, field, start_authd, start_redis};
 use crate::tokens::{Universe, Workload};
 
 #[derive(clap::Args)]
@@ -133,15 +132,7 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
     let refused = Arc::new(AtomicU64::new(0));
     let basic = counting_basic_auth(universe.secret.clone(), refused.clone()).await?;
 
-    let redis_port = free_port()?;
-    let mut cmd = Command::new("redis-server");
-    cmd.args(["--port", &redis_port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no", "--dir"])
-        .arg(&dir);
-    let mut redis = Proc::spawn("redis", cmd, &dir).context("redis-server is needed")?;
-    redis
-        .listening(&format!("127.0.0.1:{redis_port}"))
-        .map_err(anyhow::Error::msg)?;
+    let (redis, redis_port) = start_redis(&dir)?;
 
     let throttle = args.throttle_toml.clone().unwrap_or_default();
     let mut replicas = Vec::new();
@@ -161,10 +152,7 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
                  url = \"http://{basic}/basic-auth/{{user}}\"\n"
             ),
         )?;
-        let mut cmd = Command::new(bin(&bins, "authd")?);
-        cmd.args(["serve", "--config"]).arg(&config);
-        let mut p = Proc::spawn(&format!("authd-{name}"), cmd, &dir)?;
-        let line = p.ready("authd ready").map_err(anyhow::Error::msg)?;
+        let (p, line) = start_authd(&bins, &format!("authd-{name}"), &config, &dir)?;
         let grpc = field(&line, "grpc").context("authd ready line")?;
         let admin = field(&line, "admin").context("authd ready line")?;
         admins.push(admin);

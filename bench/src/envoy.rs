@@ -22,7 +22,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::load::{self, Outcome, Spec, Target};
-use crate::suite::{bin, bin_dir, field, Proc};
+use crate::suite::{bin, bin_dir, field, start_authd, Proc};
 use crate::tokens::{Universe, Workload};
 
 #[derive(clap::Args)]
@@ -294,12 +294,7 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
          [clusters.default]\n\
          [[sources]]\nname = \"static\"\ntype = \"token_file\"\npath = \"tokens.csv\"\n",
     )?;
-    let mut cmd = Command::new(bin(&bins, "authd")?);
-    cmd.args(["serve", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "warn");
-    let mut authd = Proc::spawn("authd", cmd, &dir)?;
-    let line = authd.ready("authd ready").map_err(anyhow::Error::msg)?;
+    let (authd, line) = start_authd(&bins, "authd", &config, &dir)?;
     let grpc = field(&line, "grpc").context("authd ready line")?;
 
     let mut cmd = Command::new(std::env::current_exe()?);

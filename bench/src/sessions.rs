@@ -8,7 +8,6 @@
 //! `--redis` (as replicas share them).
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,7 +18,7 @@ use authd_proto::v1::sessions_client::SessionsClient;
 use authd_proto::v1::{AuthenticateRequest, LoginRequest, TokenRequest};
 use tonic::transport::Channel;
 
-use crate::suite::{bin, bin_dir, field, free_port, Proc};
+use crate::suite::{bin_dir, field, start_authd, start_redis};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -120,14 +119,7 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
     let mut redis = None;
     let mut redis_toml = String::new();
     if args.redis {
-        let port = free_port()?;
-        let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--dir"])
-            .arg(&dir);
-        let mut p = Proc::spawn("redis", cmd, &dir).context("redis-server is needed")?;
-        p.listening(&format!("127.0.0.1:{port}"))
-            .map_err(anyhow::Error::msg)?;
+        let (p, port) = start_redis(&dir)?;
         redis = Some(p);
         redis_toml =
             format!("[cache.redis]\nurl = \"redis://127.0.0.1:{port}\"\ntimeout = \"1s\"\n");
@@ -144,12 +136,7 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
              [sessions]\npassword_source = \"static\"\n"
         ),
     )?;
-    let mut cmd = Command::new(bin(&bins, "authd")?);
-    cmd.args(["serve", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "warn");
-    let mut authd = Proc::spawn("authd", cmd, &dir)?;
-    let line = authd.ready("authd ready").map_err(anyhow::Error::msg)?;
+    let (authd, line) = start_authd(&bins, "authd", &config, &dir)?;
     let url = format!(
         "http://{}",
         field(&line, "grpc").context("authd ready line")?

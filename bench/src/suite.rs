@@ -192,6 +192,38 @@ pub(crate) fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
+/// A private redis-server on a free loopback port, its data in `dir`, nothing persisted;
+/// returns once it listens.
+pub(crate) fn start_redis(dir: &Path) -> anyhow::Result<(Proc, u16)> {
+    let port = free_port()?;
+    let mut cmd = Command::new("redis-server");
+    cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no", "--dir"])
+        .arg(dir);
+    let mut p = Proc::spawn("redis", cmd, dir)
+        .context("redis-server is needed: apt-get install redis-server")?;
+    p.listening(&format!("127.0.0.1:{port}"))
+        .map_err(anyhow::Error::msg)?;
+    Ok((p, port))
+}
+
+/// `authd serve --config CONFIG` from `bins` as `name`; returns it and its ready line once
+/// it is ready.
+pub(crate) fn start_authd(
+    bins: &Path,
+    name: &str,
+    config: &Path,
+    dir: &Path,
+) -> anyhow::Result<(Proc, String)> {
+    let mut cmd = Command::new(bin(bins, "authd")?);
+    cmd.args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn");
+    let mut p = Proc::spawn(name, cmd, dir)?;
+    let line = p.ready("authd ready").map_err(anyhow::Error::msg)?;
+    Ok((p, line))
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Cache {
     Local,
@@ -503,25 +535,7 @@ impl Env {
         let basic_addr = field(&line, "http").context("basic-auth ready line")?;
 
         let (redis, redis_port) = if need_redis {
-            let port = free_port()?;
-            let mut cmd = Command::new("redis-server");
-            cmd.args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-            ])
-            .arg(dir);
-            let mut p = Proc::spawn("redis", cmd, dir).context(
-                "redis-server is needed for the Redis scenarios: apt-get install redis-server",
-            )?;
-            p.listening(&format!("127.0.0.1:{port}"))
-                .map_err(anyhow::Error::msg)?;
+            let (p, port) = start_redis(dir)?;
             (Some(p), Some(port))
         } else {
             (None, None)

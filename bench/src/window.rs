@@ -10,7 +10,6 @@
 //! to B after A answered were still authenticated.
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -19,7 +18,7 @@ use authd_proto::v1::authenticator_client::AuthenticatorClient;
 use authd_proto::v1::{AuthenticateRequest, RevokeTokenRequest};
 use tonic::transport::Channel;
 
-use crate::suite::{bin, bin_dir, field, free_port, Proc};
+use crate::suite::{bin_dir, field, start_authd, start_redis};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -71,15 +70,7 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
     std::fs::write(dir.join("hmac.key"), rand::random::<[u8; 32]>())?;
     std::fs::write(dir.join("admin.token"), ADMIN_SECRET)?;
 
-    let redis_port = free_port()?;
-    let mut cmd = Command::new("redis-server");
-    cmd.args(["--port", &redis_port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no", "--dir"])
-        .arg(&dir);
-    let mut redis = Proc::spawn("redis", cmd, &dir).context("redis-server is needed")?;
-    redis
-        .listening(&format!("127.0.0.1:{redis_port}"))
-        .map_err(anyhow::Error::msg)?;
+    let (redis, redis_port) = start_redis(&dir)?;
 
     let mut replicas = Vec::new();
     for name in ["a", "b"] {
@@ -95,10 +86,7 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
                  [[sources]]\nname = \"static\"\ntype = \"token_file\"\npath = \"tokens.csv\"\n"
             ),
         )?;
-        let mut cmd = Command::new(bin(&bins, "authd")?);
-        cmd.args(["serve", "--config"]).arg(&config);
-        let mut p = Proc::spawn(&format!("authd-{name}"), cmd, &dir)?;
-        let line = p.ready("authd ready").map_err(anyhow::Error::msg)?;
+        let (p, line) = start_authd(&bins, &format!("authd-{name}"), &config, &dir)?;
         let grpc = field(&line, "grpc").context("authd ready line")?;
         replicas.push((p, format!("http://{grpc}")));
     }
