@@ -59,28 +59,14 @@ pub fn spawn(
             load,
         })
         .await;
-        let mut watch = match first {
+        let watch = match first {
             Ok(w) => w,
             Err(e) => {
                 tracing::error!(error = %e, "configuration watcher could not start; hot reload is off");
                 return;
             }
         };
-        loop {
-            tokio::time::sleep(interval).await;
-            watch = match tokio::task::spawn_blocking(move || {
-                watch.poll();
-                watch
-            })
-            .await
-            {
-                Ok(w) => w,
-                Err(e) => {
-                    tracing::error!(error = %e, "configuration watcher failed; hot reload is off");
-                    return;
-                }
-            };
-        }
+        authd_runtime::file_state::poll_every(interval, watch, "configuration", Watch::poll).await;
     })
 }
 

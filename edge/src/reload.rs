@@ -56,7 +56,7 @@ pub fn spawn(
     interval: Duration,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut watch = Watch {
+        let watch = Watch {
             seen,
             path,
             polls: 0,
@@ -64,22 +64,7 @@ pub fn spawn(
             control,
             discovery,
         };
-        loop {
-            tokio::time::sleep(interval).await;
-            // Blocking: file I/O, and building TLS configurations from files.
-            watch = match tokio::task::spawn_blocking(move || {
-                watch.poll();
-                watch
-            })
-            .await
-            {
-                Ok(w) => w,
-                Err(e) => {
-                    tracing::error!(error = %e, "edge.toml watcher failed; hot reload is off");
-                    return;
-                }
-            };
-        }
+        authd_runtime::file_state::poll_every(interval, watch, "edge.toml", Watch::poll).await;
     })
 }
 

@@ -56,6 +56,32 @@ impl FileState {
     }
 }
 
+/// Polls a watcher every `interval` until the runtime stops: `poll` runs on the blocking
+/// pool (file I/O, TLS configurations built from files), taking the watcher and giving it
+/// back. A poll that panics ends the loop with one error line naming `what`.
+pub async fn poll_every<W: Send + 'static>(
+    interval: std::time::Duration,
+    mut watch: W,
+    what: &str,
+    poll: fn(&mut W),
+) {
+    loop {
+        tokio::time::sleep(interval).await;
+        watch = match tokio::task::spawn_blocking(move || {
+            poll(&mut watch);
+            watch
+        })
+        .await
+        {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(error = %e, "{what} watcher failed; hot reload is off");
+                return;
+            }
+        };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
